@@ -1,0 +1,384 @@
+//! The contract between handover's upgrade pipeline and the places new binaries come from.
+//!
+//! A [`Fetcher`] answers one question, "is there something newer than what is running, and if
+//! so, here is its byte stream and what the source claims about it". Everything else (the
+//! polling cadence, hashing, checksum and signature checks, the sanity run, the atomic swap, the
+//! hand-over and the rollback) happens once, in the `handover` core, for every fetcher.
+//!
+//! A fetcher is chosen from configuration at run time, so the trait is object-safe and used as
+//! `Box<dyn Fetcher>`.
+//!
+//! # Writing a fetcher
+//!
+//! Implement [`Fetcher::name`] and [`Fetcher::fetch`]; the other methods have defaults.
+//!
+//! ```
+//! use handover_fetcher::{async_trait, Artifact, FetchError, Fetcher, Running};
+//!
+//! /// Offers the same bytes once.
+//! struct Once(Option<Vec<u8>>);
+//!
+//! #[async_trait]
+//! impl Fetcher for Once {
+//!     fn name(&self) -> &str {
+//!         "once"
+//!     }
+//!
+//!     async fn fetch(&mut self, _running: &Running) -> Result<Option<Artifact>, FetchError> {
+//!         Ok(self.0.take().map(|bytes| {
+//!             let size = bytes.len() as u64;
+//!             Artifact::new("memory", std::io::Cursor::new(bytes)).with_size(size)
+//!         }))
+//!     }
+//! }
+//! # let mut fetcher = Once(Some(b"#!/bin/true".to_vec()));
+//! # let running = Running::new([0; 32], None);
+//! # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+//! # let artifact = rt.block_on(fetcher.fetch(&running)).unwrap().unwrap();
+//! # assert_eq!(artifact.claimed_size(), Some(11));
+//! ```
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use async_trait::async_trait;
+pub use semver::Version;
+use tokio::io::AsyncRead;
+pub use tokio::sync::Notify;
+
+/// A SHA-256 digest.
+pub type Sha256 = [u8; 32];
+
+/// What is running now, as the core knows it: fetchers use it to decide whether something is
+/// newer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    /// SHA-256 of the live binary.
+    pub sha256: Sha256,
+    /// The running program's version, when the program declared one.
+    pub version: Option<Version>,
+}
+
+impl Running {
+    /// Describes the running binary.
+    pub fn new(sha256: Sha256, version: Option<Version>) -> Self {
+        Self { sha256, version }
+    }
+}
+
+/// A candidate binary: its bytes, as a stream, and what its source claims about it.
+///
+/// Claims are checked by the core: a published SHA-256 must match the bytes, a signature must
+/// verify against a configured key, a version must be greater than the running one.
+pub struct Artifact {
+    reader: Pin<Box<dyn AsyncRead + Send>>,
+    origin: String,
+    id: Option<String>,
+    version: Option<Version>,
+    size: Option<u64>,
+    sha256: Option<Sha256>,
+    signature: Option<Vec<u8>>,
+}
+
+impl Artifact {
+    /// An artifact read from `reader`; `origin` names where it came from in logs and errors
+    /// (a path, a URL, `s3://bucket/key`).
+    pub fn new(origin: impl Into<String>, reader: impl AsyncRead + Send + 'static) -> Self {
+        Self {
+            reader: Box::pin(reader),
+            origin: origin.into(),
+            id: None,
+            version: None,
+            size: None,
+            sha256: None,
+            signature: None,
+        }
+    }
+
+    /// The version the source claims.
+    pub fn with_version(mut self, version: Version) -> Self {
+        self.version = Some(version);
+        self
+    }
+
+    /// The size in bytes the source announces; more bytes than this is an error.
+    pub fn with_size(mut self, size: u64) -> Self {
+        self.size = Some(size);
+        self
+    }
+
+    /// The SHA-256 the source publishes (a digest field, a checksum file, object metadata).
+    pub fn with_sha256(mut self, sha256: Sha256) -> Self {
+        self.sha256 = Some(sha256);
+        self
+    }
+
+    /// A detached minisign signature of the bytes, as published next to them.
+    pub fn with_signature(mut self, signature: Vec<u8>) -> Self {
+        self.signature = Some(signature);
+        self
+    }
+
+    /// A source-specific identity of this candidate (an ETag, a release id, a file's mtime),
+    /// handed back through [`Fetcher::settled`] once the core is done with it.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Where the artifact came from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The source-specific identity, if the fetcher set one.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// The claimed version.
+    pub fn claimed_version(&self) -> Option<&Version> {
+        self.version.as_ref()
+    }
+
+    /// The claimed size.
+    pub fn claimed_size(&self) -> Option<u64> {
+        self.size
+    }
+
+    /// The published SHA-256.
+    pub fn claimed_sha256(&self) -> Option<&Sha256> {
+        self.sha256.as_ref()
+    }
+
+    /// The published signature.
+    pub fn signature(&self) -> Option<&[u8]> {
+        self.signature.as_deref()
+    }
+
+    /// The byte stream; the core reads it once.
+    pub fn reader(&mut self) -> Pin<&mut (dyn AsyncRead + Send)> {
+        self.reader.as_mut()
+    }
+}
+
+impl fmt::Debug for Artifact {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Artifact")
+            .field("origin", &self.origin)
+            .field("id", &self.id)
+            .field("version", &self.version)
+            .field("size", &self.size)
+            .field("sha256", &self.sha256.map(hex_prefix))
+            .field("signed", &self.signature.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn hex_prefix(digest: Sha256) -> String {
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How the core finished with an artifact, reported back through [`Fetcher::settled`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settlement {
+    /// Installed and serving (or staged).
+    Installed,
+    /// Refused for good: bad checksum or signature, failed sanity check, older version,
+    /// identical to what runs. Asking again will give the same answer.
+    Rejected,
+}
+
+/// A source of new binaries.
+///
+/// Implementers write [`name`](Fetcher::name) and [`fetch`](Fetcher::fetch). A fetcher that can
+/// be told of changes (a file watcher) also overrides [`wake`](Fetcher::wake); one that keeps
+/// conditional-request state (an ETag) overrides [`settled`](Fetcher::settled), so that a
+/// download that failed half-way is offered again rather than forgotten.
+#[async_trait]
+pub trait Fetcher: Send + Sync {
+    /// A short name for logs: `file`, `github`, `s3`, `http`.
+    fn name(&self) -> &str;
+
+    /// Looks for a candidate newer than `running`. `Ok(None)` means nothing new.
+    ///
+    /// Called on the core's interval (with jitter and error backoff) and whenever
+    /// [`wake`](Fetcher::wake) fires. Must not block the thread: it runs on the master's runtime.
+    async fn fetch(&mut self, running: &Running) -> Result<Option<Artifact>, FetchError>;
+
+    /// A notifier the fetcher pokes when it learns of a change, so the core polls at once
+    /// instead of waiting for the interval.
+    fn wake(&self) -> Option<Arc<Notify>> {
+        None
+    }
+
+    /// Called once the core has finished with the artifact whose [`Artifact::id`] is `id`.
+    /// Transient failures (I/O, network) are not settled: the same candidate is offered again.
+    fn settled(&mut self, id: &str, settlement: Settlement) {
+        let _ = (id, settlement);
+    }
+}
+
+#[async_trait]
+impl<F: Fetcher + ?Sized> Fetcher for Box<F> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    async fn fetch(&mut self, running: &Running) -> Result<Option<Artifact>, FetchError> {
+        (**self).fetch(running).await
+    }
+    fn wake(&self) -> Option<Arc<Notify>> {
+        (**self).wake()
+    }
+    fn settled(&mut self, id: &str, settlement: Settlement) {
+        (**self).settled(id, settlement)
+    }
+}
+
+/// Why a fetcher could not answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The source could not be reached or answered with a transport error; retried with backoff.
+    #[error("{origin}: unreachable: {message}")]
+    Unreachable {
+        /// The source.
+        origin: String,
+        /// What the transport said.
+        message: String,
+    },
+    /// The source answered, but with something that is not what was asked for.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// The source.
+        origin: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The source refused: credentials, permissions, a missing object or asset.
+    #[error("{origin}: refused: {message}")]
+    Refused {
+        /// The source.
+        origin: String,
+        /// What the source said.
+        message: String,
+    },
+    /// The source asked us to wait (a rate limit); the core waits at least this long.
+    #[error("{origin}: rate limited, retry in {retry_after:?}")]
+    RateLimited {
+        /// The source.
+        origin: String,
+        /// How long to wait.
+        retry_after: std::time::Duration,
+    },
+    /// A local I/O error.
+    #[error("{origin}: {source}")]
+    Io {
+        /// What was being read.
+        origin: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FetchError {
+    /// A transport failure.
+    pub fn unreachable(origin: impl Into<String>, message: impl fmt::Display) -> Self {
+        Self::Unreachable { origin: origin.into(), message: message.to_string() }
+    }
+
+    /// A malformed answer.
+    pub fn invalid(origin: impl Into<String>, message: impl fmt::Display) -> Self {
+        Self::Invalid { origin: origin.into(), message: message.to_string() }
+    }
+
+    /// A refusal.
+    pub fn refused(origin: impl Into<String>, message: impl fmt::Display) -> Self {
+        Self::Refused { origin: origin.into(), message: message.to_string() }
+    }
+
+    /// A local I/O error.
+    pub fn io(origin: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { origin: origin.into(), source }
+    }
+
+    /// How long the source asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}
+
+/// Parses a SHA-256 written as 64 hex digits (optionally prefixed `sha256:`).
+pub fn parse_sha256(text: &str) -> Option<Sha256> {
+    let text = text.trim();
+    let text = text.strip_prefix("sha256:").unwrap_or(text);
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
+        let hi = (chunk[0] as char).to_digit(16)?;
+        let lo = (chunk[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+/// Finds the SHA-256 of `file_name` in a checksum file (`SHA256SUMS`, `checksums.txt`,
+/// `<asset>.sha256`): lines of `<hex>  <name>` or `<hex> *<name>`, or a lone `<hex>`.
+pub fn find_in_checksum_file(contents: &str, file_name: &str) -> Option<Sha256> {
+    let mut lone = None;
+    let mut lines = 0;
+    for line in contents.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        lines += 1;
+        let mut parts = line.split_whitespace();
+        let digest = parts.next()?;
+        match parts.next() {
+            Some(name) => {
+                let name = name.trim_start_matches('*');
+                let base = name.rsplit('/').next().unwrap_or(name);
+                if name == file_name || base == file_name {
+                    return parse_sha256(digest);
+                }
+            }
+            None => lone = parse_sha256(digest),
+        }
+    }
+    if lines == 1 {
+        lone
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "3fa1c0ffee3fa1c0ffee3fa1c0ffee3fa1c0ffee3fa1c0ffee3fa1c0ffee3fa1";
+
+    #[test]
+    fn parses_digest_with_and_without_prefix() {
+        let d = parse_sha256(A).unwrap();
+        assert_eq!(d[0], 0x3f);
+        assert_eq!(parse_sha256(&format!("sha256:{A}")), Some(d));
+        assert_eq!(parse_sha256("abc"), None);
+        assert_eq!(parse_sha256(&A.replace('a', "g")), None);
+    }
+
+    #[test]
+    fn checksum_file_formats() {
+        let sums = format!("{}  other\n{A} *app-linux\n", "0".repeat(64));
+        assert_eq!(find_in_checksum_file(&sums, "app-linux"), parse_sha256(A));
+        assert_eq!(find_in_checksum_file(&sums, "missing"), None);
+        assert_eq!(find_in_checksum_file(&format!("{A}\n"), "anything"), parse_sha256(A));
+        assert_eq!(find_in_checksum_file(&format!("{A}  dist/app\n"), "app"), parse_sha256(A));
+        assert_eq!(find_in_checksum_file("not a checksum\n", "app"), None);
+    }
+}

@@ -1,1 +1,22 @@
-fn main(){}
+//! An HTTP service under handover that upgrades itself from a watched file.
+//!
+//! ```text
+//! cargo run --example hello                       # serves 127.0.0.1:8080 (PORT to change)
+//! curl 127.0.0.1:8080/                            # hello from pid=… worker=1 sha256=…
+//! cp target/debug/examples/hello target/debug/examples/hello.next
+//! echo >> target/debug/examples/hello.next        # a new hash: the service upgrades itself
+//! kill -USR2 <master pid>                          # or just restart
+//! ```
+
+#[path = "common/mod.rs"]
+mod common;
+
+fn main() -> Result<(), handover::Error> {
+    common::init_logging();
+    let config = common::config_from_env()?;
+    handover::Handover::new(config).version(env!("CARGO_PKG_VERSION")).run(|worker| async move {
+        // Runs only in workers: the master never calls this closure.
+        common::spawn_logging_job(&worker);
+        common::serve_hello(worker).await
+    })
+}

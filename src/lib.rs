@@ -1,1 +1,185 @@
+//! Zero-downtime restarts and unattended upgrades for network services.
+//!
+//! A **master** process with a stable PID binds the listening sockets once and starts a
+//! **worker** from the binary on disk, passing it the sockets. On `SIGUSR2` (or when a fetcher
+//! finds a new binary) the master starts a new worker, waits until it says it is ready, and
+//! only then tells the old worker to drain. The sockets never close, so no connection is
+//! refused; the drain helper for hyper closes keep-alive connections in a way no client
+//! notices, so no request fails.
+//!
+//! # What runs where
+//!
+//! Your `main` runs in the master *and* in every worker (they are the same binary). The closure
+//! given to [`Handover::run`] runs **only in workers**; the master never calls it. Put
+//! everything that serves, schedules or connects inside the closure. Jobs that must run once
+//! per service (a cron scheduler) go through [`Worker::spawn_exclusive`].
+//!
+//! # Example
+//!
+//! ```no_run
+//! use http_body_util::Full;
+//! use hyper::{body::Bytes, Response};
+//!
+//! fn main() -> Result<(), handover::Error> {
+//!     let config = handover::Config::builder()
+//!         .listen_tcp("http", "127.0.0.1:8080".parse().unwrap())
+//!         .build()?;
+//!     handover::Handover::new(config)
+//!         .version(env!("CARGO_PKG_VERSION"))
+//!         .run(|worker| async move {
+//!             let listener = worker.tcp("http")?;
+//!             let id = worker.id();
+//!             let service = hyper::service::service_fn(move |_req| async move {
+//!                 Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(format!("worker {id}\n")))))
+//!             });
+//!             handover::http::serve(&worker, listener, service).await
+//!         })
+//! }
+//! ```
+//!
+//! Run it, then `kill -USR2 <pid>`: a new worker takes over, the PID stays.
+//!
+//! # Crate features
+//!
+//! - `file` (default): the [`FileFetcher`] watches a path for a new binary.
+//! - `github`, `s3`, `http`: the other fetchers (heavier dependencies, opt-in).
 
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+pub mod http;
+mod master;
+mod protocol;
+mod sys;
+mod upgrade;
+mod worker;
+
+use std::future::Future;
+
+pub use config::{Config, ConfigBuilder, FileFetcherConfig, Listen, UpgradeConfig};
+pub use error::{Error, Result};
+pub use handover_fetcher as fetcher;
+#[cfg(feature = "file")]
+pub use handover_fetcher_file::FileFetcher;
+pub use master::{Master, MasterHandle, Phase, Status, UpgradeRecord, WorkerInfo};
+pub use worker::{Shutdown, Worker};
+
+/// The entry point of a program that runs under handover.
+///
+/// Built in `main`; [`run`](Handover::run) decides from the environment whether this process
+/// is the master, a worker, or the sanity run of an upgrade candidate.
+#[must_use = "call .run(...) to start"]
+pub struct Handover {
+    config: Config,
+    version: Option<String>,
+    fetcher: Option<Box<dyn handover_fetcher::Fetcher>>,
+    on_master: Option<Box<dyn FnOnce(MasterHandle)>>,
+}
+
+impl Handover {
+    /// Uses `config`.
+    pub fn new(config: Config) -> Self {
+        Self { config, version: None, fetcher: None, on_master: None }
+    }
+
+    /// Declares the program's version (usually `env!("CARGO_PKG_VERSION")`): shown in status,
+    /// answered in the sanity run, and compared by fetchers that know versions.
+    pub fn version(mut self, version: &str) -> Self {
+        self.version = Some(version.to_string());
+        self
+    }
+
+    /// Polls a custom fetcher for new binaries (instead of the one named in the config).
+    pub fn fetcher(mut self, fetcher: impl handover_fetcher::Fetcher + 'static) -> Self {
+        self.fetcher = Some(Box::new(fetcher));
+        self
+    }
+
+    /// Called in the master once it runs, with a handle to restart, stop or watch it.
+    pub fn on_master(mut self, f: impl FnOnce(MasterHandle) + 'static) -> Self {
+        self.on_master = Some(Box::new(f));
+        self
+    }
+
+    /// Runs the master, or, in a worker, `program`.
+    ///
+    /// - In the master: binds the listeners, starts workers and hands over between them until
+    ///   `SIGTERM`/`SIGINT`; returns `Ok(())` after a graceful stop. `program` is not called.
+    /// - In a worker: calls `program` with the [`Worker`] and returns when it does.
+    /// - In the sanity run of an upgrade candidate: prints the check reply and exits 0.
+    pub fn run<F, Fut, E>(self, program: F) -> Result<()>
+    where
+        F: FnOnce(Worker) -> Fut,
+        Fut: Future<Output = std::result::Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        if let Some(nonce) = std::env::var_os(protocol::ENV_CHECK) {
+            upgrade::answer_check(&nonce.to_string_lossy(), self.version.as_deref());
+            std::process::exit(0);
+        }
+        if worker::is_worker() {
+            return worker::run_worker(self.config.worker_threads, program);
+        }
+        drop(program);
+        self.run_master()
+    }
+
+    fn run_master(self) -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the master runtime", e))?;
+        let fetcher = match self.fetcher {
+            Some(fetcher) => Some(fetcher),
+            None => runtime.block_on(build_fetcher(&self.config, self.version.as_deref()))?,
+        };
+        let mut master = Master::new(self.config)?;
+        master.set_version(self.version);
+        if let Some(fetcher) = fetcher {
+            master.set_fetcher(fetcher);
+        }
+        let handle = master.handle();
+        if let Some(on_master) = self.on_master {
+            on_master(handle);
+        }
+        runtime.block_on(master.run())
+    }
+}
+
+/// Builds the fetcher the configuration names, or `None`.
+pub async fn build_fetcher(config: &Config, _version: Option<&str>) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
+    let Some(name) = config.fetcher.as_deref() else { return Ok(None) };
+    match name {
+        "file" => file_fetcher(config),
+        "github" => Err(Error::FetcherNotCompiled { name: name.into(), feature: "github" }),
+        "s3" => Err(Error::FetcherNotCompiled { name: name.into(), feature: "s3" }),
+        "http" => Err(Error::FetcherNotCompiled { name: name.into(), feature: "http" }),
+        other => Err(Error::config("fetcher", format!("unknown fetcher {other:?}"))),
+    }
+}
+
+#[cfg(feature = "file")]
+fn file_fetcher(config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
+    let settings = config.file.clone().unwrap_or_default();
+    let path = match settings.path {
+        Some(path) => path,
+        None => {
+            let live = master::spawn::resolve_binary(config.binary.as_deref())
+                .map_err(|e| Error::io("resolving the live binary's path", e))?;
+            let mut name = live.file_name().unwrap_or_default().to_os_string();
+            name.push(".next");
+            live.with_file_name(name)
+        }
+    };
+    let mut fetcher = FileFetcher::new(path).poll_only(settings.poll_only);
+    if let Some(settle) = settings.settle {
+        fetcher = fetcher.settle(settle);
+    }
+    Ok(Some(Box::new(fetcher.start().map_err(|e| Error::io("starting the file watcher", e))?)))
+}
+
+#[cfg(not(feature = "file"))]
+fn file_fetcher(_config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
+    Err(Error::FetcherNotCompiled { name: "file".into(), feature: "file" })
+}

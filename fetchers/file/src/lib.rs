@@ -1,1 +1,296 @@
+//! A handover fetcher that watches a path on disk for a new binary.
+//!
+//! Drop a new binary at the watched path (copy it, or better, write it elsewhere in the same
+//! directory and rename it into place) and the service upgrades itself. The parent directory is
+//! watched with inotify (through `notify`), so a rename into place is seen; the core also polls
+//! on its interval, which is all there is on file systems without inotify (`poll_only`).
+//!
+//! A file is taken only once its size and modification time have stopped changing for the
+//! settle time, so a copy in progress is never installed half-written. A sibling
+//! `<path>.sha256` (hex digest) and `<path>.minisig` (signature) are passed on as the file's
+//! published checksum and signature.
+//!
+//! ```no_run
+//! # fn main() -> std::io::Result<()> {
+//! let fetcher = handover_fetcher_file::FileFetcher::new("/srv/app/app.next").start()?;
+//! # let _ = fetcher; Ok(()) }
+//! ```
 
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use handover_fetcher::{async_trait, Artifact, FetchError, Fetcher, Notify, Running, Settlement};
+use notify::{RecursiveMode, Watcher};
+
+/// How long a file must stay unchanged before it is taken, unless configured.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(250);
+
+/// How many settle periods a file may keep changing before this poll gives up on it (the next
+/// change or poll tries again).
+const MAX_SETTLE_ROUNDS: u32 = 240;
+
+/// Watches one path for new binaries.
+pub struct FileFetcher {
+    path: PathBuf,
+    poll_only: bool,
+    settle: Duration,
+    wake: Arc<Notify>,
+    watcher: Option<notify::RecommendedWatcher>,
+    settled: Option<String>,
+}
+
+impl std::fmt::Debug for FileFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileFetcher")
+            .field("path", &self.path)
+            .field("poll_only", &self.poll_only)
+            .field("settle", &self.settle)
+            .field("watching", &self.watcher.is_some())
+            .finish()
+    }
+}
+
+/// Identity of a file version: a new write, copy or rename changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self { dev: meta.dev(), ino: meta.ino(), size: meta.size(), mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()) }
+    }
+
+    fn id(&self) -> String {
+        format!("{}:{}:{}:{}", self.dev, self.ino, self.size, self.mtime_ns)
+    }
+}
+
+impl FileFetcher {
+    /// Watches `path` (it need not exist yet).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), poll_only: false, settle: DEFAULT_SETTLE, wake: Arc::new(Notify::new()), watcher: None, settled: None }
+    }
+
+    /// Skips inotify and relies on the core's polling (for NFS and other network file systems).
+    pub fn poll_only(mut self, poll_only: bool) -> Self {
+        self.poll_only = poll_only;
+        self
+    }
+
+    /// How long size and mtime must stay unchanged before the file is taken.
+    pub fn settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// The watched path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether inotify is active (false: polling only).
+    pub fn is_watching(&self) -> bool {
+        self.watcher.is_some()
+    }
+
+    /// Starts watching the parent directory. If the watch cannot be set up (no inotify, the
+    /// directory is missing), logs why and falls back to polling.
+    pub fn start(mut self) -> std::io::Result<Self> {
+        if self.poll_only {
+            return Ok(self);
+        }
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let wake = self.wake.clone();
+        let name = self.path.file_name().map(|n| n.to_os_string());
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let relevant = match &event {
+                Ok(event) => event.paths.is_empty() || event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name),
+                Err(_) => true,
+            };
+            if relevant {
+                wake.notify_one();
+            }
+        })
+        .and_then(|mut watcher| watcher.watch(&dir, RecursiveMode::NonRecursive).map(|()| watcher));
+        match watcher {
+            Ok(watcher) => {
+                tracing::info!(path = %self.path.display(), "watching for a new binary (inotify, with polling as a fallback)");
+                self.watcher = Some(watcher);
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot watch the directory; polling only");
+            }
+        }
+        Ok(self)
+    }
+
+    /// Waits until the file stops changing; `None` if it vanished or kept changing.
+    async fn settled_stamp(&self) -> Result<Option<Stamp>, FetchError> {
+        let mut last = match self.stamp()? {
+            Some(stamp) => stamp,
+            None => return Ok(None),
+        };
+        for _ in 0..MAX_SETTLE_ROUNDS {
+            tokio::time::sleep(self.settle).await;
+            match self.stamp()? {
+                None => return Ok(None),
+                Some(now) if now == last => return Ok(Some(now)),
+                Some(now) => last = now,
+            }
+        }
+        tracing::info!(path = %self.path.display(), "file is still being written; will look again");
+        Ok(None)
+    }
+
+    fn stamp(&self) -> Result<Option<Stamp>, FetchError> {
+        match std::fs::metadata(&self.path) {
+            Ok(meta) if meta.is_file() => Ok(Some(Stamp::of(&meta))),
+            Ok(_) => Err(FetchError::invalid(self.origin(), "is not a regular file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(FetchError::io(self.origin(), e)),
+        }
+    }
+
+    fn origin(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn sidecar(&self, suffix: &str) -> Option<Vec<u8>> {
+        let mut name = self.path.file_name()?.to_os_string();
+        name.push(suffix);
+        std::fs::read(self.path.with_file_name(name)).ok()
+    }
+}
+
+#[async_trait]
+impl Fetcher for FileFetcher {
+    fn name(&self) -> &str {
+        "file"
+    }
+
+    async fn fetch(&mut self, _running: &Running) -> Result<Option<Artifact>, FetchError> {
+        let Some(first) = self.stamp()? else { return Ok(None) };
+        if self.settled.as_deref() == Some(first.id().as_str()) {
+            return Ok(None);
+        }
+        let Some(stamp) = self.settled_stamp().await? else { return Ok(None) };
+        let file = match std::fs::File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FetchError::io(self.origin(), e)),
+        };
+        // The file may have been replaced between the last stat and the open.
+        let opened = Stamp::of(&file.metadata().map_err(|e| FetchError::io(self.origin(), e))?);
+        if opened != stamp {
+            self.wake.notify_one();
+            return Ok(None);
+        }
+        let mut artifact = Artifact::new(self.origin(), tokio::fs::File::from_std(file)).with_size(stamp.size).with_id(stamp.id());
+        if let Some(text) = self.sidecar(".sha256") {
+            let text = String::from_utf8_lossy(&text);
+            let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            match handover_fetcher::find_in_checksum_file(&text, &name) {
+                Some(digest) => artifact = artifact.with_sha256(digest),
+                None => return Err(FetchError::invalid(format!("{}.sha256", self.origin()), "holds no sha256 for this file")),
+            }
+        }
+        if let Some(signature) = self.sidecar(".minisig") {
+            artifact = artifact.with_signature(signature);
+        }
+        Ok(Some(artifact))
+    }
+
+    fn wake(&self) -> Option<Arc<Notify>> {
+        Some(self.wake.clone())
+    }
+
+    fn settled(&mut self, id: &str, _settlement: Settlement) {
+        self.settled = Some(id.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn running() -> Running {
+        Running::new([0; 32], None)
+    }
+
+    #[tokio::test]
+    async fn offers_a_new_file_once_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.next");
+        let mut fetcher = FileFetcher::new(&path).settle(Duration::from_millis(20)).start().unwrap();
+        assert!(fetcher.is_watching());
+        assert!(fetcher.fetch(&running()).await.unwrap().is_none());
+
+        std::fs::write(&path, b"binary v2").unwrap();
+        let mut artifact = fetcher.fetch(&running()).await.unwrap().expect("offered");
+        assert_eq!(artifact.claimed_size(), Some(9));
+        let mut bytes = Vec::new();
+        artifact.reader().read_to_end(&mut bytes).await.unwrap();
+        assert_eq!(bytes, b"binary v2");
+
+        // Not settled yet: offered again (a failed install must not lose it).
+        let again = fetcher.fetch(&running()).await.unwrap().expect("offered again");
+        fetcher.settled(again.id().unwrap(), Settlement::Installed);
+        assert!(fetcher.fetch(&running()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn inotify_wakes_on_rename_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.next");
+        let fetcher = FileFetcher::new(&path).start().unwrap();
+        let wake = fetcher.wake().unwrap();
+        let tmp = dir.path().join("upload.tmp");
+        std::fs::write(&tmp, b"v3").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), wake.notified()).await.expect("woken by inotify");
+    }
+
+    #[tokio::test]
+    async fn a_file_still_being_written_is_not_taken_half_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.next");
+        let mut fetcher = FileFetcher::new(&path).settle(Duration::from_millis(100)).poll_only(true).start().unwrap();
+        let writer_path = path.clone();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&writer_path).unwrap();
+            for _ in 0..10 {
+                file.write_all(&[7u8; 1000]).unwrap();
+                file.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let artifact = fetcher.fetch(&running()).await.unwrap().expect("offered once complete");
+        writer.join().unwrap();
+        assert_eq!(artifact.claimed_size(), Some(10_000));
+    }
+
+    #[tokio::test]
+    async fn sidecar_checksum_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.next");
+        std::fs::write(&path, b"x").unwrap();
+        let digest = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881";
+        std::fs::write(dir.path().join("app.next.sha256"), format!("{digest}  app.next\n")).unwrap();
+        let mut fetcher = FileFetcher::new(&path).settle(Duration::from_millis(10)).poll_only(true);
+        let artifact = fetcher.fetch(&running()).await.unwrap().unwrap();
+        assert_eq!(artifact.claimed_sha256(), handover_fetcher::parse_sha256(digest).as_ref());
+
+        std::fs::write(dir.path().join("app.next.sha256"), "garbage\n").unwrap();
+        let err = fetcher.fetch(&running()).await.unwrap_err();
+        assert!(err.to_string().contains("holds no sha256"), "{err}");
+    }
+}

@@ -1,0 +1,463 @@
+//! Configuration: a serde struct read from `handover.toml`, and a builder for library users.
+//!
+//! Every field has a default, so an empty file is a valid configuration (it just listens on
+//! nothing). Durations are written the human way: `"500ms"`, `"30s"`, `"2m"`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The whole configuration of a master and its workers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// The sockets the master binds once and passes to every worker, in this order (the first is
+    /// fd 3 in the worker). `[[listen]]` tables.
+    pub listen: Vec<Listen>,
+    /// How long a new worker has to say it is ready before it is killed and the old one kept.
+    #[serde(with = "humantime_serde")]
+    pub ready_timeout: Duration,
+    /// How long a draining worker may take to finish in-flight work before it is killed.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// After draining begins, how long an idle keep-alive connection stays open (so a request
+    /// a client just sent on it is still answered, with `Connection: close`).
+    #[serde(with = "humantime_serde")]
+    pub idle_grace: Duration,
+    /// Signals that start a hand-over to a new worker. Default `["SIGUSR2", "SIGHUP"]`.
+    pub restart_signals: Vec<String>,
+    /// Signal a worker receives when the master dies (`PR_SET_PDEATHSIG`). Default `SIGTERM`.
+    pub parent_death_signal: String,
+    /// First delay before restarting a worker that crashed; doubles on each crash in a row.
+    #[serde(with = "humantime_serde")]
+    pub restart_backoff: Duration,
+    /// The longest delay between restarts of a crashing worker.
+    #[serde(with = "humantime_serde")]
+    pub restart_backoff_max: Duration,
+    /// The binary workers are started from; re-read at every start. Default: the master's own
+    /// executable (as resolved when the master started).
+    pub binary: Option<PathBuf>,
+    /// Worker runtime threads (library mode). Default: one per core.
+    pub worker_threads: Option<usize>,
+    /// Where and how upgrades are fetched, checked and installed.
+    pub upgrade: UpgradeConfig,
+    /// Which fetcher looks for new binaries: `"file"`, `"github"`, `"s3"`, `"http"`, or none.
+    pub fetcher: Option<String>,
+    /// Settings of the file fetcher (`fetcher = "file"`).
+    pub file: Option<FileFetcherConfig>,
+    /// Settings of the GitHub-release fetcher (`fetcher = "github"`), read by that fetcher.
+    pub github: Option<toml::Table>,
+    /// Settings of the S3 fetcher (`fetcher = "s3"`), read by that fetcher.
+    pub s3: Option<toml::Table>,
+    /// Settings of the HTTP fetcher (`fetcher = "http"`), read by that fetcher.
+    pub http: Option<toml::Table>,
+    /// Unix socket for `handover status|restart|upgrade|rollback` (mode 0600). None: no socket.
+    pub control_socket: Option<PathBuf>,
+    /// Log filter (`info`, `handover=debug`), overridden by `RUST_LOG`.
+    pub log: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            ready_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            idle_grace: Duration::from_secs(1),
+            restart_signals: vec!["SIGUSR2".into(), "SIGHUP".into()],
+            parent_death_signal: "SIGTERM".into(),
+            restart_backoff: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_secs(10),
+            binary: None,
+            worker_threads: None,
+            upgrade: UpgradeConfig::default(),
+            fetcher: None,
+            file: None,
+            github: None,
+            s3: None,
+            http: None,
+            control_socket: None,
+            log: None,
+        }
+    }
+}
+
+/// One socket the master binds. Exactly one of `tcp`, `unix` and `udp` is set.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Listen {
+    /// The name workers ask for (`worker.tcp("http")`); also passed in `LISTEN_FDNAMES`.
+    pub name: String,
+    /// A TCP address, `127.0.0.1:8080` or `[::1]:8080`.
+    pub tcp: Option<SocketAddr>,
+    /// A Unix stream socket path. A stale socket file left by a dead process is replaced; the
+    /// file is kept across hand-overs and removed when the master stops.
+    pub unix: Option<PathBuf>,
+    /// A UDP address.
+    pub udp: Option<SocketAddr>,
+    /// Listen backlog (TCP and Unix). Default 1024.
+    pub backlog: Option<u32>,
+    /// Permission bits of a Unix socket file, e.g. `0o660`. Default: from the umask.
+    pub mode: Option<u32>,
+}
+
+impl Listen {
+    /// A TCP listener.
+    pub fn tcp(name: impl Into<String>, address: SocketAddr) -> Self {
+        Self { name: name.into(), tcp: Some(address), unix: None, udp: None, backlog: None, mode: None }
+    }
+
+    /// A Unix stream listener.
+    pub fn unix(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self { name: name.into(), tcp: None, unix: Some(path.into()), udp: None, backlog: None, mode: None }
+    }
+
+    /// A UDP socket.
+    pub fn udp(name: impl Into<String>, address: SocketAddr) -> Self {
+        Self { name: name.into(), tcp: None, unix: None, udp: Some(address), backlog: None, mode: None }
+    }
+
+    /// Sets the listen backlog.
+    pub fn with_backlog(mut self, backlog: u32) -> Self {
+        self.backlog = Some(backlog);
+        self
+    }
+
+    /// A short description for logs: `tcp 127.0.0.1:8080`.
+    pub fn describe(&self) -> String {
+        match (&self.tcp, &self.unix, &self.udp) {
+            (Some(a), _, _) => format!("tcp {a}"),
+            (_, Some(p), _) => format!("unix {}", p.display()),
+            (_, _, Some(a)) => format!("udp {a}"),
+            _ => "nothing".into(),
+        }
+    }
+}
+
+/// How upgrades are fetched, checked and installed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct UpgradeConfig {
+    /// How often the fetcher is asked for something new.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Up to this fraction of `interval` is added at random, so a fleet does not poll in step.
+    pub jitter: f64,
+    /// The longest wait after fetch errors (the wait doubles from `interval` on each error).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Candidates larger than this are refused while downloading.
+    pub max_size: u64,
+    /// Refuse candidates whose source published no SHA-256.
+    pub checksum_required: bool,
+    /// How long the candidate's sanity run may take.
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
+    /// After a new worker is ready, a crash within this window rolls back to the previous binary.
+    #[serde(with = "humantime_serde")]
+    pub probation: Duration,
+    /// Swap the binary on disk but do not hand over; the next restart runs it.
+    pub stage_only: bool,
+    /// Allow a candidate whose claimed version is lower than the running one.
+    pub allow_downgrade: bool,
+    /// Minisign public keys (the base64 line of a `.pub` file). When any is set, every candidate
+    /// must carry a valid signature by one of them.
+    pub public_keys: Vec<String>,
+    /// A command run before the swap with the candidate's path as its argument and
+    /// `HANDOVER_CANDIDATE_SHA256` in its environment; a non-zero exit vetoes the upgrade.
+    pub pre_upgrade: Option<Vec<String>>,
+    /// Refuse upgrades when the live binary's directory is writable by other users.
+    pub refuse_shared_directory: bool,
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(30),
+            jitter: 0.1,
+            max_backoff: Duration::from_secs(600),
+            max_size: 512 * 1024 * 1024,
+            checksum_required: false,
+            check_timeout: Duration::from_secs(10),
+            probation: Duration::from_secs(30),
+            stage_only: false,
+            allow_downgrade: false,
+            public_keys: Vec::new(),
+            pre_upgrade: None,
+            refuse_shared_directory: true,
+        }
+    }
+}
+
+/// Settings of the file fetcher.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct FileFetcherConfig {
+    /// The path to watch. Default: the live binary's path plus `.next`.
+    pub path: Option<PathBuf>,
+    /// Poll instead of using inotify (for network file systems). Default false.
+    pub poll_only: bool,
+    /// How long the file's size and mtime must stay unchanged before it is taken.
+    #[serde(with = "humantime_serde::option")]
+    pub settle: Option<Duration>,
+}
+
+impl Config {
+    /// Reads and validates a TOML file. Errors name the file, the line and the field.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|span| line_of(text, span.start));
+            let message = e.message().trim().to_string();
+            match line {
+                Some(line) => Error::config(format!("{origin}:{line}"), message),
+                None => Error::config(origin, message),
+            }
+        })?;
+        config.validate().map_err(|(field, message)| {
+            let located = locate_field(text, field).map(|l| format!("{origin}:{l}"));
+            Error::config(located.unwrap_or_else(|| origin.to_string()), format!("{field} {message}"))
+        })?;
+        Ok(config)
+    }
+
+    /// Starts a builder from the defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder { config: Config::default() }
+    }
+
+    /// Checks what serde cannot: one address per listener, unique names, known signals.
+    /// Returns the offending field and what is wrong with it.
+    pub(crate) fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        let mut names = std::collections::HashSet::new();
+        for listen in &self.listen {
+            let set = [listen.tcp.is_some(), listen.unix.is_some(), listen.udp.is_some()];
+            if set.iter().filter(|s| **s).count() != 1 {
+                return Err(("listen", format!("{:?} must set exactly one of tcp, unix, udp", listen.name)));
+            }
+            if listen.name.is_empty() || listen.name.contains(':') {
+                return Err(("listen", format!("name {:?} must be non-empty and contain no ':'", listen.name)));
+            }
+            if !names.insert(listen.name.as_str()) {
+                return Err(("listen", format!("name {:?} is used twice", listen.name)));
+            }
+        }
+        for signal in &self.restart_signals {
+            if crate::sys::signal_number(signal).is_none() {
+                return Err(("restart_signals", format!("has an unknown signal {signal:?}")));
+            }
+        }
+        if crate::sys::signal_number(&self.parent_death_signal).is_none() {
+            return Err(("parent_death_signal", format!("is an unknown signal {:?}", self.parent_death_signal)));
+        }
+        if self.ready_timeout.is_zero() {
+            return Err(("ready_timeout", "must be more than zero".into()));
+        }
+        if !(0.0..=1.0).contains(&self.upgrade.jitter) {
+            return Err(("upgrade.jitter", "must be between 0 and 1".into()));
+        }
+        if self.upgrade.interval.is_zero() {
+            return Err(("upgrade.interval", "must be more than zero".into()));
+        }
+        if let Some(name) = &self.fetcher {
+            if !["file", "github", "s3", "http"].contains(&name.as_str()) {
+                return Err(("fetcher", format!("must be one of \"file\", \"github\", \"s3\", \"http\", not {name:?}")));
+            }
+        }
+        if let Some(hook) = &self.upgrade.pre_upgrade {
+            if hook.is_empty() {
+                return Err(("upgrade.pre_upgrade", "must name a program".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// The line where a (possibly dotted) field is set, found by reading the TOML as text: the
+/// deserialiser's spans stop at values it accepted.
+fn locate_field(text: &str, field: &str) -> Option<usize> {
+    let (table, key) = match field.rsplit_once('.') {
+        Some((table, key)) => (Some(table), key),
+        None => (None, field),
+    };
+    let mut current: Option<String> = None;
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            let header = header.trim_start_matches('[');
+            let name = header.split(']').next().unwrap_or("").trim().to_string();
+            if table.is_none() && name == key {
+                return Some(index + 1);
+            }
+            current = Some(name);
+            continue;
+        }
+        let Some((lhs, _)) = line.split_once('=') else { continue };
+        if lhs.trim() == key && current.as_deref() == table {
+            return Some(index + 1);
+        }
+    }
+    None
+}
+
+/// Builds a [`Config`] in code.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = handover::Config::builder()
+///     .listen_tcp("http", "127.0.0.1:8080".parse().unwrap())
+///     .ready_timeout(Duration::from_secs(5))
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.listen.len(), 1);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    config: Config,
+}
+
+impl ConfigBuilder {
+    /// Adds a listener.
+    pub fn listen(mut self, listen: Listen) -> Self {
+        self.config.listen.push(listen);
+        self
+    }
+
+    /// Adds a TCP listener.
+    pub fn listen_tcp(self, name: &str, address: SocketAddr) -> Self {
+        self.listen(Listen::tcp(name, address))
+    }
+
+    /// Adds a Unix stream listener.
+    pub fn listen_unix(self, name: &str, path: impl Into<PathBuf>) -> Self {
+        self.listen(Listen::unix(name, path))
+    }
+
+    /// Adds a UDP socket.
+    pub fn listen_udp(self, name: &str, address: SocketAddr) -> Self {
+        self.listen(Listen::udp(name, address))
+    }
+
+    /// See [`Config::ready_timeout`].
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.config.ready_timeout = timeout;
+        self
+    }
+
+    /// See [`Config::drain_timeout`].
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.drain_timeout = timeout;
+        self
+    }
+
+    /// See [`Config::idle_grace`].
+    pub fn idle_grace(mut self, grace: Duration) -> Self {
+        self.config.idle_grace = grace;
+        self
+    }
+
+    /// See [`Config::restart_signals`].
+    pub fn restart_signals(mut self, signals: &[&str]) -> Self {
+        self.config.restart_signals = signals.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// See [`Config::binary`].
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.binary = Some(path.into());
+        self
+    }
+
+    /// See [`Config::control_socket`].
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.control_socket = Some(path.into());
+        self
+    }
+
+    /// Watches `path` for new binaries with the file fetcher.
+    pub fn watch_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.fetcher = Some("file".into());
+        self.config.file = Some(FileFetcherConfig { path: Some(path.into()), ..Default::default() });
+        self
+    }
+
+    /// Changes the upgrade settings.
+    pub fn upgrade(mut self, change: impl FnOnce(&mut UpgradeConfig)) -> Self {
+        change(&mut self.config.upgrade);
+        self
+    }
+
+    /// Changes any other field.
+    pub fn with(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<Config> {
+        self.config.validate().map_err(|(field, message)| Error::config("builder", format!("{field} {message}")))?;
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_valid_defaults() {
+        let config = Config::from_toml("", "t.toml").unwrap();
+        assert_eq!(config.ready_timeout, Duration::from_secs(10));
+        assert_eq!(config.restart_signals, ["SIGUSR2", "SIGHUP"]);
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let config = Config::from_toml("drain_timeout = \"1m 30s\"\n[upgrade]\ninterval = \"250ms\"\n", "t").unwrap();
+        assert_eq!(config.drain_timeout, Duration::from_secs(90));
+        assert_eq!(config.upgrade.interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let err = Config::from_toml("ready_timeout = \"10s\"\nready_timout = \"1s\"\n", "h.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("h.toml:2:"), "{text}");
+        assert!(text.contains("ready_timout"), "{text}");
+
+        let err = Config::from_toml("\n\nrestart_signals = [\"SIGFOO\"]\n", "h.toml").unwrap_err();
+        assert_eq!(err.to_string(), "h.toml:3: restart_signals has an unknown signal \"SIGFOO\"");
+
+        let err = Config::from_toml("[[listen]]\nname = \"a\"\ntcp = \"127.0.0.1:1\"\nudp = \"127.0.0.1:2\"\n", "h.toml")
+            .unwrap_err();
+        assert!(err.to_string().contains("exactly one of tcp, unix, udp"), "{err}");
+
+        let err = Config::from_toml("[upgrade]\ninterval = \"0s\"\n", "h.toml").unwrap_err();
+        assert_eq!(err.to_string(), "h.toml:2: upgrade.interval must be more than zero");
+    }
+
+    #[test]
+    fn builder_validates() {
+        let err = Config::builder().restart_signals(&["SIGNOPE"]).build().unwrap_err();
+        assert!(err.to_string().contains("SIGNOPE"));
+    }
+}

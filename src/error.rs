@@ -1,0 +1,102 @@
+//! The error type of the `handover` crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in handover's library API.
+///
+/// Messages name what was wrong and what was kept, so they can be logged as they are.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is invalid.
+    #[error("{origin}: {message}")]
+    Config {
+        /// Where the value came from (`handover.toml:7`, `builder`).
+        origin: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A fetcher named in the configuration was not compiled in.
+    #[error("fetcher \"{name}\" is not compiled in: rebuild handover with the cargo feature \"{feature}\"")]
+    FetcherNotCompiled {
+        /// The fetcher's name in the config.
+        name: String,
+        /// The cargo feature that enables it.
+        feature: &'static str,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address, path or name.
+        address: String,
+        /// The system error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker asked for a listener the master does not pass.
+    #[error("no listener named {name:?} (the master passes: {available})")]
+    NoSuchListener {
+        /// The name asked for.
+        name: String,
+        /// The names that exist.
+        available: String,
+    },
+    /// A listener was taken twice, or is of another kind than asked for.
+    #[error("listener {name:?}: {message}")]
+    Listener {
+        /// The listener's name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The environment a worker was started with is not what the master sets.
+    #[error("worker environment: {0}")]
+    WorkerEnvironment(String),
+    /// A worker process could not be started.
+    #[error("cannot start worker from {binary}: {source}")]
+    Spawn {
+        /// The binary that was executed.
+        binary: PathBuf,
+        /// The system error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An upgrade candidate was refused; the running worker was not touched.
+    #[error("rejected {origin}: {reason}; still serving {kept}")]
+    Rejected {
+        /// Where the candidate came from.
+        origin: String,
+        /// Why it was refused.
+        reason: String,
+        /// What keeps running (a version or a hash).
+        kept: String,
+    },
+    /// A fetcher failed.
+    #[error(transparent)]
+    Fetch(#[from] handover_fetcher::FetchError),
+    /// The master is gone or refused the request.
+    #[error("master: {0}")]
+    Master(String),
+    /// Any other I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The system error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { context: context.into(), source }
+    }
+
+    pub(crate) fn config(origin: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Config { origin: origin.into(), message: message.into() }
+    }
+}
+
+/// `Result` with handover's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,215 @@
+//! Where a worker is spawned: the live binary, re-resolved at every start, with the listeners at
+//! fds 3, 4, … and the control channel after them.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Instant, SystemTime};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+use super::listeners::BoundListener;
+use super::Event;
+use crate::protocol::{self, Message};
+use crate::sys;
+
+/// How workers are told about their sockets and how they say they are ready.
+#[derive(Debug, Clone)]
+pub(crate) enum Protocol {
+    /// A program built on this library: `HANDOVER_*` variables and a control channel.
+    Library,
+}
+
+/// What a spawn needs that does not change between spawns.
+pub(crate) struct Launch<'a> {
+    pub(crate) binary: &'a Path,
+    pub(crate) args: &'a [OsString],
+    pub(crate) listeners: &'a [BoundListener],
+    pub(crate) protocol: &'a Protocol,
+    pub(crate) idle_grace_ms: u128,
+    pub(crate) parent_death_signal: i32,
+}
+
+/// A worker process, owned by the master's state.
+#[derive(Debug)]
+pub(crate) struct WorkerProc {
+    pub(crate) id: u64,
+    pub(crate) pid: u32,
+    pub(crate) sha256: String,
+    pub(crate) started: Instant,
+    pub(crate) started_at: SystemTime,
+    pub(crate) ready: bool,
+    pub(crate) draining_since: Option<Instant>,
+    control: Option<OwnedWriteHalf>,
+    signals: mpsc::UnboundedSender<i32>,
+}
+
+impl WorkerProc {
+    pub(crate) fn info(&self) -> crate::WorkerInfo {
+        crate::WorkerInfo { id: self.id, pid: self.pid, sha256: self.sha256.clone(), started_at: self.started_at }
+    }
+
+    /// Sends a control message; a worker that cannot be reached is left to its exit event.
+    pub(crate) async fn send(&mut self, message: Message) {
+        if let Some(control) = &mut self.control {
+            if let Err(e) = control.write_all(message.as_line()).await {
+                tracing::debug!(worker = self.id, error = %e, "control channel closed");
+                self.control = None;
+            }
+        }
+    }
+
+    /// Whether this worker speaks the control channel.
+    pub(crate) fn has_control(&self) -> bool {
+        self.control.is_some()
+    }
+
+    /// Sends a signal through the task that owns the child, so it never reaches a reused PID.
+    pub(crate) fn signal(&self, signal: i32) {
+        let _ = self.signals.send(signal);
+    }
+
+    pub(crate) fn kill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+/// Starts worker `id` and the tasks that report its messages and its exit as events.
+pub(crate) fn spawn_worker(
+    id: u64,
+    sha256: String,
+    launch: &Launch<'_>,
+    events: &mpsc::UnboundedSender<Event>,
+) -> io::Result<WorkerProc> {
+    let mut command = match launch.protocol {
+        Protocol::Library => std::process::Command::new(launch.binary),
+    };
+    command.args(launch.args).stdin(Stdio::null());
+    for var in protocol::ALL_ENV {
+        command.env_remove(var);
+    }
+    command.env_remove("LISTEN_FDS").env_remove("LISTEN_PID").env_remove("LISTEN_FDNAMES");
+    let names: Vec<&str> = launch.listeners.iter().map(|l| l.name.as_str()).collect();
+    let mut pass: Vec<i32> = launch.listeners.iter().map(BoundListener::raw_fd).collect();
+
+    let control_parent = match launch.protocol {
+        Protocol::Library => {
+            let (parent, child) = std::os::unix::net::UnixStream::pair()?;
+            let control_fd = protocol::FIRST_FD + pass.len() as i32;
+            pass.push(child.as_raw_fd());
+            command
+                .env(protocol::ENV_FDS, launch.listeners.len().to_string())
+                .env(protocol::ENV_FD_NAMES, names.join(":"))
+                .env(protocol::ENV_CONTROL_FD, control_fd.to_string())
+                .env(protocol::ENV_WORKER_ID, id.to_string())
+                .env(protocol::ENV_MASTER_PID, std::process::id().to_string())
+                .env(protocol::ENV_BINARY, launch.binary)
+                .env(protocol::ENV_BINARY_SHA256, &sha256)
+                .env(protocol::ENV_IDLE_GRACE_MS, launch.idle_grace_ms.to_string());
+            Some((parent, child))
+        }
+    };
+    sys::prepare_child(
+        &mut command,
+        sys::ChildSetup {
+            pass,
+            parent_death_signal: launch.parent_death_signal,
+            master_pid: std::process::id() as i32,
+        },
+    );
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(false);
+    let mut child = command.spawn()?;
+    let pid = child.id().ok_or_else(|| io::Error::other("worker exited before its pid was read"))?;
+
+    let control = match control_parent {
+        Some((parent, child_end)) => {
+            drop(child_end);
+            parent.set_nonblocking(true)?;
+            let stream = tokio::net::UnixStream::from_std(parent)?;
+            let (read, write) = stream.into_split();
+            let events = events.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match Message::parse(&line) {
+                        Some(message) => {
+                            let _ = events.send(Event::Control { worker: id, message });
+                        }
+                        None => tracing::warn!(worker = id, line = %line, "unknown control message"),
+                    }
+                }
+            });
+            Some(write)
+        }
+        None => None,
+    };
+
+    let (signals, mut signal_rx) = mpsc::unbounded_channel::<i32>();
+    let exit_events = events.clone();
+    tokio::spawn(async move {
+        let status: io::Result<ExitStatus> = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                Some(signal) = signal_rx.recv() => {
+                    if signal == libc::SIGKILL {
+                        let _ = child.start_kill();
+                    } else if let Some(pid) = child.id() {
+                        let _ = sys::send_signal(pid, signal);
+                    }
+                }
+            }
+        };
+        let _ = exit_events.send(Event::Exited { worker: id, status: status.ok() });
+    });
+
+    Ok(WorkerProc {
+        id,
+        pid,
+        sha256,
+        started: Instant::now(),
+        started_at: SystemTime::now(),
+        ready: false,
+        draining_since: None,
+        control,
+        signals,
+    })
+}
+
+/// Describes an exit status for logs: `exit code 3`, `signal 9 (SIGKILL)`.
+pub(crate) fn describe_exit(status: Option<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        None => "unknown status".into(),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (_, Some(signal)) => format!("signal {signal}{}", signal_name(signal)),
+            _ => s.to_string(),
+        },
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGKILL => " (SIGKILL)",
+        libc::SIGTERM => " (SIGTERM)",
+        libc::SIGSEGV => " (SIGSEGV)",
+        libc::SIGABRT => " (SIGABRT)",
+        libc::SIGINT => " (SIGINT)",
+        _ => "",
+    }
+}
+
+/// The live binary's path, absolute, as recorded when the master starts: after a swap,
+/// `current_exe` may name a deleted file.
+pub(crate) fn resolve_binary(configured: Option<&Path>) -> io::Result<PathBuf> {
+    match configured {
+        Some(path) if path.is_absolute() => Ok(path.to_path_buf()),
+        Some(path) => Ok(std::env::current_dir()?.join(path)),
+        None => std::env::current_exe(),
+    }
+}

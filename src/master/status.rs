@@ -1,0 +1,99 @@
+//! The master's lifecycle as one value on a watch channel: logs, the `status` command, systemd
+//! `STATUS=` lines and the tests all read it from here.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+/// Where the master is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// The first worker is starting.
+    Starting,
+    /// One worker serves; nothing else is going on.
+    Serving,
+    /// A new worker is starting while the current one serves.
+    HandingOver,
+    /// A new worker serves; old ones are finishing their in-flight work.
+    Draining,
+    /// No worker serves (the last one crashed); a new one starts after a back-off. The sockets
+    /// stay open, so clients wait in the backlog.
+    Recovering,
+    /// A graceful stop is under way.
+    Stopping,
+    /// Every worker has exited; the master is about to exit.
+    Stopped,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Starting => "starting",
+            Phase::Serving => "serving",
+            Phase::HandingOver => "handing-over",
+            Phase::Draining => "draining",
+            Phase::Recovering => "recovering",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+        })
+    }
+}
+
+/// A worker process as the master sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// 1 for the first worker, then counting up.
+    pub id: u64,
+    /// Its process id.
+    pub pid: u32,
+    /// SHA-256 (hex) of the binary it was started from.
+    pub sha256: String,
+    /// When it was started.
+    pub started_at: SystemTime,
+}
+
+/// How the last upgrade attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UpgradeRecord {
+    /// When it ended.
+    pub at: SystemTime,
+    /// Where the candidate came from.
+    pub origin: String,
+    /// SHA-256 (hex) of the candidate.
+    pub sha256: String,
+    /// `installed`, `staged`, `rolled back: …` or `rejected: …`.
+    pub outcome: String,
+}
+
+/// A snapshot of the master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Status {
+    /// The phase.
+    pub phase: Phase,
+    /// The master's PID, stable for its whole life.
+    pub master_pid: u32,
+    /// The live binary's path.
+    pub binary: PathBuf,
+    /// The version the program declared, if any.
+    pub version: Option<String>,
+    /// When the master started.
+    pub started_at: SystemTime,
+    /// The worker that serves.
+    pub worker: Option<WorkerInfo>,
+    /// The worker being started (hand-over or recovery).
+    pub starting: Option<WorkerInfo>,
+    /// Old workers finishing their work.
+    pub draining: Vec<WorkerInfo>,
+    /// Hand-overs that completed.
+    pub handovers: u64,
+    /// Hand-overs whose new worker failed, leaving the old one serving.
+    pub failed_handovers: u64,
+    /// Workers that exited without being asked to.
+    pub crashes: u64,
+    /// The last upgrade attempt.
+    pub last_upgrade: Option<UpgradeRecord>,
+}

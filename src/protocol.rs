@@ -1,0 +1,99 @@
+//! What the master and its workers say to each other: environment variables and the control
+//! channel's messages.
+//!
+//! A worker is started with its listeners at fixed descriptors, from 3 upwards in the order of
+//! the configuration (as systemd does), and the control channel right after them. The
+//! environment says where everything is:
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `HANDOVER_FDS` | how many listeners, at fds 3, 4, … |
+//! | `HANDOVER_FD_NAMES` | their names, `:`-separated, in fd order |
+//! | `HANDOVER_CONTROL_FD` | the control channel (a Unix stream socket) |
+//! | `HANDOVER_WORKER_ID` | this worker's number, 1 for the first |
+//! | `HANDOVER_MASTER_PID` | the master's PID |
+//! | `HANDOVER_BINARY` | the live binary's path, as the master sees it |
+//! | `HANDOVER_BINARY_SHA256` | SHA-256 of the binary the worker was started from |
+//! | `HANDOVER_IDLE_GRACE_MS` | how long idle keep-alive connections are kept after drain begins |
+//! | `HANDOVER_CHECK` | set (to a nonce) only for the sanity run of an upgrade candidate |
+//!
+//! The control channel carries one word per line. Worker to master: `ready`, `restart` (ask
+//! for a hand-over), `released` (its exclusive jobs have stopped). Master to worker: `drain`
+//! (stop accepting and finish), `grant` (exclusive jobs may start). End of file from the master
+//! means the master is gone: the worker drains and exits.
+
+pub(crate) const ENV_FDS: &str = "HANDOVER_FDS";
+pub(crate) const ENV_FD_NAMES: &str = "HANDOVER_FD_NAMES";
+pub(crate) const ENV_CONTROL_FD: &str = "HANDOVER_CONTROL_FD";
+pub(crate) const ENV_WORKER_ID: &str = "HANDOVER_WORKER_ID";
+pub(crate) const ENV_MASTER_PID: &str = "HANDOVER_MASTER_PID";
+pub(crate) const ENV_BINARY: &str = "HANDOVER_BINARY";
+pub(crate) const ENV_BINARY_SHA256: &str = "HANDOVER_BINARY_SHA256";
+pub(crate) const ENV_IDLE_GRACE_MS: &str = "HANDOVER_IDLE_GRACE_MS";
+pub(crate) const ENV_CHECK: &str = "HANDOVER_CHECK";
+
+/// Every variable the master sets, removed before a worker starts its own children.
+pub(crate) const ALL_ENV: [&str; 9] = [
+    ENV_FDS,
+    ENV_FD_NAMES,
+    ENV_CONTROL_FD,
+    ENV_WORKER_ID,
+    ENV_MASTER_PID,
+    ENV_BINARY,
+    ENV_BINARY_SHA256,
+    ENV_IDLE_GRACE_MS,
+    ENV_CHECK,
+];
+
+/// The first descriptor a worker's listeners are passed at.
+pub(crate) const FIRST_FD: i32 = 3;
+
+/// The sanity run's answer starts with this word.
+pub(crate) const CHECK_REPLY: &str = "handover-check";
+
+/// A control-channel message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Message {
+    Ready,
+    Restart,
+    Released,
+    Drain,
+    Grant,
+}
+
+impl Message {
+    pub(crate) fn as_line(self) -> &'static [u8] {
+        match self {
+            Message::Ready => b"ready\n",
+            Message::Restart => b"restart\n",
+            Message::Released => b"released\n",
+            Message::Drain => b"drain\n",
+            Message::Grant => b"grant\n",
+        }
+    }
+
+    pub(crate) fn parse(line: &str) -> Option<Self> {
+        Some(match line.trim() {
+            "ready" => Message::Ready,
+            "restart" => Message::Restart,
+            "released" => Message::Released,
+            "drain" => Message::Drain,
+            "grant" => Message::Grant,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        for m in [Message::Ready, Message::Restart, Message::Released, Message::Drain, Message::Grant] {
+            let line = std::str::from_utf8(m.as_line()).unwrap();
+            assert_eq!(Message::parse(line), Some(m));
+        }
+        assert_eq!(Message::parse("bogus"), None);
+    }
+}

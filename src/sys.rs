@@ -1,0 +1,130 @@
+//! Every `unsafe` block of the crate: descriptor plumbing between fork and exec, and adopting
+//! descriptors inherited from the master or from systemd.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// How a child is set up between fork and exec.
+pub(crate) struct ChildSetup {
+    /// Descriptors to pass, in order: the i-th lands at fd `3 + i`.
+    pub(crate) pass: Vec<RawFd>,
+    /// Signal the child receives when the master dies.
+    pub(crate) parent_death_signal: i32,
+    /// The master's PID, to detect that it died before the death signal was armed.
+    pub(crate) master_pid: i32,
+}
+
+/// Arranges for `command` to receive `setup.pass` at fds 3, 4, … in its own process group, with
+/// a parent-death signal.
+pub(crate) fn prepare_child(command: &mut Command, setup: ChildSetup) {
+    let ChildSetup { pass, parent_death_signal, master_pid } = setup;
+    // Allocated here, before the fork: the closure below must not allocate.
+    let mut moved: Vec<RawFd> = vec![-1; pass.len()];
+    let floor = super::protocol::FIRST_FD + pass.len() as RawFd;
+    let hook = move || -> io::Result<()> {
+        // Only async-signal-safe calls from here on: fcntl, dup2, setpgid, prctl, getppid.
+        for (slot, &fd) in moved.iter_mut().zip(&pass) {
+            // First lift every descriptor above the target range, so that placing one cannot
+            // overwrite another that is still to be placed.
+            // SAFETY: fcntl on a descriptor the master owns and keeps open across the spawn.
+            let lifted = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
+            if lifted < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            *slot = lifted;
+        }
+        for (index, &fd) in moved.iter().enumerate() {
+            let target = super::protocol::FIRST_FD + index as RawFd;
+            // dup2 clears close-on-exec on the target, which is what passes it on; the lifted
+            // copy keeps it and disappears at exec.
+            // SAFETY: both descriptors are valid; the target number is free or ours to replace.
+            if unsafe { libc::dup2(fd, target) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // A process group of its own: a Ctrl-C at the terminal reaches only the master, which
+        // then drains the workers in order instead of having them all die at once.
+        // SAFETY: setpgid(0, 0) acts on the calling (child) process only.
+        if unsafe { libc::setpgid(0, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of the calling process.
+        #[cfg(target_os = "linux")]
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, parent_death_signal as libc::c_ulong) } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != master_pid {
+            // The master died between fork and prctl: the death signal will never come.
+            return Err(io::Error::other("master exited while the worker was starting"));
+        }
+        let _ = parent_death_signal;
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe system calls and does not allocate.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+/// Takes ownership of a descriptor this process inherited at exec (from the master or from
+/// systemd), after checking it is open, and marks it close-on-exec so it does not leak into
+/// the program's own children.
+pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::other(format!("invalid descriptor {fd}")));
+    }
+    // SAFETY: F_GETFD only queries flags; a closed fd gives EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(io::Error::other(format!(
+            "descriptor {fd} is not open: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: the descriptor is open, was handed to this process at exec for it to own, and
+    // each inherited number is adopted once (the callers read it from the environment once and
+    // remove the variable).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: F_SETFD on a descriptor we now own.
+    if unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(owned)
+}
+
+/// Sends `signal` to `pid`.
+pub(crate) fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill(2) has no memory-safety preconditions; callers pass PIDs of children they
+    // have not reaped yet, so the PID cannot have been reused.
+    if unsafe { libc::kill(pid as libc::pid_t, signal) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// This process's effective user id.
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Parses a signal name (`SIGUSR2`, `USR2`, `hup`) into its number.
+pub(crate) fn signal_number(name: &str) -> Option<i32> {
+    let upper = name.trim().to_ascii_uppercase();
+    let short = upper.strip_prefix("SIG").unwrap_or(&upper);
+    Some(match short {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "TERM" => libc::SIGTERM,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "WINCH" => libc::SIGWINCH,
+        "KILL" => libc::SIGKILL,
+        _ => return None,
+    })
+}

@@ -1,0 +1,160 @@
+//! Where a candidate is run before it is trusted: the sanity run, and the user's veto hook.
+//!
+//! The sanity run executes the candidate with `HANDOVER_CHECK=<nonce>`. A program built on
+//! handover answers `handover-check <nonce> version=<v> target=<triple>` from
+//! [`Handover::run`](crate::Handover::run) and exits 0 before doing anything else. This rejects
+//! files that are not executables, are built for another machine, crash, hang, or do not use
+//! handover.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use super::Refusal;
+use crate::protocol::{CHECK_REPLY, ENV_CHECK};
+
+/// The target triple this crate was compiled for.
+pub(crate) const TARGET: &str = env!("HANDOVER_TARGET");
+
+/// What a candidate said about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CheckReply {
+    pub(crate) version: Option<String>,
+    pub(crate) target: String,
+}
+
+/// Prints the sanity run's answer; called by a program started in check mode.
+pub(crate) fn answer(nonce: &str, version: Option<&str>) {
+    println!("{CHECK_REPLY} {nonce} version={} target={TARGET}", version.unwrap_or("-"));
+}
+
+/// Runs `candidate` in check mode and reads its answer.
+pub(crate) async fn check(candidate: &Path, timeout: Duration) -> Result<CheckReply, Refusal> {
+    let nonce = nonce();
+    let mut child = tokio::process::Command::new(candidate)
+        .env(ENV_CHECK, &nonce)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            Refusal::Permanent(match e.raw_os_error() {
+                Some(libc::ENOEXEC) => "not an executable for this machine (exec format error)".to_string(),
+                Some(libc::EACCES) => "cannot be executed (permission denied)".to_string(),
+                _ => format!("cannot be executed: {e}"),
+            })
+        })?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let run = async {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut stdout = (&mut stdout).take(64 * 1024);
+        let mut stderr = (&mut stderr).take(64 * 1024);
+        let (_, _, status) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err), child.wait());
+        (out, err, status)
+    };
+    let (out, err, status) = match tokio::time::timeout(timeout, run).await {
+        Ok(result) => result,
+        Err(_) => {
+            return Err(Refusal::Permanent(format!(
+                "sanity run did not answer within {}",
+                humantime::format_duration(timeout)
+            )))
+        }
+    };
+    let status = status.map_err(|e| Refusal::Transient(format!("waiting for the sanity run: {e}")))?;
+    let stdout = String::from_utf8_lossy(&out);
+    let stderr = String::from_utf8_lossy(&err);
+    if !status.success() {
+        return Err(Refusal::Permanent(format!(
+            "sanity run failed ({}){}",
+            crate::master::spawn::describe_exit(Some(status)),
+            tail(&stderr)
+        )));
+    }
+    let reply = stdout.lines().find(|l| l.starts_with(CHECK_REPLY)).ok_or_else(|| {
+        Refusal::Permanent(format!(
+            "sanity run did not answer like a handover program (printed {:?})",
+            stdout.chars().take(80).collect::<String>()
+        ))
+    })?;
+    parse_reply(reply, &nonce)
+}
+
+fn parse_reply(line: &str, nonce: &str) -> Result<CheckReply, Refusal> {
+    let mut words = line.split_whitespace().skip(1);
+    if words.next() != Some(nonce) {
+        return Err(Refusal::Permanent("sanity run answered with the wrong nonce".into()));
+    }
+    let (mut version, mut target) = (None, None);
+    for word in words {
+        match word.split_once('=') {
+            Some(("version", v)) if v != "-" => version = Some(v.to_string()),
+            Some(("target", t)) => target = Some(t.to_string()),
+            _ => {}
+        }
+    }
+    let target = target.ok_or_else(|| Refusal::Permanent("sanity run did not say its target".into()))?;
+    if target != TARGET {
+        return Err(Refusal::Permanent(format!("built for {target}, this machine runs {TARGET}")));
+    }
+    Ok(CheckReply { version, target })
+}
+
+/// Runs the user's `pre_upgrade` command; a non-zero exit vetoes the upgrade.
+pub(crate) async fn pre_upgrade_hook(command: &[String], candidate: &Path, sha256: &str, timeout: Duration) -> Result<(), Refusal> {
+    let (program, args) = command.split_first().expect("validated non-empty");
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .arg(candidate)
+        .env("HANDOVER_CANDIDATE_SHA256", sha256)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(timeout, output).await {
+        Err(_) => Err(Refusal::Permanent(format!("pre_upgrade hook {program} did not finish in time"))),
+        Ok(Err(e)) => Err(Refusal::Permanent(format!("pre_upgrade hook {program} could not run: {e}"))),
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => Err(Refusal::Permanent(format!(
+            "vetoed by pre_upgrade hook {program} ({}){}",
+            crate::master::spawn::describe_exit(Some(out.status)),
+            tail(&String::from_utf8_lossy(&out.stderr))
+        ))),
+    }
+}
+
+fn tail(stderr: &str) -> String {
+    let last: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).rev().take(3).collect();
+    if last.is_empty() {
+        String::new()
+    } else {
+        let joined: Vec<&str> = last.into_iter().rev().collect();
+        format!(": {}", joined.join(" | "))
+    }
+}
+
+fn nonce() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        bytes[..16].copy_from_slice(&t.as_nanos().to_le_bytes());
+    }
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_parsing() {
+        let ok = parse_reply(&format!("handover-check n1 version=1.2.3 target={TARGET}"), "n1").unwrap();
+        assert_eq!(ok.version.as_deref(), Some("1.2.3"));
+        assert!(parse_reply(&format!("handover-check n2 version=- target={TARGET}"), "n1").is_err());
+        let err = parse_reply("handover-check n1 version=- target=mips-unknown-none", "n1").unwrap_err();
+        assert!(matches!(err, Refusal::Permanent(ref m) if m.contains("built for mips")), "{err:?}");
+    }
+}

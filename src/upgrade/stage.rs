@@ -1,0 +1,96 @@
+//! Where a download lands: a temporary file beside the live binary, hashed while it is written,
+//! bounded in size, fsynced, then given the live binary's mode and owner.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use handover_fetcher::Artifact;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Refusal;
+
+/// A candidate on disk, not yet checked.
+#[derive(Debug)]
+pub(crate) struct Download {
+    pub(crate) path: PathBuf,
+    pub(crate) sha256: [u8; 32],
+    pub(crate) size: u64,
+}
+
+/// Streams `artifact` into a new temporary file beside `live`. On any error the file is removed.
+pub(crate) async fn download(artifact: &mut Artifact, live: &Path, max_size: u64) -> Result<Download, Refusal> {
+    let origin = artifact.origin().to_string();
+    if let Some(claimed) = artifact.claimed_size() {
+        if claimed > max_size {
+            return Err(Refusal::Permanent(format!("announced size {claimed} bytes exceeds upgrade.max_size {max_size}")));
+        }
+    }
+    let path = super::swap::temp_path(live);
+    let result = write_hashed(artifact, &path, max_size).await;
+    match result {
+        Ok((sha256, size)) => {
+            if let Some(claimed) = artifact.claimed_size() {
+                if size != claimed {
+                    super::swap::discard(&path);
+                    return Err(Refusal::Permanent(format!("truncated or padded: {size} bytes received, {claimed} announced")));
+                }
+            }
+            Ok(Download { path, sha256, size })
+        }
+        Err(refusal) => {
+            super::swap::discard(&path);
+            Err(match refusal {
+                Refusal::Transient(why) => Refusal::Transient(format!("downloading {origin} to {}: {why}", path.display())),
+                other => other,
+            })
+        }
+    }
+}
+
+async fn write_hashed(artifact: &mut Artifact, path: &Path, max_size: u64) -> Result<([u8; 32], u64), Refusal> {
+    let io = |e: std::io::Error| Refusal::Transient(e.to_string());
+    let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).await.map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let claimed = artifact.claimed_size();
+    loop {
+        let n = artifact
+            .reader()
+            .read(&mut buffer)
+            .await
+            .map_err(|e| Refusal::Transient(format!("reading the source failed after {size} bytes: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        if size > max_size {
+            return Err(Refusal::Permanent(format!("larger than upgrade.max_size ({max_size} bytes)")));
+        }
+        if claimed.is_some_and(|c| size > c) {
+            return Err(Refusal::Permanent(format!("more bytes than the {} announced", claimed.unwrap_or(0))));
+        }
+        hasher.update(&buffer[..n]);
+        file.write_all(&buffer[..n]).await.map_err(io)?;
+    }
+    file.flush().await.map_err(io)?;
+    file.sync_all().await.map_err(io)?;
+    Ok((hasher.finalize().into(), size))
+}
+
+/// Gives the candidate the live binary's permission bits and, where allowed, its owner.
+pub(crate) fn match_live_mode(candidate: &Path, live: &Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(live)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    // Never stage something that cannot be executed, even if the live binary lost its x bit.
+    let mode = if mode & 0o111 == 0 { mode | 0o100 } else { mode };
+    std::fs::set_permissions(candidate, std::fs::Permissions::from_mode(mode))?;
+    let current = std::fs::metadata(candidate)?;
+    if current.uid() != meta.uid() || current.gid() != meta.gid() {
+        if let Err(e) = std::os::unix::fs::chown(candidate, Some(meta.uid()), Some(meta.gid())) {
+            tracing::warn!(path = %candidate.display(), error = %e, "cannot give the candidate the live binary's owner");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,231 @@
+//! The master/worker core, with real processes, signals and sockets on 127.0.0.1.
+
+mod util;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use util::load::{Load, Protocol};
+use util::{Options, Service};
+
+fn restarts_under_load(protocol: Protocol) {
+    let service = Service::serving(Options::default());
+    let master = service.pid();
+    let load = Load::start(service.addr(), 64, protocol, "/");
+    load.wait_progress(500);
+    let mut workers = HashSet::new();
+    workers.insert(service.worker_pid());
+    for _ in 0..20 {
+        let new = service.restart();
+        assert!(workers.insert(new), "worker pid {new} reused");
+        load.wait_progress(200);
+        assert_eq!(service.pid(), master);
+        assert!(util::alive(master));
+    }
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.errors);
+    assert!(stats.ok > 4000, "too little load to prove anything: {stats:?}");
+    assert!(stats.pids.len() >= 20, "load reached only {} workers", stats.pids.len());
+    eprintln!(
+        "{protocol:?}: {} requests, 0 failed, across 20 restarts ({} refused unsent after GOAWAY)",
+        stats.ok, stats.refused_before_sending
+    );
+}
+
+#[test]
+fn twenty_restarts_under_http1_keep_alive_load_fail_no_request() {
+    restarts_under_load(Protocol::Http1);
+}
+
+#[test]
+fn twenty_restarts_under_http2_load_fail_no_request() {
+    restarts_under_load(Protocol::Http2);
+}
+
+#[test]
+fn a_slow_request_in_flight_across_a_restart_completes() {
+    let service = Service::serving(Options::default());
+    let addr = service.addr();
+    let slow = std::thread::spawn(move || util::http_get(addr, "/sleep?ms=2000"));
+    std::thread::sleep(Duration::from_millis(300));
+    let old = service.worker_pid();
+    let new = service.restart();
+    assert_ne!(old, new);
+    let (status, body) = slow.join().unwrap().expect("slow request");
+    assert_eq!(status, 200);
+    assert!(body.contains("slept 2000ms"), "{body}");
+    assert_eq!(util::field(&body, "pid"), old.to_string(), "served by the old worker while it drained");
+}
+
+#[test]
+fn a_new_worker_that_exits_at_start_or_never_gets_ready_leaves_the_old_one_serving() {
+    let service = Service::serving(Options { example: "testbed", ..Default::default() });
+    let good = std::fs::read(&service.bin).unwrap();
+    let old = service.worker_pid();
+    let load = Load::start(service.addr(), 16, Protocol::Http1, "/");
+    load.wait_progress(200);
+    for fault in ["exit-at-start", "never-ready"] {
+        // An operator replaced the binary with a broken build and asked for a restart.
+        util::drop_file(&service.bin, &util::with_trailer(&service.bin, fault));
+        let failures = service.log_count("hand-over failed");
+        service.signal(libc::SIGUSR2);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while service.log_count("hand-over failed") == failures {
+            assert!(Instant::now() < deadline, "{fault}: hand-over never failed:\n{}", service.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(service.worker_pid(), old, "{fault}: the old worker must keep serving");
+        load.wait_progress(100);
+        util::drop_file(&service.bin, &good);
+    }
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+    let log = service.log();
+    assert!(log.contains("exited before it was ready (exit code 3)"), "{log}");
+    assert!(log.contains("not ready within 5s"), "{log}");
+    assert!(util::alive(service.pid()));
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_only_its_in_flight_requests_may_fail() {
+    let service = Service::serving(Options::default());
+    let load = Load::start(service.addr(), 32, Protocol::Http1, "/");
+    load.wait_progress(300);
+    let victim = service.worker_pid();
+    // SAFETY: kill(2) on a worker of our own master.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    let body = service.wait_new_worker(victim);
+    load.wait_progress(300);
+    let stats = load.finish();
+    assert!(service.log().contains("worker crashed; sockets stay open"));
+    // At most one request per connection was in flight on the killed worker.
+    assert!(stats.failed <= 32, "{} failed: {:?}", stats.failed, stats.errors);
+    eprintln!("SIGKILL of worker under 32 connections: {} of {} requests failed; new worker: {body}", stats.failed, stats.ok + stats.failed);
+}
+
+#[test]
+fn sigterm_lets_the_in_flight_request_finish_and_the_master_exits_zero() {
+    let mut service = Service::serving(Options::default());
+    let addr = service.addr();
+    let slow = std::thread::spawn(move || util::http_get(addr, "/sleep?ms=1500"));
+    std::thread::sleep(Duration::from_millis(300));
+    service.signal(libc::SIGTERM);
+    let (status, body) = slow.join().unwrap().expect("in-flight request");
+    assert_eq!((status, body.contains("slept 1500ms")), (200, true));
+    assert_eq!(service.wait_exit(Duration::from_secs(15)), Some(0));
+}
+
+#[test]
+fn workers_are_gone_within_a_second_of_the_master_being_killed() {
+    let mut service = Service::serving(Options::default());
+    let worker = service.worker_pid();
+    assert!(util::alive(worker));
+    service.signal(libc::SIGKILL);
+    service.wait_exit(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while util::alive(worker) {
+        assert!(Instant::now() < deadline, "worker {worker} outlived its master by more than 1 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn several_tcp_addresses_and_a_unix_socket_are_served_through_one_handover() {
+    let extra = util::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hello.sock");
+    // A stale socket file from a dead process must be replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let config = format!(
+        "[[listen]]\nname = \"second\"\ntcp = \"127.0.0.1:{extra}\"\n[[listen]]\nname = \"unix\"\nunix = \"{}\"\n",
+        socket.display()
+    );
+    let mut service = Service::serving(Options { config: &config, ..Default::default() });
+    let unix_get = |socket: &std::path::Path| -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).unwrap();
+        out
+    };
+    let before = service.worker_pid();
+    assert!(unix_get(&socket).contains(&format!("pid={before}")));
+    let (_, second) = util::http_get(([127, 0, 0, 1], extra).into(), "/").unwrap();
+    assert!(second.contains(&format!("pid={before}")));
+    let after = service.restart();
+    assert!(unix_get(&socket).contains(&format!("pid={after}")));
+    let (_, second) = util::http_get(([127, 0, 0, 1], extra).into(), "/").unwrap();
+    assert!(second.contains(&format!("pid={after}")));
+    assert!(socket.exists(), "socket file kept across the hand-over");
+    service.signal(libc::SIGTERM);
+    assert_eq!(service.wait_exit(Duration::from_secs(15)), Some(0));
+    assert!(!socket.exists(), "socket file removed at final stop");
+}
+
+#[test]
+fn exclusive_jobs_never_overlap_and_the_program_never_runs_in_the_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let job_log = dir.path().join("job.log");
+    let marks = dir.path().join("marks");
+    let service = Service::serving(Options {
+        example: "testbed",
+        env: vec![
+            ("HELLO_JOB_LOG".into(), job_log.display().to_string()),
+            ("HELLO_MARK".into(), marks.display().to_string()),
+        ],
+        ..Default::default()
+    });
+    let wait_for_job_of = |pid: u32| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&job_log).unwrap_or_default().contains(&format!("start {pid}\n")) {
+            assert!(Instant::now() < deadline, "the job of worker {pid} never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let mut workers = vec![service.worker_pid()];
+    wait_for_job_of(workers[0]);
+    for _ in 0..20 {
+        let new = service.restart();
+        workers.push(new);
+        wait_for_job_of(new);
+    }
+    let log = std::fs::read_to_string(&job_log).unwrap();
+    assert!(!log.contains("OVERLAP"), "two exclusive jobs ran at once:\n{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    for pair in lines.chunks(2).take(20) {
+        let (start, stop) = (pair[0], pair[1]);
+        assert!(start.starts_with("start ") && stop.starts_with("stop "), "not alternating: {pair:?}\n{log}");
+        assert_eq!(start[6..], stop[5..], "a job stopped that had not started: {pair:?}");
+    }
+    let marked: Vec<u32> = std::fs::read_to_string(&marks).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    assert!(!marked.contains(&service.pid()), "the program closure ran in the master");
+    assert_eq!(marked.len(), workers.len(), "the closure ran once per worker");
+    for pid in &workers {
+        assert!(marked.contains(pid));
+    }
+}
+
+#[test]
+fn restart_requests_during_a_handover_are_coalesced_into_one_more() {
+    // Every worker of this binary takes a second to get ready, so the hand-over is still under
+    // way when more requests arrive.
+    let service = Service::start(Options { example: "testbed", ..Default::default() });
+    util::drop_file(&service.bin, &util::with_trailer(&service.bin, "slow-ready:1000"));
+    service.wait_serving();
+    let started = service.log_count("worker started");
+    service.signal(libc::SIGUSR2);
+    service.wait_log("reason=\"restart\"", Duration::from_secs(10));
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(100));
+        service.signal(libc::SIGUSR2);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while service.log_count("hand-over complete") < 2 {
+        assert!(Instant::now() < deadline, "{}", service.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(service.log_count("worker started") - started, 2, "never lost, never doubled:\n{}", service.log());
+    assert!(service.log().contains("one more will follow it"));
+}

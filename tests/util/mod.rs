@@ -1,0 +1,285 @@
+//! Test plumbing: a master started from a private copy of an example binary, killed with all
+//! its children when the test ends (even by a failed assertion); a plain HTTP getter; and a
+//! keep-alive load generator that never retries.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod load;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A built example binary (cargo builds examples before integration tests).
+pub fn example(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("test binary path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join(name);
+    assert!(path.exists(), "{} is not built: run the tests with cargo so examples are built", path.display());
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A master running one of the examples from a private directory.
+pub struct Service {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub bin: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Options for [`Service::start`].
+pub struct Options<'a> {
+    pub example: &'a str,
+    /// Extra TOML appended after the generated `[[listen]]` for `http`.
+    pub config: &'a str,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self { example: "hello", config: "", env: Vec::new() }
+    }
+}
+
+impl Service {
+    pub fn start(options: Options<'_>) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join(options.example);
+        std::fs::copy(example(options.example), &bin).unwrap();
+        let port = free_port();
+        let config_path = dir.path().join("handover.toml");
+        let config = format!(
+            "ready_timeout = \"5s\"\ndrain_timeout = \"10s\"\nidle_grace = \"500ms\"\n{}\n[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:{port}\"\n",
+            options.config
+        );
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("master.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(&bin);
+        command
+            .env("HANDOVER_CONFIG", &config_path)
+            .env("RUST_LOG", "info,handover=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        for (k, v) in &options.env {
+            command.env(k, v);
+        }
+        let child = command.spawn().unwrap();
+        Service { child: Some(child), dir, port, bin, log }
+    }
+
+    /// Starts `hello` with a config and waits until it serves.
+    pub fn serving(options: Options<'_>) -> Service {
+        let service = Service::start(options);
+        service.wait_serving();
+        service
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's PID.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, signal) }, 0);
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.addr(), path)
+    }
+
+    /// Waits for `GET /` to answer 200 and returns the body.
+    pub fn wait_serving(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, body)) = self.get("/") {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "service never answered; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The worker PID that answers `GET /` now.
+    pub fn worker_pid(&self) -> u32 {
+        field(&self.wait_serving(), "pid").parse().unwrap()
+    }
+
+    /// Waits until a worker other than `old` answers; returns the new body.
+    pub fn wait_new_worker(&self, old: u32) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let body = self.wait_serving();
+            if field(&body, "pid").parse::<u32>().unwrap() != old {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "no new worker replaced pid {old}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the master log contains `needle` (returns the log).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "log never said {needle:?}; log:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// How many times the master log contains `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Sends SIGUSR2 and waits until a new worker serves; returns its PID.
+    pub fn restart(&self) -> u32 {
+        let old = self.worker_pid();
+        self.signal(libc::SIGUSR2);
+        field(&self.wait_new_worker(old), "pid").parse().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the master to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "master did not exit; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Children of the master (its workers and sanity runs).
+    pub fn children(&self) -> Vec<u32> {
+        children_of(self.pid())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let mut tree = descendants(child.id());
+        tree.push(child.id());
+        for pid in tree {
+            // SAFETY: kill(2) on processes this test started (the master and its descendants).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- master log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Direct children of `pid`, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for entry in entries.flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if parent_of(child) == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        for c in children_of(p) {
+            all.push(c);
+            frontier.push(c);
+        }
+    }
+    all
+}
+
+/// The parent PID of `pid`, if it is alive (zombies count as gone).
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let mut fields = after.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    fields.next()?.parse().ok()
+}
+
+pub fn alive(pid: u32) -> bool {
+    parent_of(pid).is_some()
+}
+
+/// The value of `name=` in a hello line.
+pub fn field(body: &str, name: &str) -> String {
+    body.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in {body:?}"))
+        .to_string()
+}
+
+/// One request on a fresh connection (`Connection: close`).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Writes `bytes` to `path` via a temporary file and a rename, with mode 0755.
+pub fn drop_file(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("incoming");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A copy of `bin` with a fault trailer (see examples/testbed.rs).
+pub fn with_trailer(bin: &Path, trailer: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(bin).unwrap();
+    bytes.extend_from_slice(format!("\nHANDOVER-FAULT:{trailer}\n").as_bytes());
+    bytes
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -14,9 +14,11 @@ mod common;
 fn main() -> Result<(), handover::Error> {
     common::init_logging();
     let config = common::config_from_env()?;
-    handover::Handover::new(config).version(env!("CARGO_PKG_VERSION")).run(|worker| async move {
-        // Runs only in workers: the master never calls this closure.
-        common::spawn_logging_job(&worker);
-        common::serve_hello(worker).await
-    })
+    handover::Handover::new(config)
+        .version(env!("CARGO_PKG_VERSION"))
+        .run(|worker| async move {
+            // Runs only in workers: the master never calls this closure.
+            common::spawn_logging_job(&worker);
+            common::serve_hello(worker).await
+        })
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 fn trailer() -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open("/proc/self/exe") else { return Vec::new() };
+    let Ok(mut file) = std::fs::File::open("/proc/self/exe") else {
+        return Vec::new();
+    };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = file.seek(SeekFrom::Start(len.saturating_sub(512)));
     let mut tail = Vec::new();
@@ -27,33 +29,45 @@ fn trailer() -> Vec<String> {
 fn main() -> Result<(), handover::Error> {
     common::init_logging();
     let faults = trailer();
-    let version = faults.iter().find_map(|f| f.strip_prefix("version:")).unwrap_or(env!("CARGO_PKG_VERSION")).to_string();
+    let version = faults
+        .iter()
+        .find_map(|f| f.strip_prefix("version:"))
+        .unwrap_or(env!("CARGO_PKG_VERSION"))
+        .to_string();
     let config = common::config_from_env()?;
-    handover::Handover::new(config).version(&version).run(|worker| async move {
-        if let Some(mark) = std::env::var_os("HELLO_MARK") {
-            use std::io::Write;
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(mark).expect("mark file");
-            writeln!(file, "{}", std::process::id()).expect("mark file");
-        }
-        for fault in &faults {
-            match fault.split_once(':').unwrap_or((fault.as_str(), "")) {
-                ("exit-at-start", _) => std::process::exit(3),
-                ("never-ready", _) => {
-                    worker.shutdown().await;
-                    return Ok(());
-                }
-                ("slow-ready", ms) => tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await,
-                ("crash-after-ready", ms) => {
-                    let ms: u64 = ms.parse().unwrap_or(2000);
-                    std::thread::spawn(move || {
-                        std::thread::sleep(Duration::from_millis(ms));
-                        std::process::abort();
-                    });
-                }
-                _ => {}
+    handover::Handover::new(config)
+        .version(&version)
+        .run(|worker| async move {
+            if let Some(mark) = std::env::var_os("HELLO_MARK") {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(mark)
+                    .expect("mark file");
+                writeln!(file, "{}", std::process::id()).expect("mark file");
             }
-        }
-        common::spawn_logging_job(&worker);
-        common::serve_hello(worker).await
-    })
+            for fault in &faults {
+                match fault.split_once(':').unwrap_or((fault.as_str(), "")) {
+                    ("exit-at-start", _) => std::process::exit(3),
+                    ("never-ready", _) => {
+                        worker.shutdown().await;
+                        return Ok(());
+                    }
+                    ("slow-ready", ms) => {
+                        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await
+                    }
+                    ("crash-after-ready", ms) => {
+                        let ms: u64 = ms.parse().unwrap_or(2000);
+                        std::thread::spawn(move || {
+                            std::thread::sleep(Duration::from_millis(ms));
+                            std::process::abort();
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            common::spawn_logging_job(&worker);
+            common::serve_hello(worker).await
+        })
 }

@@ -56,6 +56,8 @@ pub struct Config {
     pub s3: Option<toml::Table>,
     /// Settings of the HTTP fetcher (`fetcher = "http"`), read by that fetcher.
     pub http: Option<toml::Table>,
+    /// How `handover run` treats a program not built on this library.
+    pub program: crate::master::ProgramConfig,
     /// Unix socket for `handover status|restart|upgrade|rollback` (mode 0600). None: no socket.
     pub control_socket: Option<PathBuf>,
     /// Log filter (`info`, `handover=debug`), overridden by `RUST_LOG`.
@@ -81,6 +83,7 @@ impl Default for Config {
             github: None,
             s3: None,
             http: None,
+            program: Default::default(),
             control_socket: None,
             log: None,
         }
@@ -110,17 +113,38 @@ pub struct Listen {
 impl Listen {
     /// A TCP listener.
     pub fn tcp(name: impl Into<String>, address: SocketAddr) -> Self {
-        Self { name: name.into(), tcp: Some(address), unix: None, udp: None, backlog: None, mode: None }
+        Self {
+            name: name.into(),
+            tcp: Some(address),
+            unix: None,
+            udp: None,
+            backlog: None,
+            mode: None,
+        }
     }
 
     /// A Unix stream listener.
     pub fn unix(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
-        Self { name: name.into(), tcp: None, unix: Some(path.into()), udp: None, backlog: None, mode: None }
+        Self {
+            name: name.into(),
+            tcp: None,
+            unix: Some(path.into()),
+            udp: None,
+            backlog: None,
+            mode: None,
+        }
     }
 
     /// A UDP socket.
     pub fn udp(name: impl Into<String>, address: SocketAddr) -> Self {
-        Self { name: name.into(), tcp: None, unix: None, udp: Some(address), backlog: None, mode: None }
+        Self {
+            name: name.into(),
+            tcp: None,
+            unix: None,
+            udp: Some(address),
+            backlog: None,
+            mode: None,
+        }
     }
 
     /// Sets the listen backlog.
@@ -157,6 +181,12 @@ pub struct UpgradeConfig {
     pub max_size: u64,
     /// Refuse candidates whose source published no SHA-256.
     pub checksum_required: bool,
+    /// How a candidate is run before it is trusted: `handover` (it must answer handover's check
+    /// protocol: programs built on this library), `exit-zero` (run with `sanity_args`, must exit
+    /// 0: the default for `handover run`), or `none`.
+    pub sanity: Sanity,
+    /// Arguments of the `exit-zero` sanity run.
+    pub sanity_args: Vec<String>,
     /// How long the candidate's sanity run may take.
     #[serde(with = "humantime_serde")]
     pub check_timeout: Duration,
@@ -185,6 +215,8 @@ impl Default for UpgradeConfig {
             max_backoff: Duration::from_secs(600),
             max_size: 512 * 1024 * 1024,
             checksum_required: false,
+            sanity: Sanity::Handover,
+            sanity_args: vec!["--version".into()],
             check_timeout: Duration::from_secs(10),
             probation: Duration::from_secs(30),
             stage_only: false,
@@ -194,6 +226,19 @@ impl Default for UpgradeConfig {
             refuse_shared_directory: true,
         }
     }
+}
+
+/// See [`UpgradeConfig::sanity`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Sanity {
+    /// The candidate answers handover's check protocol (nonce, version, target).
+    Handover,
+    /// The candidate, run with `sanity_args`, exits 0.
+    ExitZero,
+    /// No sanity run.
+    None,
 }
 
 /// Settings of the file fetcher.
@@ -230,14 +275,19 @@ impl Config {
         })?;
         config.validate().map_err(|(field, message)| {
             let located = locate_field(text, field).map(|l| format!("{origin}:{l}"));
-            Error::config(located.unwrap_or_else(|| origin.to_string()), format!("{field} {message}"))
+            Error::config(
+                located.unwrap_or_else(|| origin.to_string()),
+                format!("{field} {message}"),
+            )
         })?;
         Ok(config)
     }
 
     /// Starts a builder from the defaults.
     pub fn builder() -> ConfigBuilder {
-        ConfigBuilder { config: Config::default() }
+        ConfigBuilder {
+            config: Config::default(),
+        }
     }
 
     /// Checks what serde cannot: one address per listener, unique names, known signals.
@@ -245,12 +295,25 @@ impl Config {
     pub(crate) fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
         let mut names = std::collections::HashSet::new();
         for listen in &self.listen {
-            let set = [listen.tcp.is_some(), listen.unix.is_some(), listen.udp.is_some()];
+            let set = [
+                listen.tcp.is_some(),
+                listen.unix.is_some(),
+                listen.udp.is_some(),
+            ];
             if set.iter().filter(|s| **s).count() != 1 {
-                return Err(("listen", format!("{:?} must set exactly one of tcp, unix, udp", listen.name)));
+                return Err((
+                    "listen",
+                    format!("{:?} must set exactly one of tcp, unix, udp", listen.name),
+                ));
             }
             if listen.name.is_empty() || listen.name.contains(':') {
-                return Err(("listen", format!("name {:?} must be non-empty and contain no ':'", listen.name)));
+                return Err((
+                    "listen",
+                    format!(
+                        "name {:?} must be non-empty and contain no ':'",
+                        listen.name
+                    ),
+                ));
             }
             if !names.insert(listen.name.as_str()) {
                 return Err(("listen", format!("name {:?} is used twice", listen.name)));
@@ -258,11 +321,17 @@ impl Config {
         }
         for signal in &self.restart_signals {
             if crate::sys::signal_number(signal).is_none() {
-                return Err(("restart_signals", format!("has an unknown signal {signal:?}")));
+                return Err((
+                    "restart_signals",
+                    format!("has an unknown signal {signal:?}"),
+                ));
             }
         }
         if crate::sys::signal_number(&self.parent_death_signal).is_none() {
-            return Err(("parent_death_signal", format!("is an unknown signal {:?}", self.parent_death_signal)));
+            return Err((
+                "parent_death_signal",
+                format!("is an unknown signal {:?}", self.parent_death_signal),
+            ));
         }
         if self.ready_timeout.is_zero() {
             return Err(("ready_timeout", "must be more than zero".into()));
@@ -275,7 +344,10 @@ impl Config {
         }
         if let Some(name) = &self.fetcher {
             if !["file", "github", "s3", "http"].contains(&name.as_str()) {
-                return Err(("fetcher", format!("must be one of \"file\", \"github\", \"s3\", \"http\", not {name:?}")));
+                return Err((
+                    "fetcher",
+                    format!("must be one of \"file\", \"github\", \"s3\", \"http\", not {name:?}"),
+                ));
             }
         }
         if let Some(hook) = &self.upgrade.pre_upgrade {
@@ -289,7 +361,11 @@ impl Config {
 
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 /// The line where a (possibly dotted) field is set, found by reading the TOML as text: the
@@ -311,7 +387,9 @@ fn locate_field(text: &str, field: &str) -> Option<usize> {
             current = Some(name);
             continue;
         }
-        let Some((lhs, _)) = line.split_once('=') else { continue };
+        let Some((lhs, _)) = line.split_once('=') else {
+            continue;
+        };
         if lhs.trim() == key && current.as_deref() == table {
             return Some(index + 1);
         }
@@ -396,7 +474,10 @@ impl ConfigBuilder {
     /// Watches `path` for new binaries with the file fetcher.
     pub fn watch_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.fetcher = Some("file".into());
-        self.config.file = Some(FileFetcherConfig { path: Some(path.into()), ..Default::default() });
+        self.config.file = Some(FileFetcherConfig {
+            path: Some(path.into()),
+            ..Default::default()
+        });
         self
     }
 
@@ -414,7 +495,9 @@ impl ConfigBuilder {
 
     /// Validates and returns the configuration.
     pub fn build(self) -> Result<Config> {
-        self.config.validate().map_err(|(field, message)| Error::config("builder", format!("{field} {message}")))?;
+        self.config
+            .validate()
+            .map_err(|(field, message)| Error::config("builder", format!("{field} {message}")))?;
         Ok(self.config)
     }
 }
@@ -432,32 +515,67 @@ mod tests {
 
     #[test]
     fn durations_are_human() {
-        let config = Config::from_toml("drain_timeout = \"1m 30s\"\n[upgrade]\ninterval = \"250ms\"\n", "t").unwrap();
+        let config = Config::from_toml(
+            "drain_timeout = \"1m 30s\"\n[upgrade]\ninterval = \"250ms\"\n",
+            "t",
+        )
+        .unwrap();
         assert_eq!(config.drain_timeout, Duration::from_secs(90));
         assert_eq!(config.upgrade.interval, Duration::from_millis(250));
     }
 
     #[test]
     fn errors_name_file_and_line() {
-        let err = Config::from_toml("ready_timeout = \"10s\"\nready_timout = \"1s\"\n", "h.toml").unwrap_err();
+        let err = Config::from_toml("ready_timeout = \"10s\"\nready_timout = \"1s\"\n", "h.toml")
+            .unwrap_err();
         let text = err.to_string();
         assert!(text.starts_with("h.toml:2:"), "{text}");
         assert!(text.contains("ready_timout"), "{text}");
 
         let err = Config::from_toml("\n\nrestart_signals = [\"SIGFOO\"]\n", "h.toml").unwrap_err();
-        assert_eq!(err.to_string(), "h.toml:3: restart_signals has an unknown signal \"SIGFOO\"");
+        assert_eq!(
+            err.to_string(),
+            "h.toml:3: restart_signals has an unknown signal \"SIGFOO\""
+        );
 
-        let err = Config::from_toml("[[listen]]\nname = \"a\"\ntcp = \"127.0.0.1:1\"\nudp = \"127.0.0.1:2\"\n", "h.toml")
-            .unwrap_err();
-        assert!(err.to_string().contains("exactly one of tcp, unix, udp"), "{err}");
+        let err = Config::from_toml(
+            "[[listen]]\nname = \"a\"\ntcp = \"127.0.0.1:1\"\nudp = \"127.0.0.1:2\"\n",
+            "h.toml",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("exactly one of tcp, unix, udp"),
+            "{err}"
+        );
 
         let err = Config::from_toml("[upgrade]\ninterval = \"0s\"\n", "h.toml").unwrap_err();
-        assert_eq!(err.to_string(), "h.toml:2: upgrade.interval must be more than zero");
+        assert_eq!(
+            err.to_string(),
+            "h.toml:2: upgrade.interval must be more than zero"
+        );
     }
 
     #[test]
     fn builder_validates() {
-        let err = Config::builder().restart_signals(&["SIGNOPE"]).build().unwrap_err();
+        let err = Config::builder()
+            .restart_signals(&["SIGNOPE"])
+            .build()
+            .unwrap_err();
         assert!(err.to_string().contains("SIGNOPE"));
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    /// The commented example in the repository must stay a valid, complete config.
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../examples/handover.toml");
+        let config = super::Config::from_toml(text, "examples/handover.toml").unwrap();
+        assert_eq!(config.listen.len(), 1);
+        assert_eq!(
+            config.file.unwrap().settle,
+            Some(std::time::Duration::from_millis(250))
+        );
     }
 }

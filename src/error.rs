@@ -90,11 +90,17 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     pub(crate) fn config(origin: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Config { origin: origin.into(), message: message.into() }
+        Self::Config {
+            origin: origin.into(),
+            message: message.into(),
+        }
     }
 }
 

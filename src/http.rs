@@ -68,7 +68,9 @@ impl Accept for tokio::net::TcpListener {
 impl Accept for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
     async fn accept(&mut self) -> std::io::Result<Self::Io> {
-        tokio::net::UnixListener::accept(self).await.map(|(stream, _)| stream)
+        tokio::net::UnixListener::accept(self)
+            .await
+            .map(|(stream, _)| stream)
     }
 }
 
@@ -105,7 +107,12 @@ where
     let all_closed = Arc::new(tokio::sync::Notify::new());
     let mut acceptors = tokio::task::JoinSet::new();
     for mut listener in listeners {
-        let (service, draining, open, all_closed) = (service.clone(), draining.clone(), open.clone(), all_closed.clone());
+        let (service, draining, open, all_closed) = (
+            service.clone(),
+            draining.clone(),
+            open.clone(),
+            all_closed.clone(),
+        );
         acceptors.spawn(async move {
             loop {
                 let io = tokio::select! {
@@ -122,7 +129,12 @@ where
                     },
                 };
                 open.fetch_add(1, Ordering::SeqCst);
-                let (service, draining, open, all_closed) = (service.clone(), draining.clone(), open.clone(), all_closed.clone());
+                let (service, draining, open, all_closed) = (
+                    service.clone(),
+                    draining.clone(),
+                    open.clone(),
+                    all_closed.clone(),
+                );
                 tokio::spawn(async move {
                     serve_connection(io, service, draining, idle_grace).await;
                     if open.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -136,7 +148,10 @@ where
     worker.shutdown().await;
     let _ = draining_tx.send(true);
     while acceptors.join_next().await.is_some() {}
-    tracing::info!(open = open.load(Ordering::SeqCst), "stopped accepting; draining connections");
+    tracing::info!(
+        open = open.load(Ordering::SeqCst),
+        "stopped accepting; draining connections"
+    );
     loop {
         let notified = all_closed.notified();
         if open.load(Ordering::SeqCst) == 0 {
@@ -157,7 +172,8 @@ struct Activity {
 
 impl Activity {
     fn touch(&self, epoch: Instant) {
-        self.last_change_ms.store(epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+        self.last_change_ms
+            .store(epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
     }
 
     fn idle_for(&self, epoch: Instant) -> Option<Duration> {
@@ -173,8 +189,12 @@ async fn until_draining(mut draining: watch::Receiver<bool>) {
     let _ = draining.wait_for(|d| *d).await;
 }
 
-async fn serve_connection<I, S, B>(io: I, service: S, draining: watch::Receiver<bool>, idle_grace: Duration)
-where
+async fn serve_connection<I, S, B>(
+    io: I,
+    service: S,
+    draining: watch::Receiver<bool>,
+    idle_grace: Duration,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -185,9 +205,17 @@ where
 {
     let epoch = Instant::now();
     let activity = Arc::new(Activity::default());
-    let wrapped = Draining { inner: service, draining: draining.clone(), activity: activity.clone(), epoch };
+    let wrapped = Draining {
+        inner: service,
+        draining: draining.clone(),
+        activity: activity.clone(),
+        epoch,
+    };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(TokioTimer::new());
     let mut connection = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), wrapped));
     let mut drain_seen = *draining.borrow();
@@ -242,7 +270,8 @@ where
 {
     type Response = Response<B>;
     type Error = S::Error;
-    type Future = std::pin::Pin<Box<dyn Future<Output = std::result::Result<Response<B>, S::Error>> + Send>>;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = std::result::Result<Response<B>, S::Error>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let activity = self.activity.clone();
@@ -252,14 +281,19 @@ where
         let http1 = request.version() < Version::HTTP_2;
         activity.in_flight.fetch_add(1, Ordering::SeqCst);
         activity.touch(self.epoch);
-        let guard = InFlight { activity, epoch: self.epoch };
+        let guard = InFlight {
+            activity,
+            epoch: self.epoch,
+        };
         let future = self.inner.call(request);
         let draining = self.draining.clone();
         Box::pin(async move {
             let mut response = future.await;
             if http1 && *draining.borrow() {
                 if let Ok(response) = &mut response {
-                    response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
             }
             drop(guard);

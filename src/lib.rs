@@ -57,12 +57,16 @@ mod worker;
 
 use std::future::Future;
 
-pub use config::{Config, ConfigBuilder, FileFetcherConfig, Listen, UpgradeConfig};
+pub use config::{Config, ConfigBuilder, FileFetcherConfig, Listen, Sanity, UpgradeConfig};
 pub use error::{Error, Result};
 pub use handover_fetcher as fetcher;
 #[cfg(feature = "file")]
 pub use handover_fetcher_file::FileFetcher;
-pub use master::{Master, MasterHandle, Phase, Status, UpgradeRecord, WorkerInfo};
+pub use master::control::request as control_request;
+pub use master::program::exec_shim;
+pub use master::{
+    Master, MasterHandle, Phase, ProgramConfig, ReadyMode, Status, UpgradeRecord, WorkerInfo,
+};
 pub use worker::{Shutdown, Worker};
 
 /// The entry point of a program that runs under handover.
@@ -80,7 +84,12 @@ pub struct Handover {
 impl Handover {
     /// Uses `config`.
     pub fn new(config: Config) -> Self {
-        Self { config, version: None, fetcher: None, on_master: None }
+        Self {
+            config,
+            version: None,
+            fetcher: None,
+            on_master: None,
+        }
     }
 
     /// Declares the program's version (usually `env!("CARGO_PKG_VERSION")`): shown in status,
@@ -148,14 +157,31 @@ impl Handover {
 }
 
 /// Builds the fetcher the configuration names, or `None`.
-pub async fn build_fetcher(config: &Config, _version: Option<&str>) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
-    let Some(name) = config.fetcher.as_deref() else { return Ok(None) };
+pub async fn build_fetcher(
+    config: &Config,
+    _version: Option<&str>,
+) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
+    let Some(name) = config.fetcher.as_deref() else {
+        return Ok(None);
+    };
     match name {
         "file" => file_fetcher(config),
-        "github" => Err(Error::FetcherNotCompiled { name: name.into(), feature: "github" }),
-        "s3" => Err(Error::FetcherNotCompiled { name: name.into(), feature: "s3" }),
-        "http" => Err(Error::FetcherNotCompiled { name: name.into(), feature: "http" }),
-        other => Err(Error::config("fetcher", format!("unknown fetcher {other:?}"))),
+        "github" => Err(Error::FetcherNotCompiled {
+            name: name.into(),
+            feature: "github",
+        }),
+        "s3" => Err(Error::FetcherNotCompiled {
+            name: name.into(),
+            feature: "s3",
+        }),
+        "http" => Err(Error::FetcherNotCompiled {
+            name: name.into(),
+            feature: "http",
+        }),
+        other => Err(Error::config(
+            "fetcher",
+            format!("unknown fetcher {other:?}"),
+        )),
     }
 }
 
@@ -176,10 +202,17 @@ fn file_fetcher(config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetc
     if let Some(settle) = settings.settle {
         fetcher = fetcher.settle(settle);
     }
-    Ok(Some(Box::new(fetcher.start().map_err(|e| Error::io("starting the file watcher", e))?)))
+    Ok(Some(Box::new(
+        fetcher
+            .start()
+            .map_err(|e| Error::io("starting the file watcher", e))?,
+    )))
 }
 
 #[cfg(not(feature = "file"))]
 fn file_fetcher(_config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
-    Err(Error::FetcherNotCompiled { name: "file".into(), feature: "file" })
+    Err(Error::FetcherNotCompiled {
+        name: "file".into(),
+        feature: "file",
+    })
 }

@@ -1,1 +1,223 @@
-fn main(){}
+//! `handover`: run any program with zero-downtime restarts and unattended upgrades, and talk to
+//! a running master.
+//!
+//! ```text
+//! handover run --config handover.toml -- ./my-server --port-from-systemd
+//! handover check --config handover.toml
+//! handover status|restart|upgrade|rollback --config handover.toml
+//! ```
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "handover",
+    version,
+    about = "Zero-downtime restarts and unattended upgrades for network services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Supervise PROGRAM: bind the sockets once, pass them by systemd socket activation, hand
+    /// over to a new PROGRAM on SIGUSR2/SIGHUP or when the fetcher finds a new binary.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The program and its arguments.
+        #[arg(last = true, required = true, value_name = "PROGRAM")]
+        program: Vec<OsString>,
+    },
+    /// Validate a config file and say what `run` would do.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show a running master's phase, workers, binary and last upgrade.
+    Status(Control),
+    /// Ask a running master for a hand-over to a new worker.
+    Restart(Control),
+    /// Ask a running master's fetcher to look for a new binary now.
+    Upgrade(Control),
+    /// Put the previous binary back and hand over to it.
+    Rollback(Control),
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The config file.
+    #[arg(long, short, default_value = "handover.toml")]
+    config: PathBuf,
+}
+
+#[derive(Args)]
+struct Control {
+    /// The control socket (default: `control_socket` from the config file).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The config file naming the control socket.
+    #[arg(long, short, default_value = "handover.toml")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    // The exec shim runs between fork and the program: nothing else may happen first.
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "__exec") {
+        let rest = args.get(2..).unwrap_or_default();
+        let rest = rest
+            .strip_prefix(&[OsString::from("--")][..])
+            .unwrap_or(rest);
+        let Some((program, program_args)) = rest.split_first() else {
+            return ExitCode::from(2);
+        };
+        let error = handover::exec_shim(program, program_args);
+        eprintln!(
+            "handover: cannot execute {}: {error}",
+            Path::new(program).display()
+        );
+        return ExitCode::from(127);
+    }
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("handover: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config, program } => run_program(&config.config, program),
+        Command::Check { config } => check(&config.config),
+        Command::Status(control) => talk(&control, "status"),
+        Command::Restart(control) => talk(&control, "restart"),
+        Command::Upgrade(control) => talk(&control, "upgrade"),
+        Command::Rollback(control) => talk(&control, "rollback"),
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<handover::Config> {
+    Ok(handover::Config::from_file(path)?)
+}
+
+fn init_logging(config: &handover::Config) {
+    use std::io::IsTerminal;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| config.log.clone())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn run_program(config_path: &Path, program: Vec<OsString>) -> anyhow::Result<ExitCode> {
+    let config = load(config_path)?;
+    init_logging(&config);
+    let (program, args) = program.split_first().context("no program given")?;
+    let program = resolve_program(program)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut config = config;
+    config.binary = Some(program.clone());
+    let fetcher = runtime.block_on(handover::build_fetcher(&config, None))?;
+    let mut master = handover::Master::for_program(config, program, args.to_vec())?;
+    if let Some(fetcher) = fetcher {
+        master.set_fetcher(fetcher);
+    }
+    runtime.block_on(master.run())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A program name without a slash is looked up in `PATH`, as a shell would.
+fn resolve_program(program: &OsString) -> anyhow::Result<PathBuf> {
+    let path = Path::new(program);
+    if path.components().count() > 1 || path.is_absolute() {
+        // `./app` becomes `<cwd>/app`: the path is shown in status and used for swaps.
+        return Ok(std::env::current_dir()?.join(path).components().collect());
+    }
+    let search = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&search) {
+        let candidate = dir.join(path);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{} not found in PATH", path.display())
+}
+
+fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let config = load(config_path)?;
+    println!("{}: valid", config_path.display());
+    for listen in &config.listen {
+        println!("listen {:?}: {}", listen.name, listen.describe());
+    }
+    if config.listen.is_empty() {
+        println!("listen: nothing (add [[listen]] tables)");
+    }
+    println!(
+        "timeouts: ready {}, drain {}, idle grace {}",
+        humantime::format_duration(config.ready_timeout),
+        humantime::format_duration(config.drain_timeout),
+        humantime::format_duration(config.idle_grace)
+    );
+    println!("restart on: {}", config.restart_signals.join(", "));
+    match config.fetcher.as_deref() {
+        Some(name) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime
+                .block_on(handover::build_fetcher(&config, None))
+                .with_context(|| format!("fetcher {name}"))?;
+            println!(
+                "upgrades: fetcher {name}, every {} (probation {}, checksum {}, signature {})",
+                humantime::format_duration(config.upgrade.interval),
+                humantime::format_duration(config.upgrade.probation),
+                if config.upgrade.checksum_required {
+                    "required"
+                } else {
+                    "checked when published"
+                },
+                if config.upgrade.public_keys.is_empty() {
+                    "not required"
+                } else {
+                    "required"
+                },
+            );
+        }
+        None => println!("upgrades: no fetcher (restart by signal or `handover restart` only)"),
+    }
+    match &config.control_socket {
+        Some(path) => println!("control socket: {}", path.display()),
+        None => println!("control socket: none"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn talk(control: &Control, command: &str) -> anyhow::Result<ExitCode> {
+    let socket = match &control.socket {
+        Some(socket) => socket.clone(),
+        None => load(&control.config)?.control_socket.with_context(|| {
+            format!(
+                "{} sets no control_socket; pass --socket",
+                control.config.display()
+            )
+        })?,
+    };
+    print!("{}", handover::control_request(&socket, command)?);
+    Ok(ExitCode::SUCCESS)
+}

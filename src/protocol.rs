@@ -90,7 +90,13 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        for m in [Message::Ready, Message::Restart, Message::Released, Message::Drain, Message::Grant] {
+        for m in [
+            Message::Ready,
+            Message::Restart,
+            Message::Released,
+            Message::Drain,
+            Message::Grant,
+        ] {
             let line = std::str::from_utf8(m.as_line()).unwrap();
             assert_eq!(Message::parse(line), Some(m));
         }

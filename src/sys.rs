@@ -19,7 +19,11 @@ pub(crate) struct ChildSetup {
 /// Arranges for `command` to receive `setup.pass` at fds 3, 4, … in its own process group, with
 /// a parent-death signal.
 pub(crate) fn prepare_child(command: &mut Command, setup: ChildSetup) {
-    let ChildSetup { pass, parent_death_signal, master_pid } = setup;
+    let ChildSetup {
+        pass,
+        parent_death_signal,
+        master_pid,
+    } = setup;
     // Allocated here, before the fork: the closure below must not allocate.
     let mut moved: Vec<RawFd> = vec![-1; pass.len()];
     let floor = super::protocol::FIRST_FD + pass.len() as RawFd;
@@ -59,7 +63,9 @@ pub(crate) fn prepare_child(command: &mut Command, setup: ChildSetup) {
         // SAFETY: getppid has no preconditions.
         if unsafe { libc::getppid() } != master_pid {
             // The master died between fork and prctl: the death signal will never come.
-            return Err(io::Error::other("master exited while the worker was starting"));
+            return Err(io::Error::other(
+                "master exited while the worker was starting",
+            ));
         }
         let _ = parent_death_signal;
         Ok(())

@@ -24,8 +24,15 @@ fn restarts_under_load(protocol: Protocol) {
     }
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.errors);
-    assert!(stats.ok > 4000, "too little load to prove anything: {stats:?}");
-    assert!(stats.pids.len() >= 20, "load reached only {} workers", stats.pids.len());
+    assert!(
+        stats.ok > 4000,
+        "too little load to prove anything: {stats:?}"
+    );
+    assert!(
+        stats.pids.len() >= 20,
+        "load reached only {} workers",
+        stats.pids.len()
+    );
     eprintln!(
         "{protocol:?}: {} requests, 0 failed, across 20 restarts ({} refused unsent after GOAWAY)",
         stats.ok, stats.refused_before_sending
@@ -54,12 +61,19 @@ fn a_slow_request_in_flight_across_a_restart_completes() {
     let (status, body) = slow.join().unwrap().expect("slow request");
     assert_eq!(status, 200);
     assert!(body.contains("slept 2000ms"), "{body}");
-    assert_eq!(util::field(&body, "pid"), old.to_string(), "served by the old worker while it drained");
+    assert_eq!(
+        util::field(&body, "pid"),
+        old.to_string(),
+        "served by the old worker while it drained"
+    );
 }
 
 #[test]
 fn a_new_worker_that_exits_at_start_or_never_gets_ready_leaves_the_old_one_serving() {
-    let service = Service::serving(Options { example: "testbed", ..Default::default() });
+    let service = Service::serving(Options {
+        example: "testbed",
+        ..Default::default()
+    });
     let good = std::fs::read(&service.bin).unwrap();
     let old = service.worker_pid();
     let load = Load::start(service.addr(), 16, Protocol::Http1, "/");
@@ -71,17 +85,28 @@ fn a_new_worker_that_exits_at_start_or_never_gets_ready_leaves_the_old_one_servi
         service.signal(libc::SIGUSR2);
         let deadline = Instant::now() + Duration::from_secs(15);
         while service.log_count("hand-over failed") == failures {
-            assert!(Instant::now() < deadline, "{fault}: hand-over never failed:\n{}", service.log());
+            assert!(
+                Instant::now() < deadline,
+                "{fault}: hand-over never failed:\n{}",
+                service.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(service.worker_pid(), old, "{fault}: the old worker must keep serving");
+        assert_eq!(
+            service.worker_pid(),
+            old,
+            "{fault}: the old worker must keep serving"
+        );
         load.wait_progress(100);
         util::drop_file(&service.bin, &good);
     }
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "{:?}", stats.errors);
     let log = service.log();
-    assert!(log.contains("exited before it was ready (exit code 3)"), "{log}");
+    assert!(
+        log.contains("exited before it was ready (exit code 3)"),
+        "{log}"
+    );
     assert!(log.contains("not ready within 5s"), "{log}");
     assert!(util::alive(service.pid()));
 }
@@ -99,8 +124,17 @@ fn a_killed_worker_is_replaced_and_only_its_in_flight_requests_may_fail() {
     let stats = load.finish();
     assert!(service.log().contains("worker crashed; sockets stay open"));
     // At most one request per connection was in flight on the killed worker.
-    assert!(stats.failed <= 32, "{} failed: {:?}", stats.failed, stats.errors);
-    eprintln!("SIGKILL of worker under 32 connections: {} of {} requests failed; new worker: {body}", stats.failed, stats.ok + stats.failed);
+    assert!(
+        stats.failed <= 32,
+        "{} failed: {:?}",
+        stats.failed,
+        stats.errors
+    );
+    eprintln!(
+        "SIGKILL of worker under 32 connections: {} of {} requests failed; new worker: {body}",
+        stats.failed,
+        stats.ok + stats.failed
+    );
 }
 
 #[test]
@@ -124,7 +158,10 @@ fn workers_are_gone_within_a_second_of_the_master_being_killed() {
     service.wait_exit(Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(1);
     while util::alive(worker) {
-        assert!(Instant::now() < deadline, "worker {worker} outlived its master by more than 1 s");
+        assert!(
+            Instant::now() < deadline,
+            "worker {worker} outlived its master by more than 1 s"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -140,11 +177,16 @@ fn several_tcp_addresses_and_a_unix_socket_are_served_through_one_handover() {
         "[[listen]]\nname = \"second\"\ntcp = \"127.0.0.1:{extra}\"\n[[listen]]\nname = \"unix\"\nunix = \"{}\"\n",
         socket.display()
     );
-    let mut service = Service::serving(Options { config: &config, ..Default::default() });
+    let mut service = Service::serving(Options {
+        config: &config,
+        ..Default::default()
+    });
     let unix_get = |socket: &std::path::Path| -> String {
         use std::io::{Read, Write};
         let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
-        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut out = String::new();
         stream.read_to_string(&mut out).unwrap();
         out
@@ -178,8 +220,14 @@ fn exclusive_jobs_never_overlap_and_the_program_never_runs_in_the_master() {
     });
     let wait_for_job_of = |pid: u32| {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !std::fs::read_to_string(&job_log).unwrap_or_default().contains(&format!("start {pid}\n")) {
-            assert!(Instant::now() < deadline, "the job of worker {pid} never started");
+        while !std::fs::read_to_string(&job_log)
+            .unwrap_or_default()
+            .contains(&format!("start {pid}\n"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the job of worker {pid} never started"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     };
@@ -191,16 +239,37 @@ fn exclusive_jobs_never_overlap_and_the_program_never_runs_in_the_master() {
         wait_for_job_of(new);
     }
     let log = std::fs::read_to_string(&job_log).unwrap();
-    assert!(!log.contains("OVERLAP"), "two exclusive jobs ran at once:\n{log}");
+    assert!(
+        !log.contains("OVERLAP"),
+        "two exclusive jobs ran at once:\n{log}"
+    );
     let lines: Vec<&str> = log.lines().collect();
     for pair in lines.chunks(2).take(20) {
         let (start, stop) = (pair[0], pair[1]);
-        assert!(start.starts_with("start ") && stop.starts_with("stop "), "not alternating: {pair:?}\n{log}");
-        assert_eq!(start[6..], stop[5..], "a job stopped that had not started: {pair:?}");
+        assert!(
+            start.starts_with("start ") && stop.starts_with("stop "),
+            "not alternating: {pair:?}\n{log}"
+        );
+        assert_eq!(
+            start[6..],
+            stop[5..],
+            "a job stopped that had not started: {pair:?}"
+        );
     }
-    let marked: Vec<u32> = std::fs::read_to_string(&marks).unwrap().lines().map(|l| l.parse().unwrap()).collect();
-    assert!(!marked.contains(&service.pid()), "the program closure ran in the master");
-    assert_eq!(marked.len(), workers.len(), "the closure ran once per worker");
+    let marked: Vec<u32> = std::fs::read_to_string(&marks)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(
+        !marked.contains(&service.pid()),
+        "the program closure ran in the master"
+    );
+    assert_eq!(
+        marked.len(),
+        workers.len(),
+        "the closure ran once per worker"
+    );
     for pid in &workers {
         assert!(marked.contains(pid));
     }
@@ -210,8 +279,14 @@ fn exclusive_jobs_never_overlap_and_the_program_never_runs_in_the_master() {
 fn restart_requests_during_a_handover_are_coalesced_into_one_more() {
     // Every worker of this binary takes a second to get ready, so the hand-over is still under
     // way when more requests arrive.
-    let service = Service::start(Options { example: "testbed", ..Default::default() });
-    util::drop_file(&service.bin, &util::with_trailer(&service.bin, "slow-ready:1000"));
+    let service = Service::start(Options {
+        example: "testbed",
+        ..Default::default()
+    });
+    util::drop_file(
+        &service.bin,
+        &util::with_trailer(&service.bin, "slow-ready:1000"),
+    );
     service.wait_serving();
     let started = service.log_count("worker started");
     service.signal(libc::SIGUSR2);
@@ -226,6 +301,11 @@ fn restart_requests_during_a_handover_are_coalesced_into_one_more() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(service.log_count("worker started") - started, 2, "never lost, never doubled:\n{}", service.log());
+    assert_eq!(
+        service.log_count("worker started") - started,
+        2,
+        "never lost, never doubled:\n{}",
+        service.log()
+    );
     assert!(service.log().contains("one more will follow it"));
 }

@@ -23,7 +23,10 @@ pub(crate) fn config_from_env() -> Result<handover::Config, handover::Error> {
     if let Some(path) = std::env::var_os("HANDOVER_CONFIG") {
         return handover::Config::from_file(path.as_ref());
     }
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
     let mut builder = handover::Config::builder()
         .listen_tcp("http", ([127, 0, 0, 1], port).into())
         .upgrade(|u| u.interval = Duration::from_secs(5));
@@ -36,7 +39,10 @@ pub(crate) fn config_from_env() -> Result<handover::Config, handover::Error> {
 }
 
 /// `GET /` answers who serves; `GET /sleep?ms=N` answers after N ms.
-pub(crate) async fn hello(worker_line: String, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub(crate) async fn hello(
+    worker_line: String,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     match request.uri().path() {
         "/" => Ok(Response::new(Full::new(Bytes::from(worker_line)))),
         "/sleep" => {
@@ -47,7 +53,9 @@ pub(crate) async fn hello(worker_line: String, request: Request<Incoming>) -> Re
                 .and_then(|ms| ms.parse().ok())
                 .unwrap_or(1000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok(Response::new(Full::new(Bytes::from(format!("slept {ms}ms\n{worker_line}")))))
+            Ok(Response::new(Full::new(Bytes::from(format!(
+                "slept {ms}ms\n{worker_line}"
+            )))))
         }
         _ => {
             let mut response = Response::new(Full::new(Bytes::from_static(b"not found\n")));
@@ -86,15 +94,26 @@ pub(crate) async fn serve_hello(worker: handover::Worker) -> Result<(), handover
 /// to that file and holds a lock file beside it while it runs; it records `OVERLAP` if it ever
 /// finds the lock taken (which exclusivity must prevent).
 pub(crate) fn spawn_logging_job(worker: &handover::Worker) {
-    let Some(log) = std::env::var_os("HELLO_JOB_LOG").map(std::path::PathBuf::from) else { return };
+    let Some(log) = std::env::var_os("HELLO_JOB_LOG").map(std::path::PathBuf::from) else {
+        return;
+    };
     worker.spawn_exclusive("ticker", move |shutdown| async move {
         use std::io::Write;
         let lock = log.with_extension("lock");
         let append = |line: String| {
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("job log");
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .expect("job log");
             file.write_all(line.as_bytes()).expect("job log");
         };
-        if std::fs::OpenOptions::new().write(true).create_new(true).open(&lock).is_err() {
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+            .is_err()
+        {
             append(format!("OVERLAP {}\n", std::process::id()));
         }
         append(format!("start {}\n", std::process::id()));

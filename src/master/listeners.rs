@@ -27,10 +27,25 @@ impl BoundListener {
         self.fd.as_raw_fd()
     }
 
+    /// The socket's inode, as `/proc/<pid>/fd` shows it (`socket:[N]`).
+    pub(crate) fn inode(&self) -> Option<u64> {
+        let fd = self.fd.as_raw_fd();
+        std::fs::read_link(format!("/proc/self/fd/{fd}"))
+            .ok()?
+            .to_string_lossy()
+            .strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()
+    }
+
     /// Removes the Unix socket file, if this master created it and nobody replaced it since.
     pub(crate) fn remove_socket_file(&self) {
         if let Some((path, inode)) = &self.unix_file {
-            if std::fs::symlink_metadata(path).map(|m| m.ino() == *inode).unwrap_or(false) {
+            if std::fs::symlink_metadata(path)
+                .map(|m| m.ino() == *inode)
+                .unwrap_or(false)
+            {
                 let _ = std::fs::remove_file(path);
             }
         }
@@ -45,7 +60,11 @@ pub(crate) fn bind_all(config: &[Listen]) -> Result<Vec<BoundListener>> {
         if let Some(index) = activated.iter().position(|(name, _)| name == &listen.name) {
             let (name, fd) = activated.remove(index);
             tracing::info!(listener = %name, "adopted socket from systemd");
-            bound.push(BoundListener { name, fd, unix_file: None });
+            bound.push(BoundListener {
+                name,
+                fd,
+                unix_file: None,
+            });
             continue;
         }
         bound.push(bind_one(listen)?);
@@ -53,55 +72,83 @@ pub(crate) fn bind_all(config: &[Listen]) -> Result<Vec<BoundListener>> {
     // Activated sockets the config does not name are still passed on, under systemd's name.
     for (name, fd) in activated {
         tracing::info!(listener = %name, "adopted unnamed socket from systemd");
-        bound.push(BoundListener { name, fd, unix_file: None });
+        bound.push(BoundListener {
+            name,
+            fd,
+            unix_file: None,
+        });
     }
     Ok(bound)
 }
 
 fn bind_one(listen: &Listen) -> Result<BoundListener> {
-    let backlog = listen.backlog.unwrap_or(DEFAULT_BACKLOG).min(i32::MAX as u32) as i32;
+    let backlog = listen
+        .backlog
+        .unwrap_or(DEFAULT_BACKLOG)
+        .min(i32::MAX as u32) as i32;
     let describe = listen.describe();
-    let bind_err = |source: io::Error| Error::Bind { address: describe.clone(), source };
+    let bind_err = |source: io::Error| Error::Bind {
+        address: describe.clone(),
+        source,
+    };
     let (socket, unix_file) = if let Some(address) = listen.tcp {
-        let socket = Socket::new(Domain::for_address(address), Type::STREAM, None).map_err(bind_err)?;
+        let socket =
+            Socket::new(Domain::for_address(address), Type::STREAM, None).map_err(bind_err)?;
         socket.set_reuse_address(true).map_err(bind_err)?;
         socket.bind(&address.into()).map_err(bind_err)?;
         socket.listen(backlog).map_err(bind_err)?;
         (socket, None)
     } else if let Some(address) = listen.udp {
-        let socket = Socket::new(Domain::for_address(address), Type::DGRAM, None).map_err(bind_err)?;
+        let socket =
+            Socket::new(Domain::for_address(address), Type::DGRAM, None).map_err(bind_err)?;
         socket.bind(&address.into()).map_err(bind_err)?;
         (socket, None)
     } else if let Some(path) = &listen.unix {
         remove_stale_socket(path).map_err(bind_err)?;
         let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(bind_err)?;
-        socket.bind(&SockAddr::unix(path).map_err(bind_err)?).map_err(bind_err)?;
+        socket
+            .bind(&SockAddr::unix(path).map_err(bind_err)?)
+            .map_err(bind_err)?;
         if let Some(mode) = listen.mode {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(bind_err)?;
         }
         socket.listen(backlog).map_err(bind_err)?;
         let inode = std::fs::symlink_metadata(path).map_err(bind_err)?.ino();
         (socket, Some((path.clone(), inode)))
     } else {
-        return Err(Error::config("listen", format!("{:?} has no address", listen.name)));
+        return Err(Error::config(
+            "listen",
+            format!("{:?} has no address", listen.name),
+        ));
     };
     tracing::info!(listener = %listen.name, address = %describe, "bound");
-    Ok(BoundListener { name: listen.name.clone(), fd: socket.into(), unix_file })
+    Ok(BoundListener {
+        name: listen.name.clone(),
+        fd: socket.into(),
+        unix_file,
+    })
 }
 
 /// A socket file left by a process that died is removed; one that still answers, or a file that
 /// is not a socket, is an error rather than something to delete.
-fn remove_stale_socket(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_stale_socket(path: &Path) -> io::Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
     if !meta.file_type().is_socket() {
-        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket; not replacing it"));
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "exists and is not a socket; not replacing it",
+        ));
     }
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::new(io::ErrorKind::AddrInUse, "another process is listening on it")),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process is listening on it",
+        )),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             tracing::info!(path = %path.display(), "replacing stale socket file");
             std::fs::remove_file(path)
@@ -113,20 +160,34 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
 /// Sockets passed by systemd socket activation (`LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`),
 /// addressed to this process. The variables are removed so no child mistakes them for its own.
 fn systemd_activated() -> Result<Vec<(String, OwnedFd)>> {
-    let pid_matches = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
-    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok());
+    let pid_matches = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok());
     let names = std::env::var("LISTEN_FDNAMES").ok();
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(var);
     }
-    let (true, Some(count)) = (pid_matches, count) else { return Ok(Vec::new()) };
-    let names: Vec<String> = names.map(|n| n.split(':').map(str::to_string).collect()).unwrap_or_default();
+    let (true, Some(count)) = (pid_matches, count) else {
+        return Ok(Vec::new());
+    };
+    let names: Vec<String> = names
+        .map(|n| n.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
     (0..count)
         .map(|i| {
             let fd = crate::protocol::FIRST_FD + i;
-            let owned = crate::sys::adopt_inherited_fd(fd)
-                .map_err(|e| Error::Bind { address: format!("systemd socket fd {fd}"), source: e })?;
-            let name = names.get(i as usize).cloned().unwrap_or_else(|| format!("fd{fd}"));
+            let owned = crate::sys::adopt_inherited_fd(fd).map_err(|e| Error::Bind {
+                address: format!("systemd socket fd {fd}"),
+                source: e,
+            })?;
+            let name = names
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("fd{fd}"));
             Ok((name, owned))
         })
         .collect()

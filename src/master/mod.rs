@@ -5,7 +5,10 @@
 //! worker exits, timers and the upgrade task all arrive as [`Event`]s, so there is no locking
 //! and every transition is logged in one place.
 
+pub(crate) mod control;
 mod listeners;
+mod notify;
+pub(crate) mod program;
 pub(crate) mod spawn;
 mod status;
 
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use program::{ProgramConfig, ReadyMode};
 pub use status::{Phase, Status, UpgradeRecord, WorkerInfo};
 
 use crate::config::Config;
@@ -29,13 +33,30 @@ use spawn::{Launch, Protocol, WorkerProc};
 pub(crate) enum Event {
     Signal(i32),
     Command(Command),
-    Control { worker: u64, message: Message },
-    Exited { worker: u64, status: Option<ExitStatus> },
-    ReadyTimeout { worker: u64 },
-    DrainTimeout { worker: u64 },
-    ProbationOver { worker: u64 },
-    Respawn { generation: u64 },
-    Install { staged: Staged, reply: oneshot::Sender<InstallOutcome> },
+    Control {
+        worker: u64,
+        message: Message,
+    },
+    Exited {
+        worker: u64,
+        status: Option<ExitStatus>,
+    },
+    ReadyTimeout {
+        worker: u64,
+    },
+    DrainTimeout {
+        worker: u64,
+    },
+    ProbationOver {
+        worker: u64,
+    },
+    Respawn {
+        generation: u64,
+    },
+    Install {
+        staged: Staged,
+        reply: oneshot::Sender<InstallOutcome>,
+    },
 }
 
 /// Requests from a [`MasterHandle`].
@@ -104,7 +125,9 @@ impl MasterHandle {
     pub async fn rollback(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Rollback(tx))?;
-        rx.await.map_err(|_| Error::Master("stopped".into()))?.map_err(Error::Master)
+        rx.await
+            .map_err(|_| Error::Master("stopped".into()))?
+            .map_err(Error::Master)
     }
 
     /// Asks the fetcher for a new binary now instead of at the next interval.
@@ -123,7 +146,9 @@ impl MasterHandle {
     }
 
     fn send(&self, command: Command) -> Result<()> {
-        self.events.send(Event::Command(command)).map_err(|_| Error::Master("stopped".into()))
+        self.events
+            .send(Event::Command(command))
+            .map_err(|_| Error::Master("stopped".into()))
     }
 
     pub(crate) fn events(&self) -> mpsc::UnboundedSender<Event> {
@@ -138,6 +163,7 @@ pub struct Master {
     args: Vec<OsString>,
     protocol: Protocol,
     listeners: Vec<listeners::BoundListener>,
+    listener_inodes: Vec<u64>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     status: watch::Sender<Status>,
@@ -170,15 +196,37 @@ impl Master {
     /// Binds the configured listeners (or adopts systemd's) and prepares to start workers from
     /// `config.binary` (default: this executable) with this process's arguments.
     pub fn new(config: Config) -> Result<Self> {
-        Self::with_protocol(config, Protocol::Library, std::env::args_os().skip(1).collect())
+        Self::with_protocol(
+            config,
+            Protocol::Library,
+            std::env::args_os().skip(1).collect(),
+        )
     }
 
-    pub(crate) fn with_protocol(config: Config, protocol: Protocol, args: Vec<OsString>) -> Result<Self> {
-        config.validate().map_err(|(field, message)| Error::config("config", format!("{field} {message}")))?;
+    /// A master for any program (`handover run`): workers are `program` with `args`, given
+    /// their sockets by systemd's socket-activation protocol.
+    pub fn for_program(mut config: Config, program: PathBuf, args: Vec<OsString>) -> Result<Self> {
+        config.binary = Some(program);
+        if config.upgrade.sanity == crate::config::Sanity::Handover {
+            config.upgrade.sanity = crate::config::Sanity::ExitZero;
+        }
+        let protocol = Protocol::Program(program::ProgramProtocol::new(config.program.clone())?);
+        Self::with_protocol(config, protocol, args)
+    }
+
+    pub(crate) fn with_protocol(
+        config: Config,
+        protocol: Protocol,
+        args: Vec<OsString>,
+    ) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|(field, message)| Error::config("config", format!("{field} {message}")))?;
         let binary = spawn::resolve_binary(config.binary.as_deref())
             .map_err(|e| Error::io("resolving the live binary's path", e))?;
         upgrade::swap::clean_leftovers(&binary);
         let listeners = listeners::bind_all(&config.listen)?;
+        let listener_inodes = listeners.iter().filter_map(|l| l.inode()).collect();
         let (events_tx, events) = mpsc::unbounded_channel();
         let status = Status {
             phase: Phase::Starting,
@@ -201,6 +249,7 @@ impl Master {
             args,
             protocol,
             listeners,
+            listener_inodes,
             events_tx,
             events,
             status,
@@ -236,12 +285,21 @@ impl Master {
 
     /// Polls `fetcher` for new binaries and installs them through the upgrade pipeline.
     pub fn set_fetcher(&mut self, fetcher: Box<dyn handover_fetcher::Fetcher>) {
-        self.updater = Some(upgrade::Updater::new(fetcher, self.config.upgrade.clone(), self.binary.clone(), self.check_now.clone()));
+        self.updater = Some(upgrade::Updater::new(
+            fetcher,
+            self.config.upgrade.clone(),
+            self.binary.clone(),
+            self.check_now.clone(),
+        ));
     }
 
     /// A handle for restarts, stops and status.
     pub fn handle(&self) -> MasterHandle {
-        MasterHandle { events: self.events_tx.clone(), status: self.status.subscribe(), check_now: self.check_now.clone() }
+        MasterHandle {
+            events: self.events_tx.clone(),
+            status: self.status.subscribe(),
+            check_now: self.check_now.clone(),
+        }
     }
 
     /// The live binary's path.
@@ -254,7 +312,25 @@ impl Master {
     /// parent-death signal is tied to the spawning thread.
     pub async fn run(mut self) -> Result<()> {
         self.listen_for_signals()?;
-        let version = self.version.clone().and_then(|v| semver::Version::parse(&v).ok());
+        let _control_file = match self.config.control_socket.clone() {
+            Some(path) => {
+                let (listener, file) = control::bind(&path).map_err(|e| Error::Bind {
+                    address: format!("control socket {}", path.display()),
+                    source: e,
+                })?;
+                tracing::info!(path = %path.display(), "control socket ready");
+                tokio::spawn(control::serve(listener, self.handle()));
+                Some(file)
+            }
+            None => None,
+        };
+        if let Some(manager) = notify::ServiceManager::from_env() {
+            tokio::spawn(manager.follow(self.status.subscribe()));
+        }
+        let version = self
+            .version
+            .clone()
+            .and_then(|v| semver::Version::parse(&v).ok());
         if let Some(updater) = self.updater.take() {
             tokio::spawn(updater.run(self.handle(), version));
         }
@@ -322,27 +398,51 @@ impl Master {
             Event::Control { worker, message } => self.on_control(worker, message).await,
             Event::Exited { worker, status } => self.on_exit(worker, status).await,
             Event::ReadyTimeout { worker } => {
-                if self.pending.as_ref().is_some_and(|p| p.worker.id == worker && !p.worker.ready) {
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.worker.id == worker && !p.worker.ready)
+                {
                     let timeout = self.config.ready_timeout;
-                    tracing::error!(worker, ?timeout, "new worker was not ready in time; killing it");
+                    tracing::error!(
+                        worker,
+                        ?timeout,
+                        "new worker was not ready in time; killing it"
+                    );
                     if let Some(pending) = &self.pending {
                         pending.worker.kill();
                     }
                     let pending = self.pending.take().expect("checked above");
-                    self.handover_failed(pending, format!("not ready within {}", humantime::format_duration(timeout))).await;
+                    self.handover_failed(
+                        pending,
+                        format!("not ready within {}", humantime::format_duration(timeout)),
+                    )
+                    .await;
                 }
             }
             Event::DrainTimeout { worker } => {
                 if let Some(w) = self.draining.iter().find(|w| w.id == worker) {
-                    tracing::warn!(worker, pid = w.pid, "drain timeout passed; killing the old worker");
+                    tracing::warn!(
+                        worker,
+                        pid = w.pid,
+                        "drain timeout passed; killing the old worker"
+                    );
                     w.kill();
                 }
             }
             Event::ProbationOver { worker } => {
-                if self.probation.as_ref().is_some_and(|p| p.worker == Some(worker)) {
+                if self
+                    .probation
+                    .as_ref()
+                    .is_some_and(|p| p.worker == Some(worker))
+                {
                     let probation = self.probation.take().expect("checked above");
                     tracing::info!(worker, sha256 = %short(&probation.staged_sha256), "upgrade passed probation");
-                    self.record_upgrade(&probation.origin, &probation.staged_sha256, "installed".into());
+                    self.record_upgrade(
+                        &probation.origin,
+                        &probation.staged_sha256,
+                        "installed".into(),
+                    );
                     if let Some(version) = probation.version {
                         self.version = Some(version.to_string());
                     }
@@ -365,14 +465,20 @@ impl Master {
                 } else if self.pending.is_some() || self.probation.is_some() {
                     if let Some((old, old_reply)) = self.queued_install.replace((staged, reply)) {
                         upgrade::swap::discard(&old.path);
-                        let _ = old_reply.send(InstallOutcome::Failed("superseded by a newer candidate".into()));
+                        let _ = old_reply.send(InstallOutcome::Failed(
+                            "superseded by a newer candidate".into(),
+                        ));
                     }
                 } else {
                     self.install(staged, reply).await;
                 }
             }
         }
-        if self.stopping && self.pending.is_none() && self.current.is_none() && self.draining.is_empty() {
+        if self.stopping
+            && self.pending.is_none()
+            && self.current.is_none()
+            && self.draining.is_empty()
+        {
             tracing::info!("every worker has exited; master stops");
             self.stopped = true;
             return Some(Ok(()));
@@ -409,7 +515,9 @@ impl Master {
             listeners: &self.listeners,
             protocol: &self.protocol,
             idle_grace_ms: self.config.idle_grace.as_millis(),
-            parent_death_signal: crate::sys::signal_number(&self.config.parent_death_signal).unwrap_or(libc::SIGTERM),
+            parent_death_signal: crate::sys::signal_number(&self.config.parent_death_signal)
+                .unwrap_or(libc::SIGTERM),
+            listener_inodes: &self.listener_inodes,
         };
         match spawn::spawn_worker(id, sha256.clone(), &launch, &self.events_tx) {
             Ok(worker) => {
@@ -429,7 +537,10 @@ impl Master {
                 self.pending = Some(Pending { worker, reason });
             }
             Err(source) => {
-                let error = Error::Spawn { binary: self.binary.clone(), source };
+                let error = Error::Spawn {
+                    binary: self.binary.clone(),
+                    source,
+                };
                 tracing::error!(%error, "worker could not be started");
                 self.counters.1 += u64::from(self.current.is_some());
                 if reason == Reason::Upgrade {
@@ -456,7 +567,9 @@ impl Master {
                     self.grant_exclusive().await;
                 }
             }
-            Message::Drain | Message::Grant => tracing::warn!(worker, ?message, "unexpected message from a worker"),
+            Message::Drain | Message::Grant => {
+                tracing::warn!(worker, ?message, "unexpected message from a worker")
+            }
         }
     }
 
@@ -465,16 +578,35 @@ impl Master {
         let Some(pending) = self.pending.take_if(|p| p.worker.id == worker) else {
             return;
         };
-        let Pending { worker: mut new, reason } = pending;
+        let Pending {
+            worker: mut new,
+            reason,
+        } = pending;
         new.ready = true;
-        let took = self.handover_started.map(|t| t.elapsed()).unwrap_or_default();
+        let took = self
+            .handover_started
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
         if let Some(mut old) = self.current.take() {
-            tracing::info!(old = old.id, old_pid = old.pid, new = new.id, new_pid = new.pid, ?took, "hand-over complete; old worker drains");
+            tracing::info!(
+                old = old.id,
+                old_pid = old.pid,
+                new = new.id,
+                new_pid = new.pid,
+                ?took,
+                "hand-over complete; old worker drains"
+            );
             self.counters.0 += 1;
             self.drain(&mut old).await;
             self.draining.push(old);
         } else {
-            tracing::info!(worker = new.id, pid = new.pid, reason = reason.as_str(), ?took, "worker ready; serving");
+            tracing::info!(
+                worker = new.id,
+                pid = new.pid,
+                reason = reason.as_str(),
+                ?took,
+                "worker ready; serving"
+            );
         }
         self.ever_ready = true;
         if let Some(p) = &self.probation {
@@ -498,10 +630,9 @@ impl Master {
 
     async fn drain(&mut self, worker: &mut WorkerProc) {
         worker.draining_since = Some(Instant::now());
-        if worker.has_control() {
-            worker.send(Message::Drain).await;
-        } else {
-            worker.signal(libc::SIGTERM);
+        match &self.protocol {
+            Protocol::Library => worker.send(Message::Drain).await,
+            Protocol::Program(program) => worker.signal(program.drain_signal),
         }
         let events = self.events_tx.clone();
         let (id, timeout) = (worker.id, self.config.drain_timeout);
@@ -552,7 +683,8 @@ impl Master {
         if self.pending.as_ref().is_some_and(|p| p.worker.id == worker) {
             let pending = self.pending.take().expect("checked above");
             tracing::error!(worker, pid = pending.worker.pid, status = %how, "new worker exited before it was ready");
-            self.handover_failed(pending, format!("exited before it was ready ({how})")).await;
+            self.handover_failed(pending, format!("exited before it was ready ({how})"))
+                .await;
             return;
         }
         if self.current.as_ref().is_some_and(|c| c.id == worker) {
@@ -564,8 +696,15 @@ impl Master {
             self.counters.2 += 1;
             let lived = current.started.elapsed();
             tracing::error!(worker, pid = current.pid, status = %how, ?lived, "worker crashed; sockets stay open");
-            if self.probation.as_ref().is_some_and(|p| p.worker == Some(worker)) {
-                self.roll_back(format!("the new worker crashed {} after it was ready ({how})", humantime::format_duration(round(lived))));
+            if self
+                .probation
+                .as_ref()
+                .is_some_and(|p| p.worker == Some(worker))
+            {
+                self.roll_back(format!(
+                    "the new worker crashed {} after it was ready ({how})",
+                    humantime::format_duration(round(lived))
+                ));
                 self.crash_streak = 0;
             } else if lived > Duration::from_secs(10) {
                 self.crash_streak = 0;
@@ -600,7 +739,11 @@ impl Master {
         self.crash_streak += 1;
         self.respawn_generation += 1;
         self.respawn_scheduled = true;
-        tracing::info!(?delay, attempt = self.crash_streak, "next worker starts after back-off");
+        tracing::info!(
+            ?delay,
+            attempt = self.crash_streak,
+            "next worker starts after back-off"
+        );
         let (events, generation) = (self.events_tx.clone(), self.respawn_generation);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -641,7 +784,13 @@ impl Master {
             let _ = reply.send(InstallOutcome::Staged);
             return;
         }
-        self.probation = Some(Probation { staged_sha256: sha256, version: staged.version, origin: staged.origin, worker: None, reply: Some(reply) });
+        self.probation = Some(Probation {
+            staged_sha256: sha256,
+            version: staged.version,
+            origin: staged.origin,
+            worker: None,
+            reply: Some(reply),
+        });
         if self.pending.is_none() {
             self.start_worker(Reason::Upgrade).await;
         }
@@ -649,13 +798,23 @@ impl Master {
 
     /// Puts the previous binary back after a failed upgrade.
     fn roll_back(&mut self, why: String) {
-        let Some(probation) = self.probation.take() else { return };
+        let Some(probation) = self.probation.take() else {
+            return;
+        };
         match upgrade::swap::restore_previous(&self.binary) {
-            Ok(()) => tracing::error!(sha256 = %short(&probation.staged_sha256), reason = %why, "upgrade rolled back; previous binary restored"),
-            Err(e) => tracing::error!(sha256 = %short(&probation.staged_sha256), reason = %why, error = %e, "upgrade failed and the previous binary could not be restored"),
+            Ok(()) => {
+                tracing::error!(sha256 = %short(&probation.staged_sha256), reason = %why, "upgrade rolled back; previous binary restored")
+            }
+            Err(e) => {
+                tracing::error!(sha256 = %short(&probation.staged_sha256), reason = %why, error = %e, "upgrade failed and the previous binary could not be restored")
+            }
         }
         self.hash_cache.forget();
-        self.record_upgrade(&probation.origin, &probation.staged_sha256, format!("rolled back: {why}"));
+        self.record_upgrade(
+            &probation.origin,
+            &probation.staged_sha256,
+            format!("rolled back: {why}"),
+        );
         if let Some(reply) = probation.reply {
             let _ = reply.send(InstallOutcome::RolledBack(why));
         }
@@ -678,11 +837,19 @@ impl Master {
     }
 
     fn record_upgrade(&mut self, origin: &str, sha256: &str, outcome: String) {
-        self.last_upgrade = Some(UpgradeRecord { at: SystemTime::now(), origin: origin.into(), sha256: sha256.into(), outcome });
+        self.last_upgrade = Some(UpgradeRecord {
+            at: SystemTime::now(),
+            origin: origin.into(),
+            sha256: sha256.into(),
+            outcome,
+        });
     }
 
     fn all_workers(&self) -> impl Iterator<Item = &WorkerProc> {
-        self.current.iter().chain(self.pending.as_ref().map(|p| &p.worker)).chain(self.draining.iter())
+        self.current
+            .iter()
+            .chain(self.pending.as_ref().map(|p| &p.worker))
+            .chain(self.draining.iter())
     }
 
     fn phase(&self) -> Phase {

@@ -22,6 +22,9 @@ use crate::sys;
 pub(crate) enum Protocol {
     /// A program built on this library: `HANDOVER_*` variables and a control channel.
     Library,
+    /// Any program: systemd's socket-activation variables, readiness by `sd_notify` or by
+    /// watching it accept, drain by a signal.
+    Program(super::program::ProgramProtocol),
 }
 
 /// What a spawn needs that does not change between spawns.
@@ -32,6 +35,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) protocol: &'a Protocol,
     pub(crate) idle_grace_ms: u128,
     pub(crate) parent_death_signal: i32,
+    /// Socket inodes of the listeners (to see a program accept on them).
+    pub(crate) listener_inodes: &'a [u64],
 }
 
 /// A worker process, owned by the master's state.
@@ -50,7 +55,12 @@ pub(crate) struct WorkerProc {
 
 impl WorkerProc {
     pub(crate) fn info(&self) -> crate::WorkerInfo {
-        crate::WorkerInfo { id: self.id, pid: self.pid, sha256: self.sha256.clone(), started_at: self.started_at }
+        crate::WorkerInfo {
+            id: self.id,
+            pid: self.pid,
+            sha256: self.sha256.clone(),
+            started_at: self.started_at,
+        }
     }
 
     /// Sends a control message; a worker that cannot be reached is left to its exit event.
@@ -87,15 +97,20 @@ pub(crate) fn spawn_worker(
 ) -> io::Result<WorkerProc> {
     let mut command = match launch.protocol {
         Protocol::Library => std::process::Command::new(launch.binary),
+        Protocol::Program(program) => program.command(launch.binary),
     };
     command.args(launch.args).stdin(Stdio::null());
     for var in protocol::ALL_ENV {
         command.env_remove(var);
     }
-    command.env_remove("LISTEN_FDS").env_remove("LISTEN_PID").env_remove("LISTEN_FDNAMES");
+    command
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES");
     let names: Vec<&str> = launch.listeners.iter().map(|l| l.name.as_str()).collect();
     let mut pass: Vec<i32> = launch.listeners.iter().map(BoundListener::raw_fd).collect();
 
+    let mut notify = None;
     let control_parent = match launch.protocol {
         Protocol::Library => {
             let (parent, child) = std::os::unix::net::UnixStream::pair()?;
@@ -109,8 +124,15 @@ pub(crate) fn spawn_worker(
                 .env(protocol::ENV_MASTER_PID, std::process::id().to_string())
                 .env(protocol::ENV_BINARY, launch.binary)
                 .env(protocol::ENV_BINARY_SHA256, &sha256)
-                .env(protocol::ENV_IDLE_GRACE_MS, launch.idle_grace_ms.to_string());
+                .env(
+                    protocol::ENV_IDLE_GRACE_MS,
+                    launch.idle_grace_ms.to_string(),
+                );
             Some((parent, child))
+        }
+        Protocol::Program(program) => {
+            notify = Some(program.configure(&mut command, &names, id)?);
+            None
         }
     };
     sys::prepare_child(
@@ -124,7 +146,9 @@ pub(crate) fn spawn_worker(
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(false);
     let mut child = command.spawn()?;
-    let pid = child.id().ok_or_else(|| io::Error::other("worker exited before its pid was read"))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("worker exited before its pid was read"))?;
 
     let control = match control_parent {
         Some((parent, child_end)) => {
@@ -138,9 +162,14 @@ pub(crate) fn spawn_worker(
                 while let Ok(Some(line)) = lines.next_line().await {
                     match Message::parse(&line) {
                         Some(message) => {
-                            let _ = events.send(Event::Control { worker: id, message });
+                            let _ = events.send(Event::Control {
+                                worker: id,
+                                message,
+                            });
                         }
-                        None => tracing::warn!(worker = id, line = %line, "unknown control message"),
+                        None => {
+                            tracing::warn!(worker = id, line = %line, "unknown control message")
+                        }
                     }
                 }
             });
@@ -148,6 +177,16 @@ pub(crate) fn spawn_worker(
         }
         None => None,
     };
+
+    if let (Protocol::Program(program), Some(notify)) = (launch.protocol, notify) {
+        program.watch_readiness(
+            id,
+            pid,
+            notify,
+            launch.listener_inodes.to_vec(),
+            events.clone(),
+        );
+    }
 
     let (signals, mut signal_rx) = mpsc::unbounded_channel::<i32>();
     let exit_events = events.clone();
@@ -164,7 +203,10 @@ pub(crate) fn spawn_worker(
                 }
             }
         };
-        let _ = exit_events.send(Event::Exited { worker: id, status: status.ok() });
+        let _ = exit_events.send(Event::Exited {
+            worker: id,
+            status: status.ok(),
+        });
     });
 
     Ok(WorkerProc {

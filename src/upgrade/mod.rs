@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 pub(crate) use sanity::answer as answer_check;
 
-use crate::config::UpgradeConfig;
+use crate::config::{Sanity, UpgradeConfig};
 use crate::master::{Event, MasterHandle};
 
 /// A checked candidate, waiting beside the live binary to be swapped in.
@@ -60,16 +60,25 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// Hashes of the live binary, cached by inode, size and mtime.
+/// Device, inode, size and mtime: changes whenever the file at a path does.
+type FileKey = (u64, u64, u64, i64, i64);
+
+/// Hashes of the live binary, cached by [`FileKey`].
 #[derive(Debug, Default)]
 pub(crate) struct HashCache {
-    entry: Option<((u64, u64, u64, i64, i64), [u8; 32])>,
+    entry: Option<(FileKey, [u8; 32])>,
 }
 
 impl HashCache {
     pub(crate) fn digest(&mut self, path: &Path) -> std::io::Result<[u8; 32]> {
         let meta = std::fs::metadata(path)?;
-        let key = (meta.dev(), meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec());
+        let key = (
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+        );
         if let Some((cached, digest)) = self.entry {
             if cached == key {
                 return Ok(digest);
@@ -119,8 +128,20 @@ pub(crate) struct Updater {
 
 impl Updater {
     /// `check_now` wakes the poller at once (`handover upgrade`).
-    pub(crate) fn new(fetcher: Box<dyn Fetcher>, config: UpgradeConfig, live: PathBuf, check_now: Arc<Notify>) -> Self {
-        Self { fetcher, config, live, quarantine: HashSet::new(), hashes: HashCache::default(), check_now }
+    pub(crate) fn new(
+        fetcher: Box<dyn Fetcher>,
+        config: UpgradeConfig,
+        live: PathBuf,
+        check_now: Arc<Notify>,
+    ) -> Self {
+        Self {
+            fetcher,
+            config,
+            live,
+            quarantine: HashSet::new(),
+            hashes: HashCache::default(),
+            check_now,
+        }
     }
 
     pub(crate) async fn run(mut self, master: MasterHandle, mut version: Option<semver::Version>) {
@@ -151,7 +172,8 @@ impl Updater {
                 }
                 Err(error) => {
                     failures += 1;
-                    wait = backoff(self.config.interval, failures, self.config.max_backoff).max(error.retry_after().unwrap_or_default());
+                    wait = backoff(self.config.interval, failures, self.config.max_backoff)
+                        .max(error.retry_after().unwrap_or_default());
                     tracing::warn!(fetcher = self.fetcher.name(), %error, retry_in = ?wait, "fetch failed; still serving the running version");
                     continue;
                 }
@@ -160,7 +182,10 @@ impl Updater {
             let id = artifact.id().map(str::to_string);
             let span = tracing::info_span!("upgrade", origin = %artifact.origin(), version = ?artifact.claimed_version().map(|v| v.to_string()));
             let kept = describe_running(&running);
-            let outcome = self.attempt(artifact, &running, &master).instrument(span.clone()).await;
+            let outcome = self
+                .attempt(artifact, &running, &master)
+                .instrument(span.clone())
+                .await;
             let _enter = span.enter();
             let settlement = match outcome {
                 Attempt::Installed(new_version) => {
@@ -170,14 +195,22 @@ impl Updater {
                     Some(Settlement::Installed)
                 }
                 Attempt::Unchanged => Some(Settlement::Rejected),
-                Attempt::Refused { origin, refusal: Refusal::Permanent(reason), sha256 } => {
+                Attempt::Refused {
+                    origin,
+                    refusal: Refusal::Permanent(reason),
+                    sha256,
+                } => {
                     tracing::error!("rejected {origin}: {reason}; still serving {kept}");
                     if let Some(digest) = sha256 {
                         self.quarantine.insert(digest);
                     }
                     Some(Settlement::Rejected)
                 }
-                Attempt::Refused { origin, refusal: Refusal::Transient(reason), .. } => {
+                Attempt::Refused {
+                    origin,
+                    refusal: Refusal::Transient(reason),
+                    ..
+                } => {
                     failures += 1;
                     wait = backoff(self.config.interval, failures, self.config.max_backoff);
                     tracing::warn!(retry_in = ?wait, "could not take {origin}: {reason}; still serving {kept}");
@@ -190,15 +223,25 @@ impl Updater {
         }
     }
 
-    async fn attempt(&mut self, mut artifact: Artifact, running: &Running, master: &MasterHandle) -> Attempt {
+    async fn attempt(
+        &mut self,
+        mut artifact: Artifact,
+        running: &Running,
+        master: &MasterHandle,
+    ) -> Attempt {
         let origin = artifact.origin().to_string();
-        let refused = |refusal, sha256| Attempt::Refused { origin: origin.clone(), refusal, sha256 };
+        let refused = |refusal, sha256| Attempt::Refused {
+            origin: origin.clone(),
+            refusal,
+            sha256,
+        };
         if self.config.refuse_shared_directory {
             if let Err(why) = verify::directory_is_private(&self.live) {
                 return refused(Refusal::Permanent(why), None);
             }
         }
-        let download = match stage::download(&mut artifact, &self.live, self.config.max_size).await {
+        let download = match stage::download(&mut artifact, &self.live, self.config.max_size).await
+        {
             Ok(d) => d,
             Err(refusal) => return refused(refusal, None),
         };
@@ -226,8 +269,17 @@ impl Updater {
         };
         tracing::info!(sha256 = %&hex[..12], version = ?version.as_ref().map(|v| v.to_string()), "candidate passed every check; installing");
         let (reply, outcome) = oneshot::channel();
-        let staged = Staged { path: download.path.clone(), sha256, origin: origin.clone(), version: version.clone() };
-        if master.events().send(Event::Install { staged, reply }).is_err() {
+        let staged = Staged {
+            path: download.path.clone(),
+            sha256,
+            origin: origin.clone(),
+            version: version.clone(),
+        };
+        if master
+            .events()
+            .send(Event::Install { staged, reply })
+            .is_err()
+        {
             swap::discard(&download.path);
             return refused(Refusal::Transient("the master is gone".into()), None);
         }
@@ -240,25 +292,71 @@ impl Updater {
                 tracing::info!(sha256 = %&hex[..12], "upgrade staged; the next restart runs it");
                 Attempt::Installed(version)
             }
-            Ok(InstallOutcome::RolledBack(why)) => refused(Refusal::Permanent(format!("rolled back: {why}")), Some(sha256)),
+            Ok(InstallOutcome::RolledBack(why)) => refused(
+                Refusal::Permanent(format!("rolled back: {why}")),
+                Some(sha256),
+            ),
             Ok(InstallOutcome::Failed(why)) => refused(Refusal::Transient(why), None),
             Err(_) => refused(Refusal::Transient("the master stopped".into()), None),
         }
     }
 
     /// Every check that does not need the master; returns the candidate's version.
-    async fn check(&mut self, claims: Claims, download: &stage::Download, running: &Running) -> Result<Option<semver::Version>, Refusal> {
+    async fn check(
+        &mut self,
+        claims: Claims,
+        download: &stage::Download,
+        running: &Running,
+    ) -> Result<Option<semver::Version>, Refusal> {
         let hex = hex::encode(download.sha256);
         if self.quarantine.contains(&download.sha256) {
-            return Err(Refusal::Permanent(format!("sha256 {} was rolled back or rejected before (quarantined)", &hex[..12])));
+            return Err(Refusal::Permanent(format!(
+                "sha256 {} was rolled back or rejected before (quarantined)",
+                &hex[..12]
+            )));
         }
-        verify::checksum(claims.sha256.as_ref(), &download.sha256, self.config.checksum_required)?;
-        verify::signature(&self.config.public_keys, claims.signature.as_deref(), &download.path)?;
-        stage::match_live_mode(&download.path, &self.live)
-            .map_err(|e| Refusal::Transient(format!("setting mode and owner of {}: {e}", download.path.display())))?;
-        let reply = sanity::check(&download.path, self.config.check_timeout).await?;
-        let version = reply.version.as_deref().and_then(|v| semver::Version::parse(v).ok()).or(claims.version);
-        verify::not_a_downgrade(version.as_ref(), running.version.as_ref(), self.config.allow_downgrade)?;
+        verify::checksum(
+            claims.sha256.as_ref(),
+            &download.sha256,
+            self.config.checksum_required,
+        )?;
+        verify::signature(
+            &self.config.public_keys,
+            claims.signature.as_deref(),
+            &download.path,
+        )?;
+        stage::match_live_mode(&download.path, &self.live).map_err(|e| {
+            Refusal::Transient(format!(
+                "setting mode and owner of {}: {e}",
+                download.path.display()
+            ))
+        })?;
+        let answered = match self.config.sanity {
+            Sanity::Handover => {
+                sanity::check(&download.path, self.config.check_timeout)
+                    .await?
+                    .version
+            }
+            Sanity::ExitZero => {
+                sanity::exits_zero(
+                    &download.path,
+                    &self.config.sanity_args,
+                    self.config.check_timeout,
+                )
+                .await?;
+                None
+            }
+            Sanity::None => None,
+        };
+        let version = answered
+            .as_deref()
+            .and_then(|v| semver::Version::parse(v).ok())
+            .or(claims.version);
+        verify::not_a_downgrade(
+            version.as_ref(),
+            running.version.as_ref(),
+            self.config.allow_downgrade,
+        )?;
         if let Some(hook) = &self.config.pre_upgrade {
             sanity::pre_upgrade_hook(hook, &download.path, &hex, self.config.check_timeout).await?;
         }
@@ -276,7 +374,11 @@ struct Claims {
 enum Attempt {
     Installed(Option<semver::Version>),
     Unchanged,
-    Refused { origin: String, refusal: Refusal, sha256: Option<[u8; 32]> },
+    Refused {
+        origin: String,
+        refusal: Refusal,
+        sha256: Option<[u8; 32]>,
+    },
 }
 
 fn describe_running(running: &Running) -> String {
@@ -287,7 +389,9 @@ fn describe_running(running: &Running) -> String {
 }
 
 fn backoff(interval: Duration, failures: u32, max: Duration) -> Duration {
-    interval.saturating_mul(1u32 << failures.min(16)).min(max.max(interval))
+    interval
+        .saturating_mul(1u32 << failures.min(16))
+        .min(max.max(interval))
 }
 
 fn with_jitter(interval: Duration, jitter: f64) -> Duration {

@@ -27,7 +27,10 @@ pub(crate) struct CheckReply {
 
 /// Prints the sanity run's answer; called by a program started in check mode.
 pub(crate) fn answer(nonce: &str, version: Option<&str>) {
-    println!("{CHECK_REPLY} {nonce} version={} target={TARGET}", version.unwrap_or("-"));
+    println!(
+        "{CHECK_REPLY} {nonce} version={} target={TARGET}",
+        version.unwrap_or("-")
+    );
 }
 
 /// Runs `candidate` in check mode and reads its answer.
@@ -42,7 +45,9 @@ pub(crate) async fn check(candidate: &Path, timeout: Duration) -> Result<CheckRe
         .spawn()
         .map_err(|e| {
             Refusal::Permanent(match e.raw_os_error() {
-                Some(libc::ENOEXEC) => "not an executable for this machine (exec format error)".to_string(),
+                Some(libc::ENOEXEC) => {
+                    "not an executable for this machine (exec format error)".to_string()
+                }
                 Some(libc::EACCES) => "cannot be executed (permission denied)".to_string(),
                 _ => format!("cannot be executed: {e}"),
             })
@@ -53,7 +58,11 @@ pub(crate) async fn check(candidate: &Path, timeout: Duration) -> Result<CheckRe
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let mut stdout = (&mut stdout).take(64 * 1024);
         let mut stderr = (&mut stderr).take(64 * 1024);
-        let (_, _, status) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err), child.wait());
+        let (_, _, status) = tokio::join!(
+            stdout.read_to_end(&mut out),
+            stderr.read_to_end(&mut err),
+            child.wait()
+        );
         (out, err, status)
     };
     let (out, err, status) = match tokio::time::timeout(timeout, run).await {
@@ -65,7 +74,8 @@ pub(crate) async fn check(candidate: &Path, timeout: Duration) -> Result<CheckRe
             )))
         }
     };
-    let status = status.map_err(|e| Refusal::Transient(format!("waiting for the sanity run: {e}")))?;
+    let status =
+        status.map_err(|e| Refusal::Transient(format!("waiting for the sanity run: {e}")))?;
     let stdout = String::from_utf8_lossy(&out);
     let stderr = String::from_utf8_lossy(&err);
     if !status.success() {
@@ -75,19 +85,24 @@ pub(crate) async fn check(candidate: &Path, timeout: Duration) -> Result<CheckRe
             tail(&stderr)
         )));
     }
-    let reply = stdout.lines().find(|l| l.starts_with(CHECK_REPLY)).ok_or_else(|| {
-        Refusal::Permanent(format!(
-            "sanity run did not answer like a handover program (printed {:?})",
-            stdout.chars().take(80).collect::<String>()
-        ))
-    })?;
+    let reply = stdout
+        .lines()
+        .find(|l| l.starts_with(CHECK_REPLY))
+        .ok_or_else(|| {
+            Refusal::Permanent(format!(
+                "sanity run did not answer like a handover program (printed {:?})",
+                stdout.chars().take(80).collect::<String>()
+            ))
+        })?;
     parse_reply(reply, &nonce)
 }
 
 fn parse_reply(line: &str, nonce: &str) -> Result<CheckReply, Refusal> {
     let mut words = line.split_whitespace().skip(1);
     if words.next() != Some(nonce) {
-        return Err(Refusal::Permanent("sanity run answered with the wrong nonce".into()));
+        return Err(Refusal::Permanent(
+            "sanity run answered with the wrong nonce".into(),
+        ));
     }
     let (mut version, mut target) = (None, None);
     for word in words {
@@ -97,15 +112,58 @@ fn parse_reply(line: &str, nonce: &str) -> Result<CheckReply, Refusal> {
             _ => {}
         }
     }
-    let target = target.ok_or_else(|| Refusal::Permanent("sanity run did not say its target".into()))?;
+    let target =
+        target.ok_or_else(|| Refusal::Permanent("sanity run did not say its target".into()))?;
     if target != TARGET {
-        return Err(Refusal::Permanent(format!("built for {target}, this machine runs {TARGET}")));
+        return Err(Refusal::Permanent(format!(
+            "built for {target}, this machine runs {TARGET}"
+        )));
     }
     Ok(CheckReply { version, target })
 }
 
+/// Runs a candidate that is not built on handover with `args`; it must exit 0 in time.
+pub(crate) async fn exits_zero(
+    candidate: &Path,
+    args: &[String],
+    timeout: Duration,
+) -> Result<(), Refusal> {
+    let output = tokio::process::Command::new(candidate)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(timeout, output).await {
+        Err(_) => Err(Refusal::Permanent(format!(
+            "sanity run did not finish within {}",
+            humantime::format_duration(timeout)
+        ))),
+        Ok(Err(e)) => Err(Refusal::Permanent(match e.raw_os_error() {
+            Some(libc::ENOEXEC) => {
+                "not an executable for this machine (exec format error)".to_string()
+            }
+            _ => format!("cannot be executed: {e}"),
+        })),
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => Err(Refusal::Permanent(format!(
+            "sanity run `{} {}` failed ({}){}",
+            candidate.display(),
+            args.join(" "),
+            crate::master::spawn::describe_exit(Some(out.status)),
+            tail(&String::from_utf8_lossy(&out.stderr))
+        ))),
+    }
+}
+
 /// Runs the user's `pre_upgrade` command; a non-zero exit vetoes the upgrade.
-pub(crate) async fn pre_upgrade_hook(command: &[String], candidate: &Path, sha256: &str, timeout: Duration) -> Result<(), Refusal> {
+pub(crate) async fn pre_upgrade_hook(
+    command: &[String],
+    candidate: &Path,
+    sha256: &str,
+    timeout: Duration,
+) -> Result<(), Refusal> {
     let (program, args) = command.split_first().expect("validated non-empty");
     let output = tokio::process::Command::new(program)
         .args(args)
@@ -115,8 +173,12 @@ pub(crate) async fn pre_upgrade_hook(command: &[String], candidate: &Path, sha25
         .kill_on_drop(true)
         .output();
     match tokio::time::timeout(timeout, output).await {
-        Err(_) => Err(Refusal::Permanent(format!("pre_upgrade hook {program} did not finish in time"))),
-        Ok(Err(e)) => Err(Refusal::Permanent(format!("pre_upgrade hook {program} could not run: {e}"))),
+        Err(_) => Err(Refusal::Permanent(format!(
+            "pre_upgrade hook {program} did not finish in time"
+        ))),
+        Ok(Err(e)) => Err(Refusal::Permanent(format!(
+            "pre_upgrade hook {program} could not run: {e}"
+        ))),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => Err(Refusal::Permanent(format!(
             "vetoed by pre_upgrade hook {program} ({}){}",
@@ -127,7 +189,12 @@ pub(crate) async fn pre_upgrade_hook(command: &[String], candidate: &Path, sha25
 }
 
 fn tail(stderr: &str) -> String {
-    let last: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).rev().take(3).collect();
+    let last: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .rev()
+        .take(3)
+        .collect();
     if last.is_empty() {
         String::new()
     } else {
@@ -139,7 +206,9 @@ fn tail(stderr: &str) -> String {
 fn nonce() -> String {
     let mut bytes = [0u8; 16];
     if getrandom::fill(&mut bytes).is_err() {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         bytes[..16].copy_from_slice(&t.as_nanos().to_le_bytes());
     }
     hex::encode(bytes)
@@ -151,10 +220,22 @@ mod tests {
 
     #[test]
     fn reply_parsing() {
-        let ok = parse_reply(&format!("handover-check n1 version=1.2.3 target={TARGET}"), "n1").unwrap();
+        let ok = parse_reply(
+            &format!("handover-check n1 version=1.2.3 target={TARGET}"),
+            "n1",
+        )
+        .unwrap();
         assert_eq!(ok.version.as_deref(), Some("1.2.3"));
-        assert!(parse_reply(&format!("handover-check n2 version=- target={TARGET}"), "n1").is_err());
-        let err = parse_reply("handover-check n1 version=- target=mips-unknown-none", "n1").unwrap_err();
-        assert!(matches!(err, Refusal::Permanent(ref m) if m.contains("built for mips")), "{err:?}");
+        assert!(parse_reply(
+            &format!("handover-check n2 version=- target={TARGET}"),
+            "n1"
+        )
+        .is_err());
+        let err =
+            parse_reply("handover-check n1 version=- target=mips-unknown-none", "n1").unwrap_err();
+        assert!(
+            matches!(err, Refusal::Permanent(ref m) if m.contains("built for mips")),
+            "{err:?}"
+        );
     }
 }

@@ -19,11 +19,17 @@ pub(crate) struct Download {
 }
 
 /// Streams `artifact` into a new temporary file beside `live`. On any error the file is removed.
-pub(crate) async fn download(artifact: &mut Artifact, live: &Path, max_size: u64) -> Result<Download, Refusal> {
+pub(crate) async fn download(
+    artifact: &mut Artifact,
+    live: &Path,
+    max_size: u64,
+) -> Result<Download, Refusal> {
     let origin = artifact.origin().to_string();
     if let Some(claimed) = artifact.claimed_size() {
         if claimed > max_size {
-            return Err(Refusal::Permanent(format!("announced size {claimed} bytes exceeds upgrade.max_size {max_size}")));
+            return Err(Refusal::Permanent(format!(
+                "announced size {claimed} bytes exceeds upgrade.max_size {max_size}"
+            )));
         }
     }
     let path = super::swap::temp_path(live);
@@ -33,7 +39,9 @@ pub(crate) async fn download(artifact: &mut Artifact, live: &Path, max_size: u64
             if let Some(claimed) = artifact.claimed_size() {
                 if size != claimed {
                     super::swap::discard(&path);
-                    return Err(Refusal::Permanent(format!("truncated or padded: {size} bytes received, {claimed} announced")));
+                    return Err(Refusal::Permanent(format!(
+                        "truncated or padded: {size} bytes received, {claimed} announced"
+                    )));
                 }
             }
             Ok(Download { path, sha256, size })
@@ -41,35 +49,50 @@ pub(crate) async fn download(artifact: &mut Artifact, live: &Path, max_size: u64
         Err(refusal) => {
             super::swap::discard(&path);
             Err(match refusal {
-                Refusal::Transient(why) => Refusal::Transient(format!("downloading {origin} to {}: {why}", path.display())),
+                Refusal::Transient(why) => {
+                    Refusal::Transient(format!("downloading {origin} to {}: {why}", path.display()))
+                }
                 other => other,
             })
         }
     }
 }
 
-async fn write_hashed(artifact: &mut Artifact, path: &Path, max_size: u64) -> Result<([u8; 32], u64), Refusal> {
+async fn write_hashed(
+    artifact: &mut Artifact,
+    path: &Path,
+    max_size: u64,
+) -> Result<([u8; 32], u64), Refusal> {
     let io = |e: std::io::Error| Refusal::Transient(e.to_string());
-    let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).await.map_err(io)?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(io)?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut buffer = vec![0u8; 64 * 1024];
     let claimed = artifact.claimed_size();
     loop {
-        let n = artifact
-            .reader()
-            .read(&mut buffer)
-            .await
-            .map_err(|e| Refusal::Transient(format!("reading the source failed after {size} bytes: {e}")))?;
+        let n = artifact.reader().read(&mut buffer).await.map_err(|e| {
+            Refusal::Transient(format!("reading the source failed after {size} bytes: {e}"))
+        })?;
         if n == 0 {
             break;
         }
         size += n as u64;
         if size > max_size {
-            return Err(Refusal::Permanent(format!("larger than upgrade.max_size ({max_size} bytes)")));
+            return Err(Refusal::Permanent(format!(
+                "larger than upgrade.max_size ({max_size} bytes)"
+            )));
         }
         if claimed.is_some_and(|c| size > c) {
-            return Err(Refusal::Permanent(format!("more bytes than the {} announced", claimed.unwrap_or(0))));
+            return Err(Refusal::Permanent(format!(
+                "more bytes than the {} announced",
+                claimed.unwrap_or(0)
+            )));
         }
         hasher.update(&buffer[..n]);
         file.write_all(&buffer[..n]).await.map_err(io)?;
@@ -84,7 +107,11 @@ pub(crate) fn match_live_mode(candidate: &Path, live: &Path) -> std::io::Result<
     let meta = std::fs::metadata(live)?;
     let mode = meta.permissions().mode() & 0o7777;
     // Never stage something that cannot be executed, even if the live binary lost its x bit.
-    let mode = if mode & 0o111 == 0 { mode | 0o100 } else { mode };
+    let mode = if mode & 0o111 == 0 {
+        mode | 0o100
+    } else {
+        mode
+    };
     std::fs::set_permissions(candidate, std::fs::Permissions::from_mode(mode))?;
     let current = std::fs::metadata(candidate)?;
     if current.uid() != meta.uid() || current.gid() != meta.gid() {

@@ -48,7 +48,10 @@ pub(crate) fn install(live: &Path, staged: &Path) -> io::Result<()> {
 pub(crate) fn restore_previous(live: &Path) -> io::Result<()> {
     let previous = previous_path(live);
     if !previous.exists() {
-        return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} does not exist", previous.display())));
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} does not exist", previous.display()),
+        ));
     }
     let link = temp_path(live);
     copy_or_link(&previous, &link)?;
@@ -71,15 +74,26 @@ pub(crate) fn discard(path: &Path) {
 /// Removes temporary files that a master which died mid-download left beside the live binary.
 /// Files of a master that is still alive (another service sharing the binary) are left alone.
 pub(crate) fn clean_leftovers(live: &Path) {
-    let (Some(dir), Some(name)) = (live.parent(), live.file_name()) else { return };
+    let (Some(dir), Some(name)) = (live.parent(), live.file_name()) else {
+        return;
+    };
     let prefix = format!(".{}.handover-", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let file_name = entry.file_name();
         let file_name = file_name.to_string_lossy();
-        let Some(rest) = file_name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".tmp")) else { continue };
+        let Some(rest) = file_name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
         let owner: Option<u32> = rest.split('-').next().and_then(|p| p.parse().ok());
-        let alive = owner.is_some_and(|pid| pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists());
+        let alive = owner.is_some_and(|pid| {
+            pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+        });
         if !alive {
             tracing::info!(path = %entry.path().display(), "removing leftover temporary file from an interrupted upgrade");
             discard(&entry.path());
@@ -98,7 +112,10 @@ fn copy_or_link(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Makes the renames in `path`'s directory durable.
 pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     File::open(dir)?.sync_all()
 }
 

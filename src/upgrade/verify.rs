@@ -7,27 +7,40 @@ use std::path::Path;
 use super::Refusal;
 
 /// The bytes must match the SHA-256 the source published; with `required`, one must exist.
-pub(crate) fn checksum(published: Option<&[u8; 32]>, actual: &[u8; 32], required: bool) -> Result<(), Refusal> {
+pub(crate) fn checksum(
+    published: Option<&[u8; 32]>,
+    actual: &[u8; 32],
+    required: bool,
+) -> Result<(), Refusal> {
     match published {
         Some(published) if published != actual => Err(Refusal::Permanent(format!(
             "sha256 {} does not match the published {}",
             &hex::encode(actual)[..16],
             &hex::encode(published)[..16]
         ))),
-        None if required => Err(Refusal::Permanent("the source published no sha256 and a checksum is required".into())),
+        None if required => Err(Refusal::Permanent(
+            "the source published no sha256 and a checksum is required".into(),
+        )),
         _ => Ok(()),
     }
 }
 
 /// With public keys configured, the candidate must carry a minisign signature by one of them.
-pub(crate) fn signature(keys: &[String], signature: Option<&[u8]>, file: &Path) -> Result<(), Refusal> {
+pub(crate) fn signature(
+    keys: &[String],
+    signature: Option<&[u8]>,
+    file: &Path,
+) -> Result<(), Refusal> {
     if keys.is_empty() {
         return Ok(());
     }
     let Some(signature) = signature else {
-        return Err(Refusal::Permanent("unsigned, and a public key is configured (expected a .minisig signature)".into()));
+        return Err(Refusal::Permanent(
+            "unsigned, and a public key is configured (expected a .minisig signature)".into(),
+        ));
     };
-    let text = std::str::from_utf8(signature).map_err(|_| Refusal::Permanent("signature is not minisign text".into()))?;
+    let text = std::str::from_utf8(signature)
+        .map_err(|_| Refusal::Permanent("signature is not minisign text".into()))?;
     let signature = minisign_verify::Signature::decode(text)
         .map_err(|e| Refusal::Permanent(format!("signature cannot be read: {e}")))?;
     let mut last_error = String::from("no key matched");
@@ -42,7 +55,11 @@ pub(crate) fn signature(keys: &[String], signature: Option<&[u8]>, file: &Path) 
     Err(Refusal::Permanent(format!("bad signature: {last_error}")))
 }
 
-fn verify_file(key: &minisign_verify::PublicKey, signature: &minisign_verify::Signature, file: &Path) -> Result<(), String> {
+fn verify_file(
+    key: &minisign_verify::PublicKey,
+    signature: &minisign_verify::Signature,
+    file: &Path,
+) -> Result<(), String> {
     use std::io::Read;
     let mut verifier = key.verify_stream(signature).map_err(|e| e.to_string())?;
     let mut input = std::fs::File::open(file).map_err(|e| e.to_string())?;
@@ -73,8 +90,12 @@ pub(crate) fn not_a_downgrade(
 
 /// Refuses a live binary whose directory other users may write to: they could race the swap.
 pub(crate) fn directory_is_private(live: &Path) -> Result<(), String> {
-    let dir = live.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let meta = std::fs::metadata(dir).map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
+    let dir = live
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let meta =
+        std::fs::metadata(dir).map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
     let mode = meta.mode();
     let others_write = mode & 0o002 != 0;
     let group_write = mode & 0o020 != 0 && meta.gid() != 0 && !in_own_group(meta.gid());
@@ -92,7 +113,9 @@ pub(crate) fn directory_is_private(live: &Path) -> Result<(), String> {
 
 fn in_own_group(gid: u32) -> bool {
     // Group write for the user's own primary group is the common umask-002 setup.
-    std::fs::metadata("/proc/self").map(|m| m.gid() == gid).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.gid() == gid)
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -108,7 +131,10 @@ mod tests {
         assert!(checksum(None, &a, false).is_ok());
         let err = checksum(Some(&b), &a, false).unwrap_err().to_string();
         assert!(err.contains("does not match the published 0202"), "{err}");
-        assert!(checksum(None, &a, true).unwrap_err().to_string().contains("required"));
+        assert!(checksum(None, &a, true)
+            .unwrap_err()
+            .to_string()
+            .contains("required"));
     }
 
     #[test]
@@ -138,7 +164,13 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let key = vec!["RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3".to_string()];
         assert!(signature(&[], None, &file).is_ok());
-        assert!(signature(&key, None, &file).unwrap_err().to_string().contains("unsigned"));
-        assert!(signature(&key, Some(b"garbage"), &file).unwrap_err().to_string().contains("signature"));
+        assert!(signature(&key, None, &file)
+            .unwrap_err()
+            .to_string()
+            .contains("unsigned"));
+        assert!(signature(&key, Some(b"garbage"), &file)
+            .unwrap_err()
+            .to_string()
+            .contains("signature"));
     }
 }

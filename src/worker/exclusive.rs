@@ -53,8 +53,16 @@ pub(crate) struct Jobs {
 }
 
 impl Jobs {
-    pub(crate) fn new(outgoing: mpsc::UnboundedSender<super::Outgoing>, shutdown: Shutdown) -> Self {
-        Self { state: Arc::default(), outgoing, shutdown, done: Arc::new(Notify::new()) }
+    pub(crate) fn new(
+        outgoing: mpsc::UnboundedSender<super::Outgoing>,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            state: Arc::default(),
+            outgoing,
+            shutdown,
+            done: Arc::new(Notify::new()),
+        }
     }
 
     pub(crate) fn spawn<F, Fut>(&self, name: &str, shutdown: Shutdown, job: F)
@@ -114,7 +122,9 @@ impl Jobs {
         let mut state = self.state.lock().expect("exclusive state poisoned");
         if state.granted && state.active == 0 && !state.released {
             state.released = true;
-            let _ = self.outgoing.send(super::Outgoing::Message(Message::Released));
+            let _ = self
+                .outgoing
+                .send(super::Outgoing::Message(Message::Released));
             self.done.notify_waiters();
         }
     }

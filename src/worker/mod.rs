@@ -99,8 +99,11 @@ impl Worker {
     pub fn tcp(&self, name: &str) -> Result<tokio::net::TcpListener> {
         let fd = self.take(name, Kind::Tcp)?;
         let listener = std::net::TcpListener::from(fd);
-        listener.set_nonblocking(true).map_err(|e| Error::io(format!("listener {name}"), e))?;
-        tokio::net::TcpListener::from_std(listener).map_err(|e| Error::io(format!("listener {name}"), e))
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io(format!("listener {name}"), e))?;
+        tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| Error::io(format!("listener {name}"), e))
     }
 
     /// Takes the TCP listener at `index` (0 is fd 3).
@@ -113,15 +116,20 @@ impl Worker {
     pub fn unix(&self, name: &str) -> Result<tokio::net::UnixListener> {
         let fd = self.take(name, Kind::Unix)?;
         let listener = std::os::unix::net::UnixListener::from(fd);
-        listener.set_nonblocking(true).map_err(|e| Error::io(format!("listener {name}"), e))?;
-        tokio::net::UnixListener::from_std(listener).map_err(|e| Error::io(format!("listener {name}"), e))
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io(format!("listener {name}"), e))?;
+        tokio::net::UnixListener::from_std(listener)
+            .map_err(|e| Error::io(format!("listener {name}"), e))
     }
 
     /// Takes the UDP socket called `name`.
     pub fn udp(&self, name: &str) -> Result<tokio::net::UdpSocket> {
         let fd = self.take(name, Kind::Udp)?;
         let socket = std::net::UdpSocket::from(fd);
-        socket.set_nonblocking(true).map_err(|e| Error::io(format!("socket {name}"), e))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| Error::io(format!("socket {name}"), e))?;
         tokio::net::UdpSocket::from_std(socket).map_err(|e| Error::io(format!("socket {name}"), e))
     }
 
@@ -129,29 +137,49 @@ impl Worker {
     pub fn is_tcp(&self, name: &str) -> Option<bool> {
         let index = self.inner.names.iter().position(|n| n == name)?;
         let fds = self.inner.fds.lock().expect("listener table poisoned");
-        fds[index].as_ref().map(|fd| Kind::of(fd) == Some(Kind::Tcp))
+        fds[index]
+            .as_ref()
+            .map(|fd| Kind::of(fd) == Some(Kind::Tcp))
     }
 
     fn name_at(&self, index: usize) -> Result<String> {
-        self.inner.names.get(index).cloned().ok_or_else(|| Error::NoSuchListener {
-            name: format!("#{index}"),
-            available: self.inner.names.join(", "),
-        })
+        self.inner
+            .names
+            .get(index)
+            .cloned()
+            .ok_or_else(|| Error::NoSuchListener {
+                name: format!("#{index}"),
+                available: self.inner.names.join(", "),
+            })
     }
 
     /// Takes a listener of the wanted kind; a listener of another kind is left in place.
     fn take(&self, name: &str, wanted: Kind) -> Result<OwnedFd> {
-        let index = self.inner.names.iter().position(|n| n == name).ok_or_else(|| Error::NoSuchListener {
-            name: name.into(),
-            available: self.inner.names.join(", "),
-        })?;
+        let index = self
+            .inner
+            .names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| Error::NoSuchListener {
+                name: name.into(),
+                available: self.inner.names.join(", "),
+            })?;
         let mut fds = self.inner.fds.lock().expect("listener table poisoned");
         let slot = &mut fds[index];
-        let fd = slot.as_ref().ok_or_else(|| Error::Listener { name: name.into(), message: "was already taken".into() })?;
+        let fd = slot.as_ref().ok_or_else(|| Error::Listener {
+            name: name.into(),
+            message: "was already taken".into(),
+        })?;
         match Kind::of(fd) {
             Some(kind) if kind == wanted => Ok(slot.take().expect("checked above")),
-            Some(kind) => Err(Error::Listener { name: name.into(), message: format!("is a {kind:?} socket, not {wanted:?}") }),
-            None => Err(Error::Listener { name: name.into(), message: "is not a socket handover can serve".into() }),
+            Some(kind) => Err(Error::Listener {
+                name: name.into(),
+                message: format!("is a {kind:?} socket, not {wanted:?}"),
+            }),
+            None => Err(Error::Listener {
+                name: name.into(),
+                message: "is not a socket handover can serve".into(),
+            }),
         }
     }
 
@@ -167,7 +195,10 @@ impl Worker {
 
     /// Asks the master for a hand-over to a new worker (as after SIGUSR2).
     pub fn restart(&self) {
-        let _ = self.inner.outgoing.send(Outgoing::Message(Message::Restart));
+        let _ = self
+            .inner
+            .outgoing
+            .send(Outgoing::Message(Message::Restart));
     }
 
     /// Completes when draining begins: the master has a new worker serving, is stopping, or is
@@ -197,7 +228,9 @@ impl Worker {
         F: FnOnce(Shutdown) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.inner.exclusive.spawn(name, self.shutdown_signal(), job);
+        self.inner
+            .exclusive
+            .spawn(name, self.shutdown_signal(), job);
     }
 }
 
@@ -214,11 +247,17 @@ where
     if let Some(threads) = threads {
         builder.worker_threads(threads.max(1));
     }
-    let runtime = builder.enable_all().build().map_err(|e| Error::io("starting the worker runtime", e))?;
+    let runtime = builder
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the worker runtime", e))?;
     let result = runtime.block_on(async move {
         let control = env.control;
-        control.set_nonblocking(true).map_err(|e| Error::io("control channel", e))?;
-        let control = tokio::net::UnixStream::from_std(control).map_err(|e| Error::io("control channel", e))?;
+        control
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("control channel", e))?;
+        let control = tokio::net::UnixStream::from_std(control)
+            .map_err(|e| Error::io("control channel", e))?;
         let (read, mut write) = control.into_split();
         let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<Outgoing>();
         let (shutdown_tx, shutdown) = watch::channel(false);
@@ -340,14 +379,22 @@ struct WorkerEnv {
 
 impl WorkerEnv {
     fn read() -> Result<Self> {
-        let var = |name: &str| std::env::var(name).map_err(|_| Error::WorkerEnvironment(format!("{name} is not set")));
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| Error::WorkerEnvironment(format!("{name} is not set")))
+        };
         let number = |name: &str| -> Result<u64> {
-            var(name)?.parse().map_err(|_| Error::WorkerEnvironment(format!("{name} is not a number")))
+            var(name)?
+                .parse()
+                .map_err(|_| Error::WorkerEnvironment(format!("{name} is not a number")))
         };
         let count = number(protocol::ENV_FDS)? as usize;
         let control_fd = number(protocol::ENV_CONTROL_FD)? as i32;
         let names_var = std::env::var(protocol::ENV_FD_NAMES).unwrap_or_default();
-        let mut names: Vec<String> = names_var.split(':').filter(|n| !n.is_empty()).map(str::to_string).collect();
+        let mut names: Vec<String> = names_var
+            .split(':')
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect();
         names.resize_with(count, String::new);
         let mut seen = HashMap::new();
         for (i, name) in names.iter_mut().enumerate() {
@@ -356,9 +403,12 @@ impl WorkerEnv {
             }
         }
         let adopt = |fd: i32| {
-            crate::sys::adopt_inherited_fd(fd).map_err(|e| Error::WorkerEnvironment(format!("descriptor {fd}: {e}")))
+            crate::sys::adopt_inherited_fd(fd)
+                .map_err(|e| Error::WorkerEnvironment(format!("descriptor {fd}: {e}")))
         };
-        let fds = (0..count as i32).map(|i| adopt(protocol::FIRST_FD + i)).collect::<Result<Vec<_>>>()?;
+        let fds = (0..count as i32)
+            .map(|i| adopt(protocol::FIRST_FD + i))
+            .collect::<Result<Vec<_>>>()?;
         let control = std::os::unix::net::UnixStream::from(adopt(control_fd)?);
         let env = WorkerEnv {
             id: number(protocol::ENV_WORKER_ID)?,

@@ -39,18 +39,33 @@ pub enum Protocol {
 }
 
 impl Load {
-    pub fn start(addr: SocketAddr, connections: usize, protocol: Protocol, path: &'static str) -> Load {
+    pub fn start(
+        addr: SocketAddr,
+        connections: usize,
+        protocol: Protocol,
+        path: &'static str,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let live = Arc::new(Mutex::new(Stats::default()));
         let (stop2, live2) = (stop.clone(), live.clone());
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             let tasks_live = live2.clone();
             runtime.block_on(async move {
                 let live2 = tasks_live;
                 let mut tasks = Vec::new();
                 for _ in 0..connections {
-                    tasks.push(tokio::spawn(connection(addr, protocol, path, stop2.clone(), live2.clone())));
+                    tasks.push(tokio::spawn(connection(
+                        addr,
+                        protocol,
+                        path,
+                        stop2.clone(),
+                        live2.clone(),
+                    )));
                 }
                 for task in tasks {
                     let _ = task.await;
@@ -59,7 +74,11 @@ impl Load {
             let stats = live2.lock().unwrap().clone();
             stats
         });
-        Load { stop, thread: Some(thread), live }
+        Load {
+            stop,
+            thread: Some(thread),
+            live,
+        }
     }
 
     /// Successful requests so far.
@@ -72,7 +91,11 @@ impl Load {
         let target = self.ok() + n;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while self.ok() < target {
-            assert!(std::time::Instant::now() < deadline, "load made no progress: {:?}", self.live.lock().unwrap());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "load made no progress: {:?}",
+                self.live.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -98,12 +121,16 @@ enum Sender {
 }
 
 async fn connect(addr: SocketAddr, protocol: Protocol) -> Result<Sender, String> {
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let io = TokioIo::new(stream);
     match protocol {
         Protocol::Http1 => {
-            let (sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
             tokio::spawn(conn);
             Ok(Sender::H1(sender))
         }
@@ -117,7 +144,13 @@ async fn connect(addr: SocketAddr, protocol: Protocol) -> Result<Sender, String>
     }
 }
 
-async fn connection(addr: SocketAddr, protocol: Protocol, path: &'static str, stop: Arc<AtomicBool>, stats: Arc<Mutex<Stats>>) {
+async fn connection(
+    addr: SocketAddr,
+    protocol: Protocol,
+    path: &'static str,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<Stats>>,
+) {
     let mut sender: Option<Sender> = None;
     let fail = |why: String| {
         let mut s = stats.lock().unwrap();
@@ -146,7 +179,10 @@ async fn connection(addr: SocketAddr, protocol: Protocol, path: &'static str, st
         if !ready {
             continue;
         }
-        let request = Request::get(path).header("host", "127.0.0.1").body(Empty::new()).unwrap();
+        let request = Request::get(path)
+            .header("host", "127.0.0.1")
+            .body(Empty::new())
+            .unwrap();
         let response = match &mut current {
             Sender::H1(s) => s.send_request(request).await,
             Sender::H2(s) => s.send_request(request).await,
@@ -154,11 +190,17 @@ async fn connection(addr: SocketAddr, protocol: Protocol, path: &'static str, st
         match response {
             Ok(response) => {
                 let status = response.status();
-                let close = response.headers().get("connection").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                let close = response
+                    .headers()
+                    .get("connection")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
                 match response.into_body().collect().await {
                     Ok(body) if status.is_success() => {
                         let body = String::from_utf8_lossy(&body.to_bytes()).to_string();
-                        let pid = body.split_whitespace().find_map(|w| w.strip_prefix("pid=")).and_then(|p| p.parse().ok());
+                        let pid = body
+                            .split_whitespace()
+                            .find_map(|w| w.strip_prefix("pid="))
+                            .and_then(|p| p.parse().ok());
                         let mut s = stats.lock().unwrap();
                         s.ok += 1;
                         if let Some(pid) = pid {
@@ -188,6 +230,9 @@ async fn connection(addr: SocketAddr, protocol: Protocol, path: &'static str, st
 
 /// A graceful (NO_ERROR) GOAWAY from the server, surfacing on a request the client had not sent.
 fn refused_by_goaway(error: &hyper::Error) -> bool {
-    let Some(h2) = std::error::Error::source(error).and_then(|s| s.downcast_ref::<h2::Error>()) else { return false };
+    let Some(h2) = std::error::Error::source(error).and_then(|s| s.downcast_ref::<h2::Error>())
+    else {
+        return false;
+    };
     h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR)
 }

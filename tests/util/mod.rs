@@ -19,13 +19,21 @@ pub fn example(name: &str) -> PathBuf {
         dir.pop();
     }
     let path = dir.join("examples").join(name);
-    assert!(path.exists(), "{} is not built: run the tests with cargo so examples are built", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with cargo so examples are built",
+        path.display()
+    );
     path
 }
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A master running one of the examples from a private directory.
@@ -47,7 +55,11 @@ pub struct Options<'a> {
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Self { example: "hello", config: "", env: Vec::new() }
+        Self {
+            example: "hello",
+            config: "",
+            env: Vec::new(),
+        }
     }
 }
 
@@ -77,7 +89,13 @@ impl Service {
             command.env(k, v);
         }
         let child = command.spawn().unwrap();
-        Service { child: Some(child), dir, port, bin, log }
+        Service {
+            child: Some(child),
+            dir,
+            port,
+            bin,
+            log,
+        }
     }
 
     /// Starts `hello` with a config and waits until it serves.
@@ -115,7 +133,11 @@ impl Service {
             if let Ok((200, body)) = self.get("/") {
                 return body;
             }
-            assert!(Instant::now() < deadline, "service never answered; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "service never answered; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -133,7 +155,11 @@ impl Service {
             if field(&body, "pid").parse::<u32>().unwrap() != old {
                 return body;
             }
-            assert!(Instant::now() < deadline, "no new worker replaced pid {old}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no new worker replaced pid {old}; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -146,7 +172,10 @@ impl Service {
             if log.contains(needle) {
                 return log;
             }
-            assert!(Instant::now() < deadline, "log never said {needle:?}; log:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "log never said {needle:?}; log:\n{log}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -175,7 +204,11 @@ impl Service {
             if let Some(status) = child.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "master did not exit; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "master did not exit; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -188,7 +221,9 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let mut tree = descendants(child.id());
         tree.push(child.id());
         for pid in tree {
@@ -205,9 +240,13 @@ impl Drop for Service {
 /// Direct children of `pid`, from /proc.
 pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for entry in entries.flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if parent_of(child) == Some(pid) {
             out.push(child);
         }
@@ -255,11 +294,21 @@ pub fn field(body: &str, name: &str) -> String {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 

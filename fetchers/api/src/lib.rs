@@ -287,22 +287,34 @@ pub enum FetchError {
 impl FetchError {
     /// A transport failure.
     pub fn unreachable(origin: impl Into<String>, message: impl fmt::Display) -> Self {
-        Self::Unreachable { origin: origin.into(), message: message.to_string() }
+        Self::Unreachable {
+            origin: origin.into(),
+            message: message.to_string(),
+        }
     }
 
     /// A malformed answer.
     pub fn invalid(origin: impl Into<String>, message: impl fmt::Display) -> Self {
-        Self::Invalid { origin: origin.into(), message: message.to_string() }
+        Self::Invalid {
+            origin: origin.into(),
+            message: message.to_string(),
+        }
     }
 
     /// A refusal.
     pub fn refused(origin: impl Into<String>, message: impl fmt::Display) -> Self {
-        Self::Refused { origin: origin.into(), message: message.to_string() }
+        Self::Refused {
+            origin: origin.into(),
+            message: message.to_string(),
+        }
     }
 
     /// A local I/O error.
     pub fn io(origin: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { origin: origin.into(), source }
+        Self::Io {
+            origin: origin.into(),
+            source,
+        }
     }
 
     /// How long the source asked us to wait, if it did.
@@ -335,7 +347,11 @@ pub fn parse_sha256(text: &str) -> Option<Sha256> {
 pub fn find_in_checksum_file(contents: &str, file_name: &str) -> Option<Sha256> {
     let mut lone = None;
     let mut lines = 0;
-    for line in contents.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in contents
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         lines += 1;
         let mut parts = line.split_whitespace();
         let digest = parts.next()?;
@@ -377,8 +393,14 @@ mod tests {
         let sums = format!("{}  other\n{A} *app-linux\n", "0".repeat(64));
         assert_eq!(find_in_checksum_file(&sums, "app-linux"), parse_sha256(A));
         assert_eq!(find_in_checksum_file(&sums, "missing"), None);
-        assert_eq!(find_in_checksum_file(&format!("{A}\n"), "anything"), parse_sha256(A));
-        assert_eq!(find_in_checksum_file(&format!("{A}  dist/app\n"), "app"), parse_sha256(A));
+        assert_eq!(
+            find_in_checksum_file(&format!("{A}\n"), "anything"),
+            parse_sha256(A)
+        );
+        assert_eq!(
+            find_in_checksum_file(&format!("{A}  dist/app\n"), "app"),
+            parse_sha256(A)
+        );
         assert_eq!(find_in_checksum_file("not a checksum\n", "app"), None);
     }
 }

@@ -63,7 +63,12 @@ struct Stamp {
 
 impl Stamp {
     fn of(meta: &std::fs::Metadata) -> Self {
-        Self { dev: meta.dev(), ino: meta.ino(), size: meta.size(), mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()) }
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
     }
 
     fn id(&self) -> String {
@@ -74,7 +79,14 @@ impl Stamp {
 impl FileFetcher {
     /// Watches `path` (it need not exist yet).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), poll_only: false, settle: DEFAULT_SETTLE, wake: Arc::new(Notify::new()), watcher: None, settled: None }
+        Self {
+            path: path.into(),
+            poll_only: false,
+            settle: DEFAULT_SETTLE,
+            wake: Arc::new(Notify::new()),
+            watcher: None,
+            settled: None,
+        }
     }
 
     /// Skips inotify and relies on the core's polling (for NFS and other network file systems).
@@ -105,19 +117,34 @@ impl FileFetcher {
         if self.poll_only {
             return Ok(self);
         }
-        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
         let wake = self.wake.clone();
         let name = self.path.file_name().map(|n| n.to_os_string());
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let relevant = match &event {
-                Ok(event) => event.paths.is_empty() || event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name),
+                Ok(event) => {
+                    event.paths.is_empty()
+                        || event
+                            .paths
+                            .iter()
+                            .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+                }
                 Err(_) => true,
             };
             if relevant {
                 wake.notify_one();
             }
         })
-        .and_then(|mut watcher| watcher.watch(&dir, RecursiveMode::NonRecursive).map(|()| watcher));
+        .and_then(|mut watcher| {
+            watcher
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map(|()| watcher)
+        });
         match watcher {
             Ok(watcher) => {
                 tracing::info!(path = %self.path.display(), "watching for a new binary (inotify, with polling as a fallback)");
@@ -175,29 +202,48 @@ impl Fetcher for FileFetcher {
     }
 
     async fn fetch(&mut self, _running: &Running) -> Result<Option<Artifact>, FetchError> {
-        let Some(first) = self.stamp()? else { return Ok(None) };
+        let Some(first) = self.stamp()? else {
+            return Ok(None);
+        };
         if self.settled.as_deref() == Some(first.id().as_str()) {
             return Ok(None);
         }
-        let Some(stamp) = self.settled_stamp().await? else { return Ok(None) };
+        let Some(stamp) = self.settled_stamp().await? else {
+            return Ok(None);
+        };
         let file = match std::fs::File::open(&self.path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(FetchError::io(self.origin(), e)),
         };
         // The file may have been replaced between the last stat and the open.
-        let opened = Stamp::of(&file.metadata().map_err(|e| FetchError::io(self.origin(), e))?);
+        let opened = Stamp::of(
+            &file
+                .metadata()
+                .map_err(|e| FetchError::io(self.origin(), e))?,
+        );
         if opened != stamp {
             self.wake.notify_one();
             return Ok(None);
         }
-        let mut artifact = Artifact::new(self.origin(), tokio::fs::File::from_std(file)).with_size(stamp.size).with_id(stamp.id());
+        let mut artifact = Artifact::new(self.origin(), tokio::fs::File::from_std(file))
+            .with_size(stamp.size)
+            .with_id(stamp.id());
         if let Some(text) = self.sidecar(".sha256") {
             let text = String::from_utf8_lossy(&text);
-            let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = self
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             match handover_fetcher::find_in_checksum_file(&text, &name) {
                 Some(digest) => artifact = artifact.with_sha256(digest),
-                None => return Err(FetchError::invalid(format!("{}.sha256", self.origin()), "holds no sha256 for this file")),
+                None => {
+                    return Err(FetchError::invalid(
+                        format!("{}.sha256", self.origin()),
+                        "holds no sha256 for this file",
+                    ))
+                }
             }
         }
         if let Some(signature) = self.sidecar(".minisig") {
@@ -228,7 +274,10 @@ mod tests {
     async fn offers_a_new_file_once_settled() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.next");
-        let mut fetcher = FileFetcher::new(&path).settle(Duration::from_millis(20)).start().unwrap();
+        let mut fetcher = FileFetcher::new(&path)
+            .settle(Duration::from_millis(20))
+            .start()
+            .unwrap();
         assert!(fetcher.is_watching());
         assert!(fetcher.fetch(&running()).await.unwrap().is_none());
 
@@ -240,7 +289,11 @@ mod tests {
         assert_eq!(bytes, b"binary v2");
 
         // Not settled yet: offered again (a failed install must not lose it).
-        let again = fetcher.fetch(&running()).await.unwrap().expect("offered again");
+        let again = fetcher
+            .fetch(&running())
+            .await
+            .unwrap()
+            .expect("offered again");
         fetcher.settled(again.id().unwrap(), Settlement::Installed);
         assert!(fetcher.fetch(&running()).await.unwrap().is_none());
     }
@@ -254,14 +307,20 @@ mod tests {
         let tmp = dir.path().join("upload.tmp");
         std::fs::write(&tmp, b"v3").unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), wake.notified()).await.expect("woken by inotify");
+        tokio::time::timeout(Duration::from_secs(5), wake.notified())
+            .await
+            .expect("woken by inotify");
     }
 
     #[tokio::test]
     async fn a_file_still_being_written_is_not_taken_half_way() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("app.next");
-        let mut fetcher = FileFetcher::new(&path).settle(Duration::from_millis(100)).poll_only(true).start().unwrap();
+        let mut fetcher = FileFetcher::new(&path)
+            .settle(Duration::from_millis(100))
+            .poll_only(true)
+            .start()
+            .unwrap();
         let writer_path = path.clone();
         let writer = std::thread::spawn(move || {
             use std::io::Write;
@@ -273,7 +332,11 @@ mod tests {
             }
         });
         std::thread::sleep(Duration::from_millis(20));
-        let artifact = fetcher.fetch(&running()).await.unwrap().expect("offered once complete");
+        let artifact = fetcher
+            .fetch(&running())
+            .await
+            .unwrap()
+            .expect("offered once complete");
         writer.join().unwrap();
         assert_eq!(artifact.claimed_size(), Some(10_000));
     }
@@ -284,10 +347,19 @@ mod tests {
         let path = dir.path().join("app.next");
         std::fs::write(&path, b"x").unwrap();
         let digest = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881";
-        std::fs::write(dir.path().join("app.next.sha256"), format!("{digest}  app.next\n")).unwrap();
-        let mut fetcher = FileFetcher::new(&path).settle(Duration::from_millis(10)).poll_only(true);
+        std::fs::write(
+            dir.path().join("app.next.sha256"),
+            format!("{digest}  app.next\n"),
+        )
+        .unwrap();
+        let mut fetcher = FileFetcher::new(&path)
+            .settle(Duration::from_millis(10))
+            .poll_only(true);
         let artifact = fetcher.fetch(&running()).await.unwrap().unwrap();
-        assert_eq!(artifact.claimed_sha256(), handover_fetcher::parse_sha256(digest).as_ref());
+        assert_eq!(
+            artifact.claimed_sha256(),
+            handover_fetcher::parse_sha256(digest).as_ref()
+        );
 
         std::fs::write(dir.path().join("app.next.sha256"), "garbage\n").unwrap();
         let err = fetcher.fetch(&running()).await.unwrap_err();

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""A plain HTTP/1.1 keep-alive server that is not built on handover, for `handover run` tests.
+
+It takes its listening socket from systemd socket activation (LISTEN_FDS, LISTEN_PID), says
+READY=1 on NOTIFY_SOCKET, and drains on SIGTERM: further requests get `Connection: close`,
+idle connections are closed after a short grace, then it exits.
+"""
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+IDLE_GRACE = 0.5
+draining = threading.Event()
+lock = threading.Lock()
+active = 0
+last_activity = time.monotonic()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        global active, last_activity
+        with lock:
+            active += 1
+        try:
+            if self.path.startswith("/sleep"):
+                time.sleep(float(self.path.split("ms=")[-1]) / 1000.0)
+            body = f"hello from pid={os.getpid()} python\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            if draining.is_set():
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(body)
+        finally:
+            with lock:
+                active -= 1
+                last_activity = time.monotonic()
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(socketserver.ThreadingMixIn, HTTPServer):
+    daemon_threads = True
+
+
+def notify(message):
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(message.encode(), path)
+
+
+def main():
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS", "0")) < 1:
+        sys.exit("not socket-activated")
+    if "--version" in sys.argv:
+        print("pyserver 1.0")
+        return
+    server = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = socket.socket(fileno=3)
+    signal.signal(signal.SIGTERM, lambda *_: draining.set())
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    notify("READY=1")
+    draining.wait()
+    server.shutdown()
+    # Requests still arriving on kept-alive connections are answered with Connection: close;
+    # exit once nothing has happened for the idle grace.
+    while True:
+        with lock:
+            quiet = active == 0 and time.monotonic() - last_activity > IDLE_GRACE
+        if quiet:
+            break
+        time.sleep(0.02)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -63,9 +63,11 @@ async fn answer(mut stream: tokio::net::UnixStream, master: MasterHandle) -> io:
         return stream.write_all(b"error: permission denied\n").await;
     }
     let (read, mut write) = stream.split();
-    let mut line = String::new();
-    // A request is one short line; anything longer is not one.
-    BufReader::new(read.take(256)).read_line(&mut line).await?;
+    let mut reader = BufReader::new(read);
+    let mut raw = Vec::new();
+    // A request is one short line; anything longer, or not text, is not one.
+    (&mut reader).take(256).read_until(b'\n', &mut raw).await?;
+    let line = String::from_utf8_lossy(&raw);
     let reply = match line.trim() {
         "status" => format!("ok\n{}", render(&master.status())),
         "restart" => match master.restart() {
@@ -86,7 +88,14 @@ async fn answer(mut stream: tokio::net::UnixStream, master: MasterHandle) -> io:
             other.chars().take(40).collect::<String>()
         ),
     };
-    write.write_all(reply.as_bytes()).await
+    write.write_all(reply.as_bytes()).await?;
+    write.shutdown().await?;
+    // Read what the client still sends before closing: closing a socket with unread input
+    // resets the connection, and the client would lose the answer.
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+    Ok(())
 }
 
 /// The status as `key: value` lines.

@@ -320,6 +320,7 @@ impl Updater {
             &download.sha256,
             self.config.checksum_required,
         )?;
+        verify::elf_intact(&download.path)?;
         verify::signature(
             &self.config.public_keys,
             claims.signature.as_deref(),

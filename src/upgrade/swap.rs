@@ -35,10 +35,11 @@ pub(crate) fn install(live: &Path, staged: &Path) -> io::Result<()> {
     if live.exists() {
         let link = temp_path(live);
         copy_or_link(live, &link)?;
-        if let Err(e) = std::fs::rename(&link, previous_path(live)) {
-            let _ = std::fs::remove_file(&link);
-            return Err(e);
-        }
+        let renamed = std::fs::rename(&link, previous_path(live));
+        // After a rollback `live` and `.previous` are links to one file, and rename(2) between
+        // two links to the same file does nothing: the temporary name would stay behind.
+        let _ = std::fs::remove_file(&link);
+        renamed?;
     }
     std::fs::rename(staged, live)?;
     sync_dir(live)
@@ -55,10 +56,9 @@ pub(crate) fn restore_previous(live: &Path) -> io::Result<()> {
     }
     let link = temp_path(live);
     copy_or_link(&previous, &link)?;
-    if let Err(e) = std::fs::rename(&link, live) {
-        let _ = std::fs::remove_file(&link);
-        return Err(e);
-    }
+    let renamed = std::fs::rename(&link, live);
+    let _ = std::fs::remove_file(&link);
+    renamed?;
     sync_dir(live)
 }
 
@@ -136,6 +136,24 @@ mod tests {
         assert!(!staged.exists());
         restore_previous(&live).unwrap();
         assert_eq!(std::fs::read(&live).unwrap(), b"v1");
+
+        // regression: after a rollback live and .previous are one file; a second install must
+        // not leave its temporary link behind.
+        let staged = temp_path(&live);
+        std::fs::write(&staged, b"v3").unwrap();
+        install(&live, &staged).unwrap();
+        assert_eq!(std::fs::read(&live).unwrap(), b"v3");
+        assert_eq!(std::fs::read(previous_path(&live)).unwrap(), b"v1");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names.len(),
+            2,
+            "only app and app.previous remain: {names:?}"
+        );
     }
 
     #[test]

@@ -74,6 +74,114 @@ fn verify_file(
     verifier.finalize().map_err(|e| e.to_string())
 }
 
+/// An ELF candidate must contain everything its headers point at: a file cut short (an
+/// interrupted copy, a truncated download with no published size) can still start, because the
+/// part that is lost is often debug information, and fail later. Other files pass.
+pub(crate) fn elf_intact(file: &Path) -> Result<(), Refusal> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| Refusal::Transient(format!("reading {}: {e}", file.display()));
+    let mut input = std::fs::File::open(file).map_err(io)?;
+    let length = input.metadata().map_err(io)?.len();
+    let mut header = [0u8; 64];
+    let n = input.read(&mut header).map_err(io)?;
+    if n < 16 || &header[..4] != b"\x7fELF" {
+        return Ok(());
+    }
+    let truncated = |what: &str, end: u64| {
+        Refusal::Permanent(format!(
+            "truncated: the ELF {what} ends at byte {end} but the file has {length} bytes"
+        ))
+    };
+    let elf = Elf {
+        wide: header[4] == 2,
+        big: header[5] == 2,
+    };
+    if n < if elf.wide { 64 } else { 52 } {
+        return Err(truncated("header", if elf.wide { 64 } else { 52 }));
+    }
+    let (phoff, shoff, phentsize, phnum, shentsize, shnum) = if elf.wide {
+        (
+            elf.u64(&header[32..]),
+            elf.u64(&header[40..]),
+            elf.u16(&header[54..]),
+            elf.u16(&header[56..]),
+            elf.u16(&header[58..]),
+            elf.u16(&header[60..]),
+        )
+    } else {
+        (
+            u64::from(elf.u32(&header[28..])),
+            u64::from(elf.u32(&header[32..])),
+            elf.u16(&header[42..]),
+            elf.u16(&header[44..]),
+            elf.u16(&header[46..]),
+            elf.u16(&header[48..]),
+        )
+    };
+    let program_end = phoff + u64::from(phentsize) * u64::from(phnum);
+    if program_end > length {
+        return Err(truncated("program header table", program_end));
+    }
+    let section_end = shoff + u64::from(shentsize) * u64::from(shnum);
+    if shoff != 0 && section_end > length {
+        return Err(truncated("section header table", section_end));
+    }
+    let mut table = vec![0u8; (program_end - phoff) as usize];
+    input.seek(SeekFrom::Start(phoff)).map_err(io)?;
+    input.read_exact(&mut table).map_err(io)?;
+    for entry in table.chunks(usize::from(phentsize.max(1))) {
+        const LOAD: u32 = 1;
+        if entry.len() < if elf.wide { 40 } else { 20 } || elf.u32(entry) != LOAD {
+            continue;
+        }
+        let (offset, size) = if elf.wide {
+            (elf.u64(&entry[8..]), elf.u64(&entry[32..]))
+        } else {
+            (
+                u64::from(elf.u32(&entry[4..])),
+                u64::from(elf.u32(&entry[16..])),
+            )
+        };
+        if offset + size > length {
+            return Err(truncated("loadable segment", offset + size));
+        }
+    }
+    Ok(())
+}
+
+/// Reads ELF header fields in the file's own byte order.
+struct Elf {
+    wide: bool,
+    big: bool,
+}
+
+impl Elf {
+    fn u16(&self, b: &[u8]) -> u16 {
+        let b = [b[0], b[1]];
+        if self.big {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
+    }
+    fn u32(&self, b: &[u8]) -> u32 {
+        let b = [b[0], b[1], b[2], b[3]];
+        if self.big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    }
+    fn u64(&self, b: &[u8]) -> u64 {
+        let b = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
+        if self.big {
+            u64::from_be_bytes(b)
+        } else {
+            u64::from_le_bytes(b)
+        }
+    }
+}
+
 /// A candidate older than what runs is refused unless downgrades are allowed.
 pub(crate) fn not_a_downgrade(
     candidate: Option<&semver::Version>,
@@ -155,6 +263,22 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = directory_is_private(&live).unwrap_err();
         assert!(err.contains("writable by other users"), "{err}");
+    }
+
+    #[test]
+    fn a_truncated_elf_is_refused_and_a_whole_one_passes() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let whole = dir.path().join("whole");
+        std::fs::write(&whole, &me).unwrap();
+        assert!(elf_intact(&whole).is_ok());
+        let cut = dir.path().join("cut");
+        std::fs::write(&cut, &me[..me.len() - 1]).unwrap();
+        let err = elf_intact(&cut).unwrap_err().to_string();
+        assert!(err.starts_with("truncated: the ELF"), "{err}");
+        let script = dir.path().join("script");
+        std::fs::write(&script, b"#!/bin/sh\n").unwrap();
+        assert!(elf_intact(&script).is_ok());
     }
 
     #[test]

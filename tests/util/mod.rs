@@ -43,6 +43,7 @@ pub struct Service {
     pub port: u16,
     pub bin: PathBuf,
     pub log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 /// Options for [`Service::start`].
@@ -76,26 +77,51 @@ impl Service {
         );
         std::fs::write(&config_path, config).unwrap();
         let log = dir.path().join("master.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(&bin);
-        command
-            .env("HANDOVER_CONFIG", &config_path)
-            .env("RUST_LOG", "info,handover=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        for (k, v) in &options.env {
-            command.env(k, v);
-        }
-        let child = command.spawn().unwrap();
-        Service {
-            child: Some(child),
+        let mut service = Service {
+            child: None,
             dir,
             port,
             bin,
             log,
+            env: options.env,
+        };
+        service.spawn_master();
+        service
+    }
+
+    /// Starts the master (again) on the same directory, binary and config.
+    pub fn spawn_master(&mut self) {
+        assert!(self.child.is_none(), "a master is already running");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut command = Command::new(&self.bin);
+        command
+            .env("HANDOVER_CONFIG", self.dir.path().join("handover.toml"))
+            .env("RUST_LOG", "info,handover=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        for (k, v) in &self.env {
+            command.env(k, v);
         }
+        self.child = Some(command.spawn().unwrap());
+    }
+
+    /// Kills the master and every process below it, and waits for the master.
+    pub fn kill_all(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let mut tree = descendants(child.id());
+        tree.push(child.id());
+        for pid in tree {
+            // SAFETY: kill(2) on processes this test started (the master and its descendants).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = child.wait();
     }
 
     /// Starts `hello` with a config and waits until it serves.
@@ -221,16 +247,7 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let mut tree = descendants(child.id());
-        tree.push(child.id());
-        for pid in tree {
-            // SAFETY: kill(2) on processes this test started (the master and its descendants).
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-        let _ = child.wait();
+        self.kill_all();
         if std::thread::panicking() {
             eprintln!("--- master log ---\n{}", self.log());
         }

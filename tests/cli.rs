@@ -1,0 +1,343 @@
+//! The `handover` command: any program under `handover run`, the control socket, sd_notify,
+//! and config errors.
+
+mod util;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use util::load::{Load, Protocol};
+
+const HANDOVER: &str = env!("CARGO_BIN_EXE_handover");
+
+fn python_server() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/pyserver.py")
+}
+
+/// `handover run` of the Python server, killed with its children on drop.
+struct Run {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Run {
+    fn start(extra_config: &str, env: &[(&str, &Path)]) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let port = util::free_port();
+        let program = dir.path().join("pyserver");
+        std::fs::copy(python_server(), &program).unwrap();
+        let config = format!(
+            "control_socket = \"{}\"\nidle_grace = \"500ms\"\n{extra_config}\n[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:{port}\"\n",
+            dir.path().join("control.sock").display()
+        );
+        std::fs::write(dir.path().join("handover.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("master.log")).unwrap();
+        let mut command = Command::new(HANDOVER);
+        command
+            .args(["run", "--config"])
+            .arg(dir.path().join("handover.toml"))
+            .arg("--")
+            .arg(&program)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().unwrap();
+        Run {
+            child: Some(child),
+            dir,
+            port,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("master.log")).unwrap_or_default()
+    }
+
+    fn worker_pid(&self) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, body)) = util::http_get(([127, 0, 0, 1], self.port).into(), "/") {
+                return util::field(&body, "pid").parse().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "program never answered:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn control(&self, command: &str) -> std::process::Output {
+        Command::new(HANDOVER)
+            .arg(command)
+            .arg("--socket")
+            .arg(self.dir.path().join("control.sock"))
+            .output()
+            .unwrap()
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the master this test started.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        for pid in util::children_of(child.id()) {
+            // SAFETY: kill(2) on the workers of the master this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- master log ---\n{}", self.log());
+        }
+    }
+}
+
+#[test]
+fn a_python_program_restarts_twenty_times_under_load_without_a_failed_request() {
+    let run = Run::start("", &[]);
+    let master = run.pid();
+    let mut worker = run.worker_pid();
+    let load = Load::start(([127, 0, 0, 1], run.port).into(), 64, Protocol::Http1, "/");
+    load.wait_progress(300);
+    for _ in 0..20 {
+        run.signal(libc::SIGUSR2);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = run.worker_pid();
+            if now != worker {
+                worker = now;
+                break;
+            }
+            assert!(Instant::now() < deadline, "no hand-over:\n{}", run.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        load.wait_progress(100);
+    }
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+    assert_eq!(run.pid(), master);
+    assert!(stats.pids.len() >= 20, "{stats:?}");
+    eprintln!(
+        "python under handover run: {} requests, 0 failed, 20 restarts",
+        stats.ok
+    );
+}
+
+#[test]
+fn sd_notify_messages_arrive_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut run = Run::start("", &[("NOTIFY_SOCKET", &socket_path)]);
+    let mut read = || {
+        let mut buffer = [0u8; 4096];
+        let n = socket.recv(&mut buffer).expect("a notification");
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
+    };
+    let mut messages = Vec::new();
+    let mut until = |messages: &mut Vec<String>, wanted: &str| loop {
+        let message = read();
+        messages.push(message.clone());
+        if message.contains(wanted) {
+            return message;
+        }
+    };
+    let ready = until(&mut messages, "READY=1");
+    assert!(ready.contains(&format!("MAINPID={}", run.pid())), "{ready}");
+    run.signal(libc::SIGUSR2);
+    let reloading = until(&mut messages, "RELOADING=1");
+    let usec: u64 = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .expect("MONOTONIC_USEC with RELOADING=1")
+        .parse()
+        .unwrap();
+    assert!(usec > 0);
+    let ready_again = until(&mut messages, "READY=1");
+    assert!(ready_again.contains("STATUS="), "{ready_again}");
+    run.signal(libc::SIGTERM);
+    until(&mut messages, "STOPPING=1");
+    let status = run.child.as_mut().unwrap().wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    // Every message carries a STATUS= line for `systemctl status`.
+    assert!(
+        messages.iter().all(|m| m.contains("STATUS=")),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn control_socket_commands_change_and_report_state() {
+    let run = Run::start("", &[]);
+    let first = run.worker_pid();
+    let status = run.control("status");
+    assert!(status.status.success());
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("phase: serving"), "{text}");
+    assert!(
+        text.contains(&format!("master pid: {}", run.pid())),
+        "{text}"
+    );
+    assert!(text.contains(&format!("pid {first}")), "{text}");
+
+    assert!(run.control("restart").status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while run.worker_pid() == first {
+        assert!(Instant::now() < deadline, "restart did not hand over");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = String::from_utf8_lossy(&run.control("status").stdout).into_owned();
+    assert!(text.contains("hand-overs: 1"), "{text}");
+
+    // No previous binary yet: rollback is refused with a reason, and the master stays up.
+    let rollback = run.control("rollback");
+    assert!(!rollback.status.success());
+    assert!(
+        String::from_utf8_lossy(&rollback.stderr).contains("previous"),
+        "{rollback:?}"
+    );
+
+    // A malformed request gets an error, not a crash.
+    use std::io::{Read, Write};
+    let socket = run.dir.path().join("control.sock");
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    stream.write_all(&[0xff; 300]).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("error: "), "{answer}");
+    assert!(
+        run.control("status").status.success(),
+        "master survived a malformed request"
+    );
+}
+
+#[test]
+fn another_user_cannot_use_the_control_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let run = Run::start("", &[]);
+    run.worker_pid();
+    let socket = run.dir.path().join("control.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot switch to another user; checked the 0600 mode only");
+        return;
+    }
+    // Let the other user reach the socket's directory, so only the socket's own mode stops it.
+    std::fs::set_permissions(run.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new(HANDOVER)
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Permission denied") || stderr.contains("permission denied"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn malformed_configs_are_reported_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("ready_timeout = \"soon\"\n", "h.toml:1: invalid value"),
+        (
+            "\nready_timout = \"1s\"\n",
+            "h.toml:2: unknown field `ready_timout`",
+        ),
+        (
+            "[[listen]]\nname = \"a\"\n",
+            "listen \"a\" must set exactly one of tcp, unix, udp",
+        ),
+        (
+            "[[listen]]\nname = \"a\"\ntcp = \"nowhere\"\n",
+            "h.toml:3: invalid socket address",
+        ),
+        (
+            "restart_signals = [\"SIGBOGUS\"]\n",
+            "h.toml:1: restart_signals has an unknown signal \"SIGBOGUS\"",
+        ),
+        ("fetcher = \"ftp\"\n", "h.toml:1: fetcher must be one of"),
+        (
+            "[upgrade]\njitter = 3.0\n",
+            "h.toml:2: upgrade.jitter must be between 0 and 1",
+        ),
+        (
+            "[program]\nready = \"whenever\"\n",
+            "h.toml:2: unknown variant `whenever`",
+        ),
+        ("ready_timeout = [\n", "h.toml:1:"),
+    ];
+    for (text, expected) in cases {
+        let path = dir.path().join("h.toml");
+        std::fs::write(&path, text).unwrap();
+        let output = Command::new(HANDOVER)
+            .current_dir(dir.path())
+            .args(["check", "--config", "h.toml"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{text:?} was accepted");
+        assert!(
+            stderr.contains(expected),
+            "for {text:?} expected {expected:?}, got {stderr:?}"
+        );
+    }
+    std::fs::write(
+        dir.path().join("h.toml"),
+        "[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:8080\"\n",
+    )
+    .unwrap();
+    let ok = Command::new(HANDOVER)
+        .current_dir(dir.path())
+        .args(["check", "--config", "h.toml"])
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("listen \"http\": tcp 127.0.0.1:8080"));
+}
+
+#[test]
+fn a_fetcher_that_is_not_compiled_in_is_named_with_its_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("h.toml"), "fetcher = \"s3\"\n").unwrap();
+    let output = Command::new(HANDOVER)
+        .current_dir(dir.path())
+        .args(["check", "--config", "h.toml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    // With the feature compiled in, the error is about the missing [s3] table instead.
+    assert!(
+        stderr.contains("cargo feature \"s3\"") || stderr.contains("s3"),
+        "{stderr}"
+    );
+}

@@ -29,8 +29,10 @@ fn trailer() -> Vec<String> {
 fn main() -> Result<(), handover::Error> {
     common::init_logging();
     let faults = trailer();
+    // A copy of an upgraded binary carries several trailers: the last one is the newest label.
     let version = faults
         .iter()
+        .rev()
         .find_map(|f| f.strip_prefix("version:"))
         .unwrap_or(env!("CARGO_PKG_VERSION"))
         .to_string();

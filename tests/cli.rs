@@ -150,13 +150,13 @@ fn sd_notify_messages_arrive_in_order() {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let mut run = Run::start("", &[("NOTIFY_SOCKET", &socket_path)]);
-    let mut read = || {
+    let read = || {
         let mut buffer = [0u8; 4096];
         let n = socket.recv(&mut buffer).expect("a notification");
         String::from_utf8_lossy(&buffer[..n]).into_owned()
     };
     let mut messages = Vec::new();
-    let mut until = |messages: &mut Vec<String>, wanted: &str| loop {
+    let until = |messages: &mut Vec<String>, wanted: &str| loop {
         let message = read();
         messages.push(message.clone());
         if message.contains(wanted) {

@@ -3,7 +3,7 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use util::load::{Load, Protocol};
@@ -11,31 +11,6 @@ use util::{Options, Service};
 
 /// The file fetcher on `<bin>.next`, polling fast; short probation so rollbacks show quickly.
 const WATCH: &str = "fetcher = \"file\"\n[upgrade]\ninterval = \"500ms\"\nprobation = \"4s\"\ncheck_timeout = \"3s\"\n[file]\nsettle = \"100ms\"\n";
-
-fn next_path(service: &Service) -> PathBuf {
-    service.bin.with_file_name(format!(
-        "{}.next",
-        service.bin.file_name().unwrap().to_string_lossy()
-    ))
-}
-
-fn served_sha(service: &Service) -> String {
-    util::field(&service.wait_serving(), "sha256")
-}
-
-/// Waits until `GET /` reports `sha` (first 12 hex digits).
-fn wait_for_sha(service: &Service, sha: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while served_sha(service) != sha[..12] {
-        assert!(
-            Instant::now() < deadline,
-            "never served sha256 {}:\n{}",
-            &sha[..12],
-            service.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn testbed_with_watch() -> Service {
     Service::serving(Options {
@@ -54,8 +29,8 @@ fn dropping_a_new_binary_under_load_upgrades_with_zero_failed_requests() {
     load.wait_progress(500);
     let new = util::with_trailer(&service.bin, "release-2");
     let new_sha = util::sha256_hex(&new);
-    util::drop_file(&next_path(&service), &new);
-    wait_for_sha(&service, &new_sha);
+    util::drop_file(&service.next_path(), &new);
+    service.wait_for_sha(&new_sha);
     load.wait_progress(500);
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "{:?}", stats.errors);
@@ -74,40 +49,6 @@ fn dropping_a_new_binary_under_load_upgrades_with_zero_failed_requests() {
     service.wait_log("upgrade passed probation", Duration::from_secs(10));
 }
 
-/// Drops `bytes` and waits until the log has one more line containing `expect`.
-fn refuse(service: &Service, bytes: &[u8], expect: &str) {
-    let before = service.log_count(expect);
-    util::drop_file(&next_path(service), bytes);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while service.log_count(expect) == before {
-        assert!(
-            Instant::now() < deadline,
-            "never logged {expect:?}:\n{}",
-            service.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn assert_untouched(service: &Service, live: &[u8], worker: u32, what: &str) {
-    assert_eq!(
-        std::fs::read(&service.bin).unwrap(),
-        live,
-        "{what}: the live binary changed"
-    );
-    assert_eq!(
-        service.worker_pid(),
-        worker,
-        "{what}: the running worker was disturbed"
-    );
-    let tmp: Vec<_> = std::fs::read_dir(service.dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains(".handover-"))
-        .collect();
-    assert!(tmp.is_empty(), "{what}: temporary files left: {tmp:?}");
-}
-
 #[test]
 fn bad_candidates_are_refused_and_the_old_worker_keeps_serving() {
     let service = testbed_with_watch();
@@ -116,75 +57,58 @@ fn bad_candidates_are_refused_and_the_old_worker_keeps_serving() {
     let load = Load::start(service.addr(), 16, Protocol::Http1, "/");
     load.wait_progress(200);
 
-    refuse(
-        &service,
+    service.offer(
         &live[..live.len() / 2],
         "truncated: the ELF section header table ends at byte",
     );
-    assert_untouched(&service, &live, worker, "truncated binary");
+    service.assert_untouched(&live, worker, "truncated binary");
 
     let random: Vec<u8> = (0..200_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    refuse(&service, &random, "not an executable for this machine");
-    assert_untouched(&service, &live, worker, "random bytes");
+    service.offer(&random, "not an executable for this machine");
+    service.assert_untouched(&live, worker, "random bytes");
 
-    refuse(
-        &service,
+    service.offer(
         b"#!/bin/sh\necho garbage\n",
         "did not answer like a handover program",
     );
-    assert_untouched(&service, &live, worker, "script printing garbage");
+    service.assert_untouched(&live, worker, "script printing garbage");
 
-    refuse(
-        &service,
-        b"#!/bin/sh\nexit 7\n",
-        "sanity run failed (exit code 7)",
-    );
-    assert_untouched(&service, &live, worker, "script failing");
+    service.offer(b"#!/bin/sh\nexit 7\n", "sanity run failed (exit code 7)");
+    service.assert_untouched(&live, worker, "script failing");
 
-    refuse(
-        &service,
+    service.offer(
         b"#!/bin/sh\nsleep 30\n",
         "sanity run did not answer within 3s",
     );
-    assert_untouched(&service, &live, worker, "script hanging in the sanity run");
+    service.assert_untouched(&live, worker, "script hanging in the sanity run");
 
-    refuse(
-        &service,
-        &live,
-        "identical to the running binary; nothing to do",
-    );
-    assert_untouched(&service, &live, worker, "same hash as running");
+    service.offer(&live, "identical to the running binary; nothing to do");
+    service.assert_untouched(&live, worker, "same hash as running");
 
     let good = util::with_trailer(&service.bin, "release-3");
     std::fs::write(
-        next_path(&service).with_file_name("testbed.next.sha256"),
+        service.next_path().with_file_name("testbed.next.sha256"),
         format!("{}  testbed.next\n", "ab".repeat(32)),
     )
     .unwrap();
-    refuse(
-        &service,
-        &good,
-        "does not match the published abababababababab",
-    );
-    assert_untouched(&service, &live, worker, "published sha256 mismatch");
-    std::fs::remove_file(next_path(&service).with_file_name("testbed.next.sha256")).unwrap();
+    service.offer(&good, "does not match the published abababababababab");
+    service.assert_untouched(&live, worker, "published sha256 mismatch");
+    std::fs::remove_file(service.next_path().with_file_name("testbed.next.sha256")).unwrap();
 
     // Crashes at start and hangs before ready pass the sanity run (it comes first) but fail
     // the hand-over: rolled back, the old worker untouched.
-    refuse(
-        &service,
+    service.offer(
         &util::with_trailer(&service.bin, "exit-at-start"),
         "upgrade rolled back",
     );
-    assert_untouched(&service, &live, worker, "crash at start");
-    refuse(
-        &service,
+    service.assert_untouched(&live, worker, "crash at start");
+    service.offer(
         &util::with_trailer(&service.bin, "never-ready"),
         "upgrade rolled back",
     );
-    assert_untouched(&service, &live, worker, "never ready");
+    service.assert_untouched(&live, worker, "never ready");
 
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "{:?}", stats.errors);
@@ -209,13 +133,13 @@ fn a_crash_during_probation_rolls_back_and_quarantines_the_hash() {
     let bad_sha = util::sha256_hex(&bad);
     let load = Load::start(service.addr(), 16, Protocol::Http1, "/");
     load.wait_progress(200);
-    util::drop_file(&next_path(&service), &bad);
-    wait_for_sha(&service, &bad_sha);
+    util::drop_file(&service.next_path(), &bad);
+    service.wait_for_sha(&bad_sha);
     service.wait_log(
         "upgrade rolled back; previous binary restored",
         Duration::from_secs(15),
     );
-    wait_for_sha(&service, &live_sha);
+    service.wait_for_sha(&live_sha);
     assert_eq!(
         std::fs::read(&service.bin).unwrap(),
         live,
@@ -236,8 +160,8 @@ fn a_crash_during_probation_rolls_back_and_quarantines_the_hash() {
     );
 
     // The same bytes offered again (a new file with the same content) are not tried again.
-    refuse(&service, &bad, "quarantined");
-    assert_eq!(served_sha(&service), live_sha[..12]);
+    service.offer(&bad, "quarantined");
+    assert_eq!(service.served_sha(), live_sha[..12]);
 }
 
 #[test]
@@ -245,18 +169,18 @@ fn a_copy_in_progress_or_removed_mid_copy_is_never_installed() {
     let service = testbed_with_watch();
     let live = std::fs::read(&service.bin).unwrap();
     let worker = service.worker_pid();
-    let next = next_path(&service);
+    let next = service.next_path();
     let new = util::with_trailer(&service.bin, "release-4");
 
     // A slow copy that is abandoned and removed half-way.
     slow_write(&next, &new[..new.len() / 2], 10);
     std::fs::remove_file(&next).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_untouched(&service, &live, worker, "file removed mid-copy");
+    service.assert_untouched(&live, worker, "file removed mid-copy");
 
     // A slow copy that completes: taken once, whole.
     slow_write(&next, &new, 10);
-    wait_for_sha(&service, &util::sha256_hex(&new));
+    service.wait_for_sha(&util::sha256_hex(&new));
     let log = service.log();
     assert!(
         !log.contains("rejected"),
@@ -285,7 +209,7 @@ fn a_master_killed_mid_upgrade_restarts_on_an_intact_binary_and_cleans_up() {
     // A large candidate so the download is still under way when the master dies.
     let mut big = util::with_trailer(&service.bin, "release-5");
     big.resize(big.len() + 400 * 1024 * 1024, 0);
-    let next = next_path(&service);
+    let next = service.next_path();
     util::drop_file(&next, &big);
     let deadline = Instant::now() + Duration::from_secs(20);
     let temp = loop {

@@ -165,6 +165,7 @@ pub(crate) async fn pre_upgrade_hook(
     timeout: Duration,
 ) -> Result<(), Refusal> {
     let (program, args) = command.split_first().expect("validated non-empty");
+    tracing::info!(hook = %program, "asking the pre_upgrade hook");
     let output = tokio::process::Command::new(program)
         .args(args)
         .arg(candidate)

@@ -44,6 +44,7 @@ pub struct Service {
     pub bin: PathBuf,
     pub log: PathBuf,
     env: Vec<(String, String)>,
+    file_size_limit: Option<u64>,
 }
 
 /// Options for [`Service::start`].
@@ -52,6 +53,9 @@ pub struct Options<'a> {
     /// Extra TOML appended after the generated `[[listen]]` for `http`.
     pub config: &'a str,
     pub env: Vec<(String, String)>,
+    /// RLIMIT_FSIZE for the master and its workers (SIGXFSZ ignored, so writes fail with EFBIG,
+    /// as on a full disk).
+    pub file_size_limit: Option<u64>,
 }
 
 impl Default for Options<'_> {
@@ -60,6 +64,7 @@ impl Default for Options<'_> {
             example: "hello",
             config: "",
             env: Vec::new(),
+            file_size_limit: None,
         }
     }
 }
@@ -84,6 +89,7 @@ impl Service {
             bin,
             log,
             env: options.env,
+            file_size_limit: options.file_size_limit,
         };
         service.spawn_master();
         service
@@ -106,6 +112,24 @@ impl Service {
             .stderr(out);
         for (k, v) in &self.env {
             command.env(k, v);
+        }
+        if let Some(limit) = self.file_size_limit {
+            use std::os::unix::process::CommandExt;
+            let hook = move || {
+                let rlimit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                // SAFETY: setrlimit and signal only change this (child) process's own settings;
+                // both are async-signal-safe.
+                unsafe {
+                    libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit);
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                }
+                Ok(())
+            };
+            // SAFETY: the hook makes only async-signal-safe calls.
+            unsafe { command.pre_exec(hook) };
         }
         self.child = Some(command.spawn().unwrap());
     }
@@ -220,6 +244,74 @@ impl Service {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `<bin>.next`, the path the file fetcher watches by default.
+    pub fn next_path(&self) -> PathBuf {
+        self.bin.with_file_name(format!(
+            "{}.next",
+            self.bin.file_name().unwrap().to_string_lossy()
+        ))
+    }
+
+    /// The first 12 hex digits of the SHA-256 the serving worker reports.
+    pub fn served_sha(&self) -> String {
+        field(&self.wait_serving(), "sha256")
+    }
+
+    /// Waits until `GET /` reports `sha` (a full hex digest).
+    pub fn wait_for_sha(&self, sha: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.served_sha() != sha[..12] {
+            assert!(
+                Instant::now() < deadline,
+                "never served sha256 {}:\n{}",
+                &sha[..12],
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Drops `bytes` at `<bin>.next` and waits until the log has one more line with `expect`.
+    pub fn offer(&self, bytes: &[u8], expect: &str) {
+        let before = self.log_count(expect);
+        drop_file(&self.next_path(), bytes);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log_count(expect) == before {
+            assert!(
+                Instant::now() < deadline,
+                "never logged {expect:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The live binary is `live`, `worker` still serves, and no temporary file is left.
+    pub fn assert_untouched(&self, live: &[u8], worker: u32, what: &str) {
+        assert_eq!(
+            std::fs::read(&self.bin).unwrap(),
+            live,
+            "{what}: the live binary changed"
+        );
+        assert_eq!(
+            self.worker_pid(),
+            worker,
+            "{what}: the running worker was disturbed"
+        );
+        let tmp = self.temporary_files();
+        assert!(tmp.is_empty(), "{what}: temporary files left: {tmp:?}");
+    }
+
+    /// Upgrade temporary files beside the live binary.
+    pub fn temporary_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".handover-"))
+            .map(|e| e.path())
+            .collect()
     }
 
     /// Waits for the master to exit and returns its exit code.

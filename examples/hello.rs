@@ -11,7 +11,11 @@
 #[path = "common/mod.rs"]
 mod common;
 
-fn main() -> Result<(), handover::Error> {
+fn main() -> std::process::ExitCode {
+    common::exit_code("hello", run())
+}
+
+fn run() -> Result<(), handover::Error> {
     common::init_logging();
     let config = common::config_from_env()?;
     handover::Handover::new(config)
@@ -19,6 +23,6 @@ fn main() -> Result<(), handover::Error> {
         .run(|worker| async move {
             // Runs only in workers: the master never calls this closure.
             common::spawn_logging_job(&worker);
-            common::serve_hello(worker).await
+            common::serve_hello(worker, false).await
         })
 }

@@ -26,7 +26,11 @@ fn trailer() -> Vec<String> {
         .collect()
 }
 
-fn main() -> Result<(), handover::Error> {
+fn main() -> std::process::ExitCode {
+    common::exit_code("testbed", run())
+}
+
+fn run() -> Result<(), handover::Error> {
     common::init_logging();
     let faults = trailer();
     // A copy of an upgraded binary carries several trailers: the last one is the newest label.
@@ -70,6 +74,6 @@ fn main() -> Result<(), handover::Error> {
                 }
             }
             common::spawn_logging_job(&worker);
-            common::serve_hello(worker).await
+            common::serve_hello(worker, true).await
         })
 }

@@ -67,7 +67,7 @@ pub use master::program::exec_shim;
 pub use master::{
     Master, MasterHandle, Phase, ProgramConfig, ReadyMode, Status, UpgradeRecord, WorkerInfo,
 };
-pub use worker::{Shutdown, Worker};
+pub use worker::{ListenerKind, Shutdown, Worker};
 
 /// The entry point of a program that runs under handover.
 ///

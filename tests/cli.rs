@@ -47,7 +47,7 @@ impl Run {
         for (k, v) in env {
             command.env(k, v);
         }
-        let child = command.spawn().unwrap();
+        let child = util::spawn(&mut command);
         Run {
             child: Some(child),
             dir,

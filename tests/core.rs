@@ -309,3 +309,199 @@ fn restart_requests_during_a_handover_are_coalesced_into_one_more() {
     );
     assert!(service.log().contains("one more will follow it"));
 }
+
+#[test]
+fn a_udp_socket_is_passed_through_a_handover() {
+    let udp_port = util::free_port();
+    let config = format!("[[listen]]\nname = \"dns\"\nudp = \"127.0.0.1:{udp_port}\"\n");
+    let service = Service::serving(Options {
+        config: &config,
+        ..Default::default()
+    });
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let ask = |payload: &str| -> String {
+        let mut buffer = [0u8; 256];
+        for _ in 0..20 {
+            socket
+                .send_to(payload.as_bytes(), ("127.0.0.1", udp_port))
+                .unwrap();
+            if let Ok(n) = socket.recv(&mut buffer) {
+                return String::from_utf8_lossy(&buffer[..n]).into_owned();
+            }
+        }
+        panic!("no answer over UDP");
+    };
+    let before = service.worker_pid();
+    assert_eq!(ask("ping"), format!("pid={before} ping"));
+    let after = service.restart();
+    // The old worker may answer a datagram while it drains; the new one takes over.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ask("ping") != format!("pid={after} ping") {
+        assert!(
+            Instant::now() < deadline,
+            "the new worker never answered over UDP"
+        );
+    }
+}
+
+#[test]
+fn sockets_passed_by_systemd_activation_are_adopted_instead_of_bound() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let activated = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let activated_port = activated.local_addr().unwrap().port();
+    let unused_port = util::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("hello");
+    std::fs::copy(util::example("hello"), &bin).unwrap();
+    let config = dir.path().join("handover.toml");
+    std::fs::write(
+        &config,
+        format!("[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:{unused_port}\"\n"),
+    )
+    .unwrap();
+    let fd = activated.as_raw_fd();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_handover"));
+    // The exec shim sets LISTEN_PID to the PID the program will run as, as systemd does.
+    command
+        .args(["__exec", "--"])
+        .arg(&bin)
+        .env("HANDOVER_CONFIG", &config)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "http")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("master.log")).unwrap());
+    // SAFETY: dup2 places the listener at fd 3 in the child, as systemd would; async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+    }
+    let child = util::spawn(&mut command);
+    let guard = util::ProcessTree(child.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        if let Ok((200, body)) = util::http_get(([127, 0, 0, 1], activated_port).into(), "/") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the activated socket was never served:\n{}",
+            std::fs::read_to_string(dir.path().join("master.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("hello from pid="), "{body}");
+    assert!(
+        util::http_get(([127, 0, 0, 1], unused_port).into(), "/").is_err(),
+        "bound the configured address too"
+    );
+    drop(guard);
+    let mut child = child;
+    let _ = child.wait();
+}
+
+#[test]
+fn a_worker_that_crashes_at_every_start_is_retried_with_growing_back_off() {
+    let service = Service::start(Options {
+        example: "testbed",
+        ..Default::default()
+    });
+    service.wait_serving();
+    let good = std::fs::read(&service.bin).unwrap();
+    util::drop_file(
+        &service.bin,
+        &util::with_trailer(&service.bin, "exit-at-start"),
+    );
+    // SAFETY: kill(2) on a worker of our own master.
+    unsafe { libc::kill(service.worker_pid() as i32, libc::SIGKILL) };
+    service.wait_log("delay=800ms attempt=4", Duration::from_secs(15));
+    let log = service.log();
+    for (delay, attempt) in [("100ms", 1), ("200ms", 2), ("400ms", 3)] {
+        assert!(
+            log.contains(&format!("delay={delay} attempt={attempt}")),
+            "no back-off {delay}:\n{log}"
+        );
+    }
+    assert!(util::alive(service.pid()), "the master stays up");
+    // Fixed binary: the next attempt serves.
+    util::drop_file(&service.bin, &good);
+    service.wait_serving();
+}
+
+#[test]
+fn an_old_worker_past_the_drain_timeout_is_killed() {
+    let service = Service::serving(Options {
+        config: "drain_timeout = \"1s\"\n",
+        ..Default::default()
+    });
+    let addr = service.addr();
+    let slow = std::thread::spawn(move || util::http_get(addr, "/sleep?ms=8000"));
+    std::thread::sleep(Duration::from_millis(300));
+    let old = service.worker_pid();
+    service.restart();
+    service.wait_log(
+        "drain timeout passed; killing the old worker",
+        Duration::from_secs(5),
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while util::alive(old) {
+        assert!(
+            Instant::now() < deadline,
+            "old worker {old} still alive after its drain timeout"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(slow
+        .join()
+        .unwrap()
+        .map(|(status, _)| status != 200)
+        .unwrap_or(true));
+}
+
+#[test]
+fn a_second_sigint_forces_the_stop() {
+    let mut service = Service::serving(Options::default());
+    let addr = service.addr();
+    let _slow = std::thread::spawn(move || util::http_get(addr, "/sleep?ms=20000"));
+    std::thread::sleep(Duration::from_millis(300));
+    let worker = service.worker_pid();
+    service.signal(libc::SIGINT);
+    service.wait_log("phase from=serving to=stopping", Duration::from_secs(5));
+    service.signal(libc::SIGINT);
+    let code = service.wait_exit(Duration::from_secs(5));
+    assert_ne!(code, Some(0), "a forced stop is not a clean exit");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while util::alive(worker) {
+        assert!(Instant::now() < deadline, "worker survived a forced stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_worker_can_ask_for_its_own_replacement() {
+    let service = Service::serving(Options {
+        example: "testbed",
+        ..Default::default()
+    });
+    let old = service.worker_pid();
+    let mut stream = std::net::TcpStream::connect(service.addr()).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .write_all(
+            b"POST /restart HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("restart requested"), "{answer}");
+    service.wait_new_worker(old);
+    assert!(service.log().contains("hand-over requested by the worker"));
+}

@@ -17,6 +17,20 @@ pub(crate) fn init_logging() {
         .init();
 }
 
+/// Prints an error the way a user reads it (not its Debug form) and turns it into an exit code.
+pub(crate) fn exit_code(
+    program: &str,
+    result: Result<(), handover::Error>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{program}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// `HANDOVER_CONFIG` names a config file; otherwise listen on 127.0.0.1:$PORT (default 8080)
 /// and watch `$HANDOVER_WATCH` (default: this binary's path plus `.next`; `off` to disable).
 pub(crate) fn config_from_env() -> Result<handover::Config, handover::Error> {
@@ -38,13 +52,21 @@ pub(crate) fn config_from_env() -> Result<handover::Config, handover::Error> {
     builder.build()
 }
 
-/// `GET /` answers who serves; `GET /sleep?ms=N` answers after N ms.
+/// `GET /` answers who serves; `GET /sleep?ms=N` answers after N ms; with `restart` set,
+/// `POST /restart` asks the master for a hand-over from inside the worker.
 pub(crate) async fn hello(
     worker_line: String,
+    restart: Option<handover::Worker>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     match request.uri().path() {
         "/" => Ok(Response::new(Full::new(Bytes::from(worker_line)))),
+        "/restart" if restart.is_some() && request.method() == hyper::Method::POST => {
+            restart.iter().for_each(handover::Worker::restart);
+            Ok(Response::new(Full::new(Bytes::from_static(
+                b"restart requested\n",
+            ))))
+        }
         "/sleep" => {
             let ms = request
                 .uri()
@@ -65,8 +87,12 @@ pub(crate) async fn hello(
     }
 }
 
-/// Serves [`hello`] on every TCP and Unix listener the master passes.
-pub(crate) async fn serve_hello(worker: handover::Worker) -> Result<(), handover::Error> {
+/// Serves [`hello`] on every TCP and Unix listener the master passes, and answers datagrams
+/// on UDP sockets with `pid=<pid> <payload>`.
+pub(crate) async fn serve_hello(
+    worker: handover::Worker,
+    allow_restart: bool,
+) -> Result<(), handover::Error> {
     let line = format!(
         "hello from pid={} worker={} sha256={} version={}\n",
         std::process::id(),
@@ -74,13 +100,19 @@ pub(crate) async fn serve_hello(worker: handover::Worker) -> Result<(), handover
         &worker.binary_sha256()[..12.min(worker.binary_sha256().len())],
         env!("CARGO_PKG_VERSION")
     );
-    let service = hyper::service::service_fn(move |request| hello(line.clone(), request));
+    let restart = allow_restart.then(|| worker.clone());
+    let service =
+        hyper::service::service_fn(move |request| hello(line.clone(), restart.clone(), request));
     let mut tcp = Vec::new();
     let mut unix = Vec::new();
     for name in worker.listener_names().to_vec() {
-        match worker.is_tcp(&name) {
-            Some(true) => tcp.push(worker.tcp(&name)?),
-            _ => unix.push(worker.unix(&name)?),
+        match worker.listener_kind(&name) {
+            Some(handover::ListenerKind::Tcp) => tcp.push(worker.tcp(&name)?),
+            Some(handover::ListenerKind::Unix) => unix.push(worker.unix(&name)?),
+            Some(handover::ListenerKind::Udp) => {
+                tokio::spawn(echo_datagrams(worker.udp(&name)?, worker.shutdown()));
+            }
+            _ => {}
         }
     }
     let (a, b) = tokio::join!(
@@ -131,4 +163,22 @@ pub(crate) fn spawn_logging_job(worker: &handover::Worker) {
         let _ = std::fs::remove_file(&lock);
         append(format!("stop {}\n", std::process::id()));
     });
+}
+
+async fn echo_datagrams(
+    socket: tokio::net::UdpSocket,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut buffer = [0u8; 1500];
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            received = socket.recv_from(&mut buffer) => {
+                let Ok((n, peer)) = received else { continue };
+                let reply = format!("pid={} {}", std::process::id(), String::from_utf8_lossy(&buffer[..n]));
+                let _ = socket.send_to(reply.as_bytes(), peer).await;
+            }
+        }
+    }
 }

@@ -377,8 +377,11 @@ impl Master {
             Event::Signal(number) if number == libc::SIGINT || number == libc::SIGTERM => {
                 if self.stopping && number == libc::SIGINT {
                     tracing::warn!("second SIGINT: killing every worker now");
+                    // Directly, not through the child-owner tasks: the runtime stops as soon as
+                    // this returns, before those tasks would run. The children are not reaped
+                    // yet, so their PIDs cannot have been reused.
                     for worker in self.all_workers() {
-                        worker.kill();
+                        let _ = crate::sys::send_signal(worker.pid, libc::SIGKILL);
                     }
                     return Some(Err(Error::Master("forced stop".into())));
                 }

@@ -277,8 +277,18 @@ const ACCEPT_SYSCALLS: [&str; 0] = [];
 /// on success.
 pub fn exec_shim(program: &OsString, args: &[OsString]) -> io::Error {
     use std::os::unix::process::CommandExt;
-    Command::new(program)
-        .args(args)
-        .env("LISTEN_PID", std::process::id().to_string())
-        .exec()
+    let mut tries = 0;
+    loop {
+        let error = Command::new(program)
+            .args(args)
+            .env("LISTEN_PID", std::process::id().to_string())
+            .exec();
+        // A binary copied into place a moment ago may still be open for writing in a process
+        // that forked meanwhile; that clears within milliseconds.
+        if error.raw_os_error() != Some(libc::ETXTBSY) || tries == 50 {
+            return error;
+        }
+        tries += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

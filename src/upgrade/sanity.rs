@@ -43,15 +43,7 @@ pub(crate) async fn check(candidate: &Path, timeout: Duration) -> Result<CheckRe
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| {
-            Refusal::Permanent(match e.raw_os_error() {
-                Some(libc::ENOEXEC) => {
-                    "not an executable for this machine (exec format error)".to_string()
-                }
-                Some(libc::EACCES) => "cannot be executed (permission denied)".to_string(),
-                _ => format!("cannot be executed: {e}"),
-            })
-        })?;
+        .map_err(exec_refusal)?;
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let run = async {
@@ -140,12 +132,7 @@ pub(crate) async fn exits_zero(
             "sanity run did not finish within {}",
             humantime::format_duration(timeout)
         ))),
-        Ok(Err(e)) => Err(Refusal::Permanent(match e.raw_os_error() {
-            Some(libc::ENOEXEC) => {
-                "not an executable for this machine (exec format error)".to_string()
-            }
-            _ => format!("cannot be executed: {e}"),
-        })),
+        Ok(Err(e)) => Err(exec_refusal(e)),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => Err(Refusal::Permanent(format!(
             "sanity run `{} {}` failed ({}){}",
@@ -186,6 +173,21 @@ pub(crate) async fn pre_upgrade_hook(
             crate::master::spawn::describe_exit(Some(out.status)),
             tail(&String::from_utf8_lossy(&out.stderr))
         ))),
+    }
+}
+
+/// Why a candidate could not be executed. "Text file busy" means another process still had it
+/// open for writing (a child forked while it was being written): that passes, so try again.
+fn exec_refusal(e: std::io::Error) -> Refusal {
+    match e.raw_os_error() {
+        Some(libc::ENOEXEC) => {
+            Refusal::Permanent("not an executable for this machine (exec format error)".into())
+        }
+        Some(libc::EACCES) => Refusal::Permanent("cannot be executed (permission denied)".into()),
+        Some(libc::ETXTBSY) => {
+            Refusal::Transient("still open for writing somewhere (text file busy)".into())
+        }
+        _ => Refusal::Permanent(format!("cannot be executed: {e}")),
     }
 }
 

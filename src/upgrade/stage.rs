@@ -75,6 +75,7 @@ async fn write_hashed(
     let mut size = 0u64;
     let mut buffer = vec![0u8; 64 * 1024];
     let claimed = artifact.claimed_size();
+    let mut progress = Progress::new(artifact.origin(), claimed);
     loop {
         let n = artifact.reader().read(&mut buffer).await.map_err(|e| {
             Refusal::Transient(format!("reading the source failed after {size} bytes: {e}"))
@@ -96,7 +97,9 @@ async fn write_hashed(
         }
         hasher.update(&buffer[..n]);
         file.write_all(&buffer[..n]).await.map_err(io)?;
+        progress.advance(size);
     }
+    progress.finish(size);
     file.flush().await.map_err(io)?;
     file.sync_all().await.map_err(io)?;
     Ok((hasher.finalize().into(), size))
@@ -120,4 +123,84 @@ pub(crate) fn match_live_mode(candidate: &Path, live: &Path) -> std::io::Result<
         }
     }
     Ok(())
+}
+
+/// Shows a long download: a bar on a terminal, a log line every few seconds otherwise.
+struct Progress {
+    origin: String,
+    total: Option<u64>,
+    started: std::time::Instant,
+    last: std::time::Instant,
+    terminal: bool,
+    shown: bool,
+}
+
+impl Progress {
+    /// Downloads shorter than this are not worth a progress display.
+    const QUIET_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+    fn new(origin: &str, total: Option<u64>) -> Self {
+        use std::io::IsTerminal;
+        let now = std::time::Instant::now();
+        Self {
+            origin: origin.to_string(),
+            total,
+            started: now,
+            last: now,
+            terminal: std::io::stderr().is_terminal(),
+            shown: false,
+        }
+    }
+
+    fn advance(&mut self, done: u64) {
+        let every = if self.terminal {
+            std::time::Duration::from_millis(100)
+        } else {
+            std::time::Duration::from_secs(5)
+        };
+        if self.started.elapsed() < Self::QUIET_FOR || self.last.elapsed() < every {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        self.shown = true;
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let rate = mib(done) / self.started.elapsed().as_secs_f64().max(0.001);
+        match self.total {
+            Some(total) if self.terminal => {
+                let fraction = (done as f64 / total.max(1) as f64).min(1.0);
+                let filled = (fraction * 30.0) as usize;
+                eprint!(
+                    "\r{} [{}{}] {:>3.0}% {:.1}/{:.1} MiB {:.1} MiB/s ",
+                    self.origin,
+                    "#".repeat(filled),
+                    " ".repeat(30 - filled),
+                    fraction * 100.0,
+                    mib(done),
+                    mib(total),
+                    rate
+                );
+            }
+            None if self.terminal => {
+                eprint!("\r{} {:.1} MiB {:.1} MiB/s ", self.origin, mib(done), rate)
+            }
+            total => tracing::info!(
+                origin = %self.origin,
+                done_mib = format!("{:.1}", mib(done)),
+                total_mib = total.map(|t| format!("{:.1}", mib(t))),
+                rate_mib_s = format!("{rate:.1}"),
+                "downloading"
+            ),
+        }
+    }
+
+    fn finish(&mut self, done: u64) {
+        if self.shown && self.terminal {
+            eprintln!(
+                "\r{} done: {:.1} MiB in {:.1?}",
+                self.origin,
+                done as f64 / (1024.0 * 1024.0),
+                self.started.elapsed()
+            );
+        }
+    }
 }

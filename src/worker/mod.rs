@@ -133,13 +133,11 @@ impl Worker {
         tokio::net::UdpSocket::from_std(socket).map_err(|e| Error::io(format!("socket {name}"), e))
     }
 
-    /// Whether the listener called `name` is a TCP listener (`Some(false)`: another kind).
-    pub fn is_tcp(&self, name: &str) -> Option<bool> {
+    /// The kind of the listener called `name`, if it exists and has not been taken.
+    pub fn listener_kind(&self, name: &str) -> Option<ListenerKind> {
         let index = self.inner.names.iter().position(|n| n == name)?;
         let fds = self.inner.fds.lock().expect("listener table poisoned");
-        fds[index]
-            .as_ref()
-            .map(|fd| Kind::of(fd) == Some(Kind::Tcp))
+        fds[index].as_ref().and_then(ListenerKind::of)
     }
 
     fn name_at(&self, index: usize) -> Result<String> {
@@ -340,13 +338,19 @@ where
 
 /// The kinds of socket a worker can take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+#[non_exhaustive]
+pub enum ListenerKind {
+    /// A TCP listener: [`Worker::tcp`].
     Tcp,
+    /// A Unix stream listener: [`Worker::unix`].
     Unix,
+    /// A UDP socket: [`Worker::udp`].
     Udp,
 }
 
-impl Kind {
+use ListenerKind as Kind;
+
+impl ListenerKind {
     fn of(fd: &OwnedFd) -> Option<Kind> {
         let socket = socket2::SockRef::from(fd);
         let unix = socket.local_addr().ok()?.is_unix();

@@ -22,7 +22,8 @@ pub struct Stats {
     pub failed: u64,
     pub errors: Vec<String>,
     pub pids: HashSet<u32>,
-    /// HTTP/2 requests the client refused to send because the server had announced GOAWAY.
+    /// Requests that never left the client: refused after the server's GOAWAY, or handed back
+    /// by hyper because the connection closed while they were queued.
     pub refused_before_sending: u64,
 }
 
@@ -184,8 +185,8 @@ async fn connection(
             .body(Empty::new())
             .unwrap();
         let response = match &mut current {
-            Sender::H1(s) => s.send_request(request).await,
-            Sender::H2(s) => s.send_request(request).await,
+            Sender::H1(s) => s.try_send_request(request).await,
+            Sender::H2(s) => s.try_send_request(request).await,
         };
         match response {
             Ok(response) => {
@@ -217,13 +218,18 @@ async fn connection(
                     sender = Some(current);
                 }
             }
-            Err(e) if refused_by_goaway(&e) => {
-                // h2 refuses, without sending them, requests opened after the server's GOAWAY;
-                // RFC 9113 guarantees they were not processed. The next one uses a new
-                // connection, as it would in any HTTP/2 client.
-                stats.lock().unwrap().refused_before_sending += 1;
+            Err(mut e) => {
+                // hyper hands the request back when it never left the client: the connection
+                // closed while the request waited in its queue. And h2 refuses, without sending
+                // them, requests opened after the server's GOAWAY (RFC 9113: not processed).
+                // Nothing reached the server in either case; the next request uses a new
+                // connection, as in any client. The request is not sent again.
+                if e.take_message().is_some() || refused_by_goaway(e.error()) {
+                    stats.lock().unwrap().refused_before_sending += 1;
+                } else {
+                    fail(format!("request: {:?}", e.into_error()));
+                }
             }
-            Err(e) => fail(format!("request: {e:?}")),
         }
     }
 }

@@ -76,8 +76,18 @@ impl Service {
         std::fs::copy(example(options.example), &bin).unwrap();
         let port = free_port();
         let config_path = dir.path().join("handover.toml");
+        // Defaults suited to tests, unless the test sets the key itself.
+        let defaults: String = [
+            ("ready_timeout", "\"5s\""),
+            ("drain_timeout", "\"10s\""),
+            ("idle_grace", "\"500ms\""),
+        ]
+        .iter()
+        .filter(|(key, _)| !options.config.contains(&format!("{key} =")))
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect();
         let config = format!(
-            "ready_timeout = \"5s\"\ndrain_timeout = \"10s\"\nidle_grace = \"500ms\"\n{}\n[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:{port}\"\n",
+            "{defaults}{}\n[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:{port}\"\n",
             options.config
         );
         std::fs::write(&config_path, config).unwrap();
@@ -131,7 +141,7 @@ impl Service {
             // SAFETY: the hook makes only async-signal-safe calls.
             unsafe { command.pre_exec(hook) };
         }
-        self.child = Some(command.spawn().unwrap());
+        self.child = Some(spawn(&mut command));
     }
 
     /// Kills the master and every process below it, and waits for the master.
@@ -342,6 +352,34 @@ impl Drop for Service {
         self.kill_all();
         if std::thread::panicking() {
             eprintln!("--- master log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Spawns `command`, retrying while its binary is "busy": a binary this test process has just
+/// copied can still be open for writing in a child that another test thread forked meanwhile.
+pub fn spawn(command: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
+/// Kills a process and everything below it when dropped.
+pub struct ProcessTree(pub u32);
+
+impl Drop for ProcessTree {
+    fn drop(&mut self) {
+        let mut tree = descendants(self.0);
+        tree.push(self.0);
+        for pid in tree {
+            // SAFETY: kill(2) on processes this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }
 }

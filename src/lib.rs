@@ -216,3 +216,14 @@ fn file_fetcher(_config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fet
         feature: "file",
     })
 }
+
+/// Entry points for the fuzz targets in `tests/fuzz`; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The ELF completeness check on bytes in memory.
+    pub fn elf_intact(bytes: &[u8]) -> Result<(), String> {
+        let mut input = std::io::Cursor::new(bytes);
+        crate::upgrade::verify::elf_intact_in(&mut input, bytes.len() as u64)
+            .map_err(|e| format!("{e:?}"))
+    }
+}

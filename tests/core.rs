@@ -377,7 +377,13 @@ fn sockets_passed_by_systemd_activation_are_adopted_instead_of_bound() {
     // SAFETY: dup2 places the listener at fd 3 in the child, as systemd would; async-signal-safe.
     unsafe {
         command.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            // dup2 onto itself is a no-op that would leave close-on-exec set.
+            let placed = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if placed < 0 {
                 Err(std::io::Error::last_os_error())
             } else {
                 Ok(())

@@ -112,7 +112,8 @@ pub(crate) async fn serve_hello(
             Some(handover::ListenerKind::Udp) => {
                 tokio::spawn(echo_datagrams(worker.udp(&name)?, worker.shutdown()));
             }
-            _ => {}
+            // Taking it gives the precise reason (not a socket, an unsupported kind).
+            _ => drop(worker.tcp(&name)?),
         }
     }
     let (a, b) = tokio::join!(

@@ -184,6 +184,12 @@ fn systemd_activated() -> Result<Vec<(String, OwnedFd)>> {
                 address: format!("systemd socket fd {fd}"),
                 source: e,
             })?;
+            if socket2::SockRef::from(&owned).r#type().is_err() {
+                return Err(Error::Bind {
+                    address: format!("systemd socket fd {fd}"),
+                    source: std::io::Error::other("LISTEN_FDS names it, but it is not a socket"),
+                });
+            }
             let name = names
                 .get(i as usize)
                 .cloned()

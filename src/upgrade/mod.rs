@@ -8,7 +8,7 @@
 mod sanity;
 mod stage;
 pub(crate) mod swap;
-mod verify;
+pub(crate) mod verify;
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;

@@ -78,17 +78,42 @@ fn verify_file(
 /// interrupted copy, a truncated download with no published size) can still start, because the
 /// part that is lost is often debug information, and fail later. Other files pass.
 pub(crate) fn elf_intact(file: &Path) -> Result<(), Refusal> {
-    use std::io::{Read, Seek, SeekFrom};
     let io = |e: std::io::Error| Refusal::Transient(format!("reading {}: {e}", file.display()));
     let mut input = std::fs::File::open(file).map_err(io)?;
     let length = input.metadata().map_err(io)?.len();
+    elf_intact_in(&mut input, length).map_err(|e| match e {
+        ElfCheck::Truncated(why) => Refusal::Permanent(why),
+        ElfCheck::Io(e) => io(e),
+    })
+}
+
+/// Why [`elf_intact_in`] refused.
+#[derive(Debug)]
+pub(crate) enum ElfCheck {
+    Truncated(String),
+    Io(std::io::Error),
+}
+
+/// [`elf_intact`] on any seekable input of `length` bytes.
+pub(crate) fn elf_intact_in<R: std::io::Read + std::io::Seek>(
+    input: &mut R,
+    length: u64,
+) -> Result<(), ElfCheck> {
+    use std::io::SeekFrom;
+    let io = ElfCheck::Io;
     let mut header = [0u8; 64];
-    let n = input.read(&mut header).map_err(io)?;
+    let mut n = 0;
+    while n < header.len() {
+        match input.read(&mut header[n..]).map_err(io)? {
+            0 => break,
+            read => n += read,
+        }
+    }
     if n < 16 || &header[..4] != b"\x7fELF" {
         return Ok(());
     }
     let truncated = |what: &str, end: u64| {
-        Refusal::Permanent(format!(
+        ElfCheck::Truncated(format!(
             "truncated: the ELF {what} ends at byte {end} but the file has {length} bytes"
         ))
     };
@@ -118,11 +143,11 @@ pub(crate) fn elf_intact(file: &Path) -> Result<(), Refusal> {
             elf.u16(&header[48..]),
         )
     };
-    let program_end = phoff + u64::from(phentsize) * u64::from(phnum);
+    let program_end = phoff.saturating_add(u64::from(phentsize) * u64::from(phnum));
     if program_end > length {
         return Err(truncated("program header table", program_end));
     }
-    let section_end = shoff + u64::from(shentsize) * u64::from(shnum);
+    let section_end = shoff.saturating_add(u64::from(shentsize) * u64::from(shnum));
     if shoff != 0 && section_end > length {
         return Err(truncated("section header table", section_end));
     }
@@ -142,8 +167,8 @@ pub(crate) fn elf_intact(file: &Path) -> Result<(), Refusal> {
                 u64::from(elf.u32(&entry[16..])),
             )
         };
-        if offset + size > length {
-            return Err(truncated("loadable segment", offset + size));
+        if offset.saturating_add(size) > length {
+            return Err(truncated("loadable segment", offset.saturating_add(size)));
         }
     }
     Ok(())

@@ -280,6 +280,7 @@ impl Config {
                 format!("{field} {message}"),
             )
         })?;
+        crate::fetchers::check_tables(text, origin)?;
         Ok(config)
     }
 
@@ -360,7 +361,7 @@ impl Config {
 }
 
 /// 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
         .bytes()
         .filter(|b| *b == b'\n')
@@ -370,7 +371,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// The line where a (possibly dotted) field is set, found by reading the TOML as text: the
 /// deserialiser's spans stop at values it accepted.
-fn locate_field(text: &str, field: &str) -> Option<usize> {
+pub(crate) fn locate_field(text: &str, field: &str) -> Option<usize> {
     let (table, key) = match field.rsplit_once('.') {
         Some((table, key)) => (Some(table), key),
         None => (None, field),

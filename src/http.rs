@@ -244,7 +244,12 @@ async fn serve_connection<I, S, B>(
                 }
             }
             _ = idle_check => {
-                if activity.idle_for(epoch).is_some_and(|idle| idle >= idle_grace) {
+                // HTTP/2 gets its GOAWAY as soon as it is known to be HTTP/2: a connection whose
+                // first request came after draining began, and that never goes idle, would
+                // otherwise keep the old worker alive until the drain timeout.
+                // regression: h2 connection first seen during drain was never told to go away.
+                let http2 = activity.http2.load(Ordering::SeqCst);
+                if http2 || activity.idle_for(epoch).is_some_and(|idle| idle >= idle_grace) {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }

@@ -48,6 +48,7 @@
 
 mod config;
 mod error;
+mod fetchers;
 pub mod http;
 mod master;
 mod protocol;
@@ -59,9 +60,16 @@ use std::future::Future;
 
 pub use config::{Config, ConfigBuilder, FileFetcherConfig, Listen, Sanity, UpgradeConfig};
 pub use error::{Error, Result};
+pub use fetchers::build_fetcher;
 pub use handover_fetcher as fetcher;
 #[cfg(feature = "file")]
 pub use handover_fetcher_file::FileFetcher;
+/// The HTTP fetcher (feature `http`).
+#[cfg(feature = "http")]
+pub use handover_fetcher_http as http_fetcher;
+/// The S3 fetcher (feature `s3`).
+#[cfg(feature = "s3")]
+pub use handover_fetcher_s3 as s3;
 pub use master::control::request as control_request;
 pub use master::program::exec_shim;
 pub use master::{
@@ -141,7 +149,7 @@ impl Handover {
             .map_err(|e| Error::io("starting the master runtime", e))?;
         let fetcher = match self.fetcher {
             Some(fetcher) => Some(fetcher),
-            None => runtime.block_on(build_fetcher(&self.config, self.version.as_deref()))?,
+            None => runtime.block_on(build_fetcher(&self.config))?,
         };
         let mut master = Master::new(self.config)?;
         master.set_version(self.version);
@@ -154,67 +162,6 @@ impl Handover {
         }
         runtime.block_on(master.run())
     }
-}
-
-/// Builds the fetcher the configuration names, or `None`.
-pub async fn build_fetcher(
-    config: &Config,
-    _version: Option<&str>,
-) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
-    let Some(name) = config.fetcher.as_deref() else {
-        return Ok(None);
-    };
-    match name {
-        "file" => file_fetcher(config),
-        "github" => Err(Error::FetcherNotCompiled {
-            name: name.into(),
-            feature: "github",
-        }),
-        "s3" => Err(Error::FetcherNotCompiled {
-            name: name.into(),
-            feature: "s3",
-        }),
-        "http" => Err(Error::FetcherNotCompiled {
-            name: name.into(),
-            feature: "http",
-        }),
-        other => Err(Error::config(
-            "fetcher",
-            format!("unknown fetcher {other:?}"),
-        )),
-    }
-}
-
-#[cfg(feature = "file")]
-fn file_fetcher(config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
-    let settings = config.file.clone().unwrap_or_default();
-    let path = match settings.path {
-        Some(path) => path,
-        None => {
-            let live = master::spawn::resolve_binary(config.binary.as_deref())
-                .map_err(|e| Error::io("resolving the live binary's path", e))?;
-            let mut name = live.file_name().unwrap_or_default().to_os_string();
-            name.push(".next");
-            live.with_file_name(name)
-        }
-    };
-    let mut fetcher = FileFetcher::new(path).poll_only(settings.poll_only);
-    if let Some(settle) = settings.settle {
-        fetcher = fetcher.settle(settle);
-    }
-    Ok(Some(Box::new(
-        fetcher
-            .start()
-            .map_err(|e| Error::io("starting the file watcher", e))?,
-    )))
-}
-
-#[cfg(not(feature = "file"))]
-fn file_fetcher(_config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
-    Err(Error::FetcherNotCompiled {
-        name: "file".into(),
-        feature: "file",
-    })
 }
 
 /// Entry points for the fuzz targets in `tests/fuzz`; not part of the API.

@@ -133,7 +133,7 @@ fn run_program(config_path: &Path, program: Vec<OsString>) -> anyhow::Result<Exi
         .build()?;
     let mut config = config;
     config.binary = Some(program.clone());
-    let fetcher = runtime.block_on(handover::build_fetcher(&config, None))?;
+    let fetcher = runtime.block_on(handover::build_fetcher(&config))?;
     let mut master = handover::Master::for_program(config, program, args.to_vec())?;
     if let Some(fetcher) = fetcher {
         master.set_fetcher(fetcher);
@@ -181,7 +181,7 @@ fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime
-                .block_on(handover::build_fetcher(&config, None))
+                .block_on(handover::build_fetcher(&config))
                 .with_context(|| format!("fetcher {name}"))?;
             println!(
                 "upgrades: fetcher {name}, every {} (probation {}, checksum {}, signature {})",

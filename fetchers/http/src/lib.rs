@@ -1,1 +1,330 @@
-//! placeholder
+//! A handover fetcher that polls an https URL for a new binary.
+//!
+//! Publish the binary at a stable URL (and a checksum file next to it); each poll is a
+//! conditional `GET` (`If-None-Match` with the last ETag, `If-Modified-Since` with the last
+//! `Last-Modified`), so an unchanged file costs a `304 Not Modified` and nothing else.
+//!
+//! What a poll does, in order:
+//! 1. fetch the checksum file (`checksum_url`) and find the download's entry; if it equals the
+//!    running binary's SHA-256, there is nothing new;
+//! 2. `GET url`, conditional on what was last *settled*: the ETag and `Last-Modified` are
+//!    remembered only when the core reports the candidate installed or rejected
+//!    ([`Fetcher::settled`]), so a download that failed half-way is offered again;
+//! 3. refuse a `Content-Length` over `max_size`, fetch the signature (`signature_url`, if any),
+//!    and hand the body to the core as a stream, with the published SHA-256 and the size.
+//!
+//! Hashing, the checksum and signature checks, the sanity run and the swap happen in the core.
+//! The one exception is an archive ([`HttpConfig::archive_member`]): the checksum covers the
+//! archive, so this fetcher verifies it before extracting the binary (see [`archive`]).
+//!
+//! The [`net`] and [`archive`] modules are shared with the GitHub fetcher.
+//!
+//! ```no_run
+//! use handover_fetcher::{Fetcher, Running};
+//! use handover_fetcher_http::{HttpConfig, HttpFetcher};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = HttpConfig::new("https://downloads.example.com/app/latest/app-x86_64-linux")
+//!     .with_checksum_url("https://downloads.example.com/app/latest/SHA256SUMS");
+//! let mut fetcher = HttpFetcher::new(config)?;
+//! let running = Running::new([0; 32], None);
+//! if let Some(artifact) = fetcher.fetch(&running).await? {
+//!     println!("new binary at {}: {:?} bytes", artifact.origin(), artifact.claimed_size());
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::io::Cursor;
+
+use handover_fetcher::{
+    async_trait, find_in_checksum_file, Artifact, FetchError, Fetcher, Running, Settlement, Sha256,
+};
+use reqwest::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
+use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
+
+pub mod archive;
+mod config;
+mod error;
+pub mod net;
+pub mod size;
+
+pub use config::HttpConfig;
+pub use error::Error;
+
+use archive::Format;
+
+/// The largest checksum file read.
+const MAX_CHECKSUM_FILE: u64 = 1 << 20;
+/// The largest signature file read.
+const MAX_SIGNATURE: u64 = 64 << 10;
+
+/// Polls one URL for a new binary. See the [crate docs](crate).
+pub struct HttpFetcher {
+    config: HttpConfig,
+    url: Url,
+    checksum_url: Option<Url>,
+    signature_url: Option<Url>,
+    checksum_name: String,
+    format: Format,
+    /// The binary inside an archive (for a plain `.gz`, only a name for errors).
+    member: String,
+    client: Client,
+    /// The validators of the last settled candidate.
+    remembered: Option<Seen>,
+    /// The candidate last offered, until the core settles it.
+    offered: Option<(String, Seen)>,
+}
+
+/// What identifies a version of the download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    etag: Option<String>,
+    last_modified: Option<String>,
+    checksum: Option<Sha256>,
+}
+
+impl Seen {
+    fn id(&self) -> String {
+        let checksum = self.checksum.as_ref().map(net::hex);
+        format!(
+            "etag={};last-modified={};sha256={}",
+            self.etag.as_deref().unwrap_or("-"),
+            self.last_modified.as_deref().unwrap_or("-"),
+            checksum.as_deref().unwrap_or("-"),
+        )
+    }
+}
+
+impl fmt::Debug for HttpFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpFetcher")
+            .field("url", &self.url.as_str())
+            .field("checksum_url", &self.checksum_url.as_ref().map(Url::as_str))
+            .field(
+                "signature_url",
+                &self.signature_url.as_ref().map(Url::as_str),
+            )
+            .field("format", &self.format)
+            .field("token", &self.config.token.as_ref().map(|_| "<redacted>"))
+            .field("remembered", &self.remembered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpFetcher {
+    /// Checks `config` (see [`HttpConfig::validate`]) and builds the HTTP client.
+    pub fn new(config: HttpConfig) -> Result<Self, Error> {
+        let urls = config.urls()?;
+        let mut options = net::ClientOptions::new(config.connect_timeout, config.timeout);
+        options.allow_insecure_loopback = config.allow_insecure_loopback;
+        let client = net::client(&options)?;
+        let member = config
+            .archive_member
+            .clone()
+            .unwrap_or_else(|| Format::split(&urls.checksum_name).0.to_string());
+        Ok(Self {
+            url: urls.url,
+            checksum_url: urls.checksum,
+            signature_url: urls.signature,
+            checksum_name: urls.checksum_name,
+            format: urls.format,
+            member,
+            client,
+            config,
+            remembered: None,
+            offered: None,
+        })
+    }
+
+    /// The configuration this fetcher was built from.
+    pub fn config(&self) -> &HttpConfig {
+        &self.config
+    }
+
+    fn get(&self, url: &Url) -> RequestBuilder {
+        let request = self.client.get(url.clone());
+        match &self.config.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// The SHA-256 published for the download, if a checksum file is configured.
+    async fn published_checksum(&self) -> Result<Option<Sha256>, FetchError> {
+        let Some(url) = &self.checksum_url else {
+            if self.config.checksum_required {
+                return Err(FetchError::invalid(
+                    self.url.as_str(),
+                    "no published SHA-256: checksum_required is true but no checksum_url is \
+                     set (set checksum_url, or checksum_required = false)",
+                ));
+            }
+            return Ok(None);
+        };
+        let origin = url.as_str();
+        let response = net::send(self.get(url), origin).await?;
+        if !response.status().is_success() {
+            return Err(net::status_error(origin, &response));
+        }
+        let body = net::read_limited(response, MAX_CHECKSUM_FILE, origin).await?;
+        let text = String::from_utf8_lossy(&body);
+        match find_in_checksum_file(&text, &self.checksum_name) {
+            Some(digest) => Ok(Some(digest)),
+            None if self.config.checksum_required => Err(FetchError::invalid(
+                origin,
+                format!(
+                    "no SHA-256 entry for {:?} (checksum_required is true)",
+                    self.checksum_name
+                ),
+            )),
+            None => {
+                tracing::warn!(
+                    checksum_url = origin,
+                    name = %self.checksum_name,
+                    "no SHA-256 entry; going on without one"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// The signature bytes, if `signature_url` is set and exists.
+    async fn signature(&self) -> Result<Option<Vec<u8>>, FetchError> {
+        let Some(url) = &self.signature_url else {
+            return Ok(None);
+        };
+        let origin = url.as_str();
+        let response = net::send(self.get(url), origin).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND | StatusCode::GONE => {
+                tracing::debug!(signature_url = origin, "no signature published");
+                Ok(None)
+            }
+            s if s.is_success() => Ok(Some(
+                net::read_limited(response, MAX_SIGNATURE, origin).await?,
+            )),
+            _ => Err(net::status_error(origin, &response)),
+        }
+    }
+
+    /// Downloads an archive whole, checks it against `checksum` and takes the binary out.
+    async fn unpack(
+        &self,
+        response: Response,
+        checksum: Option<Sha256>,
+    ) -> Result<(Vec<u8>, Sha256), FetchError> {
+        let origin = self.url.as_str().to_string();
+        let bytes = net::read_limited(response, self.config.max_size, &origin).await?;
+        let member = self.member.clone();
+        let (format, max_size) = (self.format, self.config.max_size);
+        let source = self
+            .checksum_url
+            .as_ref()
+            .map_or_else(String::new, |url| format!(" (checksum from {url})"));
+        let task = tokio::task::spawn_blocking(move || {
+            archive::verify_and_extract(&bytes, format, &member, max_size, checksum)
+        });
+        match task.await {
+            Ok(Ok(unpacked)) => Ok(unpacked),
+            Ok(Err(e)) => Err(FetchError::invalid(origin, format!("{e}{source}"))),
+            Err(e) => Err(FetchError::io(origin, std::io::Error::other(e))),
+        }
+    }
+}
+
+#[async_trait]
+impl Fetcher for HttpFetcher {
+    fn name(&self) -> &str {
+        "http"
+    }
+
+    async fn fetch(&mut self, running: &Running) -> Result<Option<Artifact>, FetchError> {
+        let origin = self.url.as_str().to_string();
+        let checksum = self.published_checksum().await?;
+        let packed = self.config.archive_member.is_some() || self.format.is_packed();
+        if !packed && checksum == Some(running.sha256) {
+            tracing::debug!(url = %origin, "published SHA-256 is the running one's; nothing new");
+            return Ok(None);
+        }
+
+        let mut request = self.get(&self.url);
+        // Conditional only while the checksum file still says what it said then: a binary
+        // replaced before its checksum (and so rejected) is downloaded again once the
+        // checksum catches up.
+        if let Some(seen) = self.remembered.as_ref().filter(|s| s.checksum == checksum) {
+            if let Some(etag) = &seen.etag {
+                request = request.header(IF_NONE_MATCH, etag);
+            }
+            if let Some(date) = &seen.last_modified {
+                request = request.header(IF_MODIFIED_SINCE, date);
+            }
+        }
+        let response = net::send(request, &origin).await?;
+        match response.status() {
+            StatusCode::NOT_MODIFIED => {
+                tracing::debug!(url = %origin, "not modified");
+                return Ok(None);
+            }
+            s if s.is_success() => {}
+            _ => return Err(net::status_error(&origin, &response)),
+        }
+        let size = response.content_length();
+        net::check_size(&origin, size, self.config.max_size)?;
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let seen = Seen {
+            etag: header(ETAG),
+            last_modified: header(LAST_MODIFIED),
+            checksum,
+        };
+        let id = seen.id();
+        let signature = self.signature().await?;
+
+        let mut artifact = if packed {
+            let (binary, digest) = self.unpack(response, checksum).await?;
+            let size = binary.len() as u64;
+            Artifact::new(origin.clone(), Cursor::new(binary))
+                .with_size(size)
+                .with_sha256(digest)
+        } else {
+            let mut artifact = Artifact::new(
+                origin.clone(),
+                net::into_reader(response, self.config.max_size),
+            );
+            if let Some(size) = size {
+                artifact = artifact.with_size(size);
+            }
+            if let Some(digest) = checksum {
+                artifact = artifact.with_sha256(digest);
+            }
+            artifact
+        };
+        if let Some(signature) = signature {
+            artifact = artifact.with_signature(signature);
+        }
+        tracing::info!(
+            url = %origin,
+            size = ?artifact.claimed_size(),
+            etag = ?seen.etag,
+            "offering a new download"
+        );
+        self.offered = Some((id.clone(), seen));
+        Ok(Some(artifact.with_id(id)))
+    }
+
+    fn settled(&mut self, id: &str, settlement: Settlement) {
+        match self.offered.take() {
+            Some((offered, seen)) if offered == id => {
+                tracing::debug!(url = %self.url, ?settlement, etag = ?seen.etag, "settled");
+                self.remembered = Some(seen);
+            }
+            other => self.offered = other,
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! Every figure of a run (`results.json`), the README table (`results.md`) and the latency
+//! chart (`latency.svg`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::stats::{short, Dist};
+use crate::wrk::WrkReport;
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Results {
+    pub(crate) machine: Machine,
+    pub(crate) settings: Settings,
+    /// None when wrk is not installed (see `wrk_skipped`).
+    pub(crate) wrk: Option<WrkPhase>,
+    pub(crate) wrk_skipped: Option<String>,
+    /// The bench's own hyper client: HTTP/1.1, then HTTP/2.
+    pub(crate) client: Vec<ClientPhase>,
+    /// SIGUSR2 → first answer from the new worker, over every restart under load.
+    pub(crate) handover_time_under_load_ms: Dist,
+    /// File landing → new sha256 answering: inotify, then polling.
+    pub(crate) upgrade: Vec<UpgradePhase>,
+    pub(crate) master: MasterFigures,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Machine {
+    pub(crate) nproc: usize,
+    pub(crate) cpu_model: String,
+    pub(crate) kernel: String,
+    pub(crate) date: String,
+}
+
+impl Machine {
+    pub(crate) fn read() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, model)| model.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|k| k.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        Self {
+            nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            kernel,
+            date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Settings {
+    pub(crate) quick: bool,
+    pub(crate) restarts: usize,
+    pub(crate) connections: usize,
+    /// Of `connections`, how many loop on `slow_path` (the rest on `/`).
+    pub(crate) slow_connections: usize,
+    pub(crate) slow_path: String,
+    /// Runtime threads of each hello worker and of the baseline server.
+    pub(crate) server_threads: usize,
+    pub(crate) client_threads: usize,
+    /// Each load phase lasts at least this long.
+    pub(crate) min_phase_seconds: f64,
+    /// Load before the first restart of a phase.
+    pub(crate) warmup_ms: u64,
+    /// Pause after each restart window (steady state between restarts).
+    pub(crate) gap_ms: u64,
+    pub(crate) request_timeout_ms: u64,
+    pub(crate) drain_timeout_ms: u64,
+    pub(crate) soak: usize,
+    pub(crate) upgrade_repetitions: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RestartFigures {
+    pub(crate) count: usize,
+    /// Restarts where no new pid answered, or an old worker was still there, within the limit.
+    pub(crate) incomplete: usize,
+    /// SIGUSR2 → first answer from a new worker pid (fresh connections).
+    pub(crate) handover_ms: Dist,
+    /// Every hand-over time, in order.
+    pub(crate) handover_samples_ms: Vec<f64>,
+    /// SIGUSR2 → every old worker exited.
+    pub(crate) window_ms: Dist,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct WrkPhase {
+    pub(crate) restarts: RestartFigures,
+    pub(crate) requests: u64,
+    pub(crate) failed: u64,
+    pub(crate) requests_per_second: f64,
+    /// wrk on `/`.
+    pub(crate) fast: WrkReport,
+    /// wrk on the slow path.
+    pub(crate) slow: WrkReport,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Failures {
+    pub(crate) connect: u64,
+    pub(crate) request: u64,
+    pub(crate) body: u64,
+    pub(crate) timeout: u64,
+    pub(crate) non_2xx: u64,
+}
+
+impl Failures {
+    pub(crate) fn total(&self) -> u64 {
+        self.connect + self.request + self.body + self.timeout + self.non_2xx
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ThroughputRun {
+    pub(crate) seconds: f64,
+    pub(crate) requests: u64,
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) requests_per_second: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ClientPhase {
+    pub(crate) protocol: String,
+    pub(crate) restarts: RestartFigures,
+    pub(crate) seconds: f64,
+    pub(crate) requests: u64,
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) failures: Failures,
+    /// HTTP/2 requests the client refused unsent after a GOAWAY (not failures).
+    pub(crate) refused_unsent: u64,
+    /// Requests hyper handed back unwritten because the connection closed first (not failures).
+    pub(crate) unsent: u64,
+    pub(crate) slow_ok: u64,
+    pub(crate) workers_seen: usize,
+    pub(crate) error_samples: Vec<String>,
+    /// `GET /` outside restart windows (after the first 500 ms of ramp-up).
+    pub(crate) latency_steady: Dist,
+    /// `GET /` started inside a restart window (SIGUSR2 → old worker gone).
+    pub(crate) latency_in_windows: Dist,
+    pub(crate) requests_per_second: f64,
+    pub(crate) requests_per_second_outside_windows: f64,
+    /// The same client, connections and duration against plain hyper, no handover (half
+    /// before the restarts, half after).
+    pub(crate) baseline: ThroughputRun,
+    /// requests_per_second / baseline.requests_per_second.
+    pub(crate) throughput_ratio: f64,
+    pub(crate) throughput_ratio_outside_windows: f64,
+    #[serde(skip)]
+    pub(crate) chart: Chart,
+}
+
+/// Latency over time for the chart: per 100 ms bucket, and the restart signals.
+#[derive(Debug, Default)]
+pub(crate) struct Chart {
+    pub(crate) buckets: Vec<Bucket>,
+    pub(crate) restarts: Vec<f64>,
+    pub(crate) seconds: f64,
+}
+
+/// Latency of the `GET /` requests started in one 100 ms bucket.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bucket {
+    /// Seconds since the phase started.
+    pub(crate) t: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct UpgradePhase {
+    pub(crate) mode: String,
+    pub(crate) poll_interval_ms: u64,
+    pub(crate) latencies_ms: Vec<f64>,
+    pub(crate) latency_ms: Dist,
+    pub(crate) failures: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct MasterFigures {
+    pub(crate) poll_interval_ms: u64,
+    pub(crate) rss_kib_idle: u64,
+    pub(crate) idle_window_seconds: f64,
+    pub(crate) idle_cpu_seconds: f64,
+    /// Percent of one core.
+    pub(crate) idle_cpu_percent: f64,
+    /// One clock tick over the window, in percent of a core: 0 ticks means "less than this".
+    pub(crate) idle_cpu_resolution_percent: f64,
+    pub(crate) soak: SoakFigures,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct SoakFigures {
+    pub(crate) handovers: usize,
+    pub(crate) incomplete: usize,
+    pub(crate) fds_before: usize,
+    pub(crate) fds_after: usize,
+    pub(crate) rss_kib_before: u64,
+    pub(crate) rss_kib_after: u64,
+    /// Hand-over time without load.
+    pub(crate) handover_ms: Dist,
+}
+
+/// Writes results.json, results.md and latency.svg into `out`; returns the markdown.
+pub(crate) fn write_all(results: &Results, out: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let json = serde_json::to_string_pretty(results)?;
+    std::fs::write(out.join("results.json"), json + "\n")?;
+    let markdown = markdown(results);
+    std::fs::write(out.join("results.md"), &markdown)?;
+    chart(results, &out.join("latency.svg")).context("drawing latency.svg")?;
+    Ok(markdown)
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push('\u{202f}');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn markdown(r: &Results) -> String {
+    let s = &r.settings;
+    let m = &r.machine;
+    let mut md = String::new();
+    let _ = writeln!(md, "### Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "`cargo run --release --example bench{}` on 127.0.0.1, {} × {}, Linux {}, {}.  ",
+        if s.quick { " -- --quick" } else { "" },
+        m.nproc,
+        m.cpu_model,
+        m.kernel,
+        m.date
+    );
+    let _ = writeln!(
+        md,
+        "{} keep-alive connections ({} of them on `{}`), {} restarts (SIGUSR2) per column, \
+         {} runtime threads per worker; latency figures are p50 / p99 / max of `GET /`.\n",
+        s.connections, s.slow_connections, s.slow_path, s.restarts, s.server_threads
+    );
+
+    let wrk = r.wrk.as_ref();
+    let h1 = r.client.iter().find(|c| c.protocol == "HTTP/1.1");
+    let h2 = r.client.iter().find(|c| c.protocol == "HTTP/2");
+    let dash = || "–".to_string();
+    let row = |md: &mut String, label: &str, a: String, b: String, c: String| {
+        let _ = writeln!(md, "| {label} | {a} | {b} | {c} |");
+    };
+    let client = |phase: Option<&ClientPhase>, f: &dyn Fn(&ClientPhase) -> String| {
+        phase.map_or_else(dash, f)
+    };
+    let _ = writeln!(
+        md,
+        "| Under restarts | wrk, HTTP/1.1 | hyper client, HTTP/1.1 | hyper client, HTTP/2 |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    row(
+        &mut md,
+        "restarts",
+        wrk.map_or_else(
+            || "skipped (no wrk)".into(),
+            |w| w.restarts.count.to_string(),
+        ),
+        client(h1, &|c| c.restarts.count.to_string()),
+        client(h2, &|c| c.restarts.count.to_string()),
+    );
+    row(
+        &mut md,
+        "requests",
+        wrk.map_or_else(dash, |w| thousands(w.requests)),
+        client(h1, &|c| thousands(c.requests)),
+        client(h2, &|c| thousands(c.requests)),
+    );
+    row(
+        &mut md,
+        "**failed requests**",
+        wrk.map_or_else(dash, |w| format!("**{}**", w.failed)),
+        client(h1, &|c| format!("**{}**", c.failed)),
+        client(h2, &|c| format!("**{}**", c.failed)),
+    );
+    row(
+        &mut md,
+        "not sent, so not failed: refused after GOAWAY / handed back unwritten",
+        dash(),
+        client(h1, &|c| format!("{} / {}", c.refused_unsent, c.unsent)),
+        client(h2, &|c| format!("{} / {}", c.refused_unsent, c.unsent)),
+    );
+    row(
+        &mut md,
+        "hand-over time (SIGUSR2 → new pid answers)",
+        wrk.map_or_else(dash, |w| w.restarts.handover_ms.cell()),
+        client(h1, &|c| c.restarts.handover_ms.cell()),
+        client(h2, &|c| c.restarts.handover_ms.cell()),
+    );
+    row(
+        &mut md,
+        "restart window (SIGUSR2 → old worker gone)",
+        wrk.map_or_else(dash, |w| w.restarts.window_ms.cell()),
+        client(h1, &|c| c.restarts.window_ms.cell()),
+        client(h2, &|c| c.restarts.window_ms.cell()),
+    );
+    row(
+        &mut md,
+        "latency, steady state",
+        wrk.map_or_else(dash, |w| {
+            format!(
+                "avg {} / max {} (whole run)",
+                w.fast.latency_avg, w.fast.latency_max
+            )
+        }),
+        client(h1, &|c| c.latency_steady.cell()),
+        client(h2, &|c| c.latency_steady.cell()),
+    );
+    row(
+        &mut md,
+        "latency, inside restart windows",
+        dash(),
+        client(h1, &|c| c.latency_in_windows.cell()),
+        client(h2, &|c| c.latency_in_windows.cell()),
+    );
+    row(
+        &mut md,
+        "throughput under handover, req/s",
+        wrk.map_or_else(dash, |w| thousands(w.requests_per_second as u64)),
+        client(h1, &|c| thousands(c.requests_per_second as u64)),
+        client(h2, &|c| thousands(c.requests_per_second as u64)),
+    );
+    row(
+        &mut md,
+        "plain hyper, no handover, req/s",
+        dash(),
+        client(h1, &|c| thousands(c.baseline.requests_per_second as u64)),
+        client(h2, &|c| thousands(c.baseline.requests_per_second as u64)),
+    );
+    row(
+        &mut md,
+        "throughput ratio (target ≥ 0.98); outside windows",
+        dash(),
+        client(h1, &|c| {
+            format!(
+                "{:.3}; {:.3}",
+                c.throughput_ratio, c.throughput_ratio_outside_windows
+            )
+        }),
+        client(h2, &|c| {
+            format!(
+                "{:.3}; {:.3}",
+                c.throughput_ratio, c.throughput_ratio_outside_windows
+            )
+        }),
+    );
+
+    let _ = writeln!(md, "\n| Upgrades and the master | |");
+    let _ = writeln!(md, "|---|---:|");
+    for upgrade in &r.upgrade {
+        let how = if upgrade.mode == "inotify" {
+            "inotify".to_string()
+        } else {
+            format!("polling every {} ms", upgrade.poll_interval_ms)
+        };
+        let d = &upgrade.latency_ms;
+        let value = if d.count == 0 {
+            "no upgrade completed".to_string()
+        } else {
+            format!(
+                "{} / {} ms (p50 / max of {})",
+                short(d.p50_ms),
+                short(d.max_ms),
+                d.count
+            )
+        };
+        let _ = writeln!(
+            md,
+            "| upgrade, file landing → new sha256 answering, {how} | {value} |"
+        );
+    }
+    let _ = writeln!(
+        md,
+        "| hand-over time under load, all {} restarts above | {} |",
+        r.handover_time_under_load_ms.count,
+        r.handover_time_under_load_ms.cell()
+    );
+    let master = &r.master;
+    let _ = writeln!(
+        md,
+        "| master RSS, idle, polling every {} ms | {} |",
+        master.poll_interval_ms,
+        mib(master.rss_kib_idle)
+    );
+    let cpu = if master.idle_cpu_seconds == 0.0 {
+        format!("< {:.2} % of a core", master.idle_cpu_resolution_percent)
+    } else {
+        format!("{:.2} % of a core", master.idle_cpu_percent)
+    };
+    let _ = writeln!(
+        md,
+        "| master CPU, idle, over {:.0} s | {cpu} |",
+        master.idle_window_seconds
+    );
+    let soak = &master.soak;
+    let _ = writeln!(
+        md,
+        "| master open fds, before → after {} hand-overs | {} → {} |",
+        soak.handovers, soak.fds_before, soak.fds_after
+    );
+    let _ = writeln!(
+        md,
+        "| master RSS, before → after {} hand-overs | {} → {} |",
+        soak.handovers,
+        mib(soak.rss_kib_before),
+        mib(soak.rss_kib_after)
+    );
+    let _ = writeln!(
+        md,
+        "| hand-over time without load | {} |",
+        soak.handover_ms.cell()
+    );
+    md
+}
+
+/// One line of the latency chart: its name, colour and value per bucket.
+type Line = (&'static str, plotters::style::RGBColor, fn(&Bucket) -> f64);
+
+/// Latency of `GET /` over time, one panel per client phase, restarts as vertical lines.
+fn chart(results: &Results, path: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+
+    let phases: Vec<&ClientPhase> = results.client.iter().collect();
+    let height = 380 * phases.len().max(1) as u32;
+    let root = SVGBackend::new(path, (1200, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((phases.len().max(1), 1));
+    for (panel, phase) in panels.iter().zip(&phases) {
+        let chart = &phase.chart;
+        // Whole decades, so the log axis has labels at both ends (0.1, 1, 10, 100 ms).
+        let highest = chart.buckets.iter().map(|b| b.max_ms).fold(1.0, f64::max);
+        let lowest = chart
+            .buckets
+            .iter()
+            .map(|b| b.p50_ms)
+            .fold(1.0, f64::min)
+            .max(0.001);
+        let top = 10f64.powf(highest.log10().ceil());
+        let bottom = 10f64.powf(lowest.log10().floor());
+        let mut plot = ChartBuilder::on(panel)
+            .caption(
+                format!(
+                    "{}: latency of GET / per 100 ms, {} connections, {} restarts (red)",
+                    phase.protocol, results.settings.connections, phase.restarts.count
+                ),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..chart.seconds.max(1.0), (bottom..top).log_scale())?;
+        plot.configure_mesh()
+            // A log axis draws a light line per unit step, which crowds the chart.
+            .light_line_style(WHITE)
+            .y_label_formatter(&|ms| format!("{ms}"))
+            .x_desc("seconds")
+            .y_desc("latency, ms")
+            .draw()?;
+        for (index, t) in chart.restarts.iter().enumerate() {
+            let line =
+                plot.draw_series(LineSeries::new([(*t, bottom), (*t, top)], RED.mix(0.35)))?;
+            if index == 0 {
+                line.label("SIGUSR2")
+                    .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+            }
+        }
+        let series: [Line; 3] = [
+            ("max", RGBColor(150, 150, 150), |b| b.max_ms),
+            ("p99", RGBColor(230, 140, 20), |b| b.p99_ms),
+            ("p50", RGBColor(30, 90, 200), |b| b.p50_ms),
+        ];
+        for (name, color, value) in series {
+            plot.draw_series(LineSeries::new(
+                chart.buckets.iter().map(|b| (b.t, value(b))),
+                color.stroke_width(1),
+            ))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+        }
+        plot.configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,429 @@
+//! `HttpFetcher` against a fixture server on 127.0.0.1.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use handover_fetcher::{Artifact, FetchError, Fetcher, Running, Settlement};
+use handover_fetcher_http::net::{hex, sha256};
+use handover_fetcher_http::{Error, HttpConfig, HttpFetcher};
+use support::{dead_port, Reply, Request, Server};
+use tokio::io::AsyncReadExt;
+
+const BINARY: &[u8] = b"\x7fELF version 2 of the service binary";
+
+fn sums(body: &[u8], name: &str) -> String {
+    format!(
+        "{}  other-file\n{}  {name}\n",
+        "0".repeat(64),
+        hex(&sha256(body))
+    )
+}
+
+fn not_running() -> Running {
+    Running::new([0; 32], None)
+}
+
+/// Serves `/app` (ETag `"v2"`, a Last-Modified date), `/SHA256SUMS` and `/app.minisig`.
+fn release(request: &Request) -> Reply {
+    match request.path.as_str() {
+        "/app" if request.header("if-none-match") == Some("\"v2\"") => Reply::status(304),
+        "/app" => Reply::ok(BINARY)
+            .header("etag", "\"v2\"")
+            .header("last-modified", "Tue, 03 Mar 2026 10:00:00 GMT"),
+        "/SHA256SUMS" => Reply::ok(sums(BINARY, "app")),
+        "/app.minisig" => Reply::ok("untrusted comment: signature\nRWQ...\n"),
+        _ => Reply::status(404),
+    }
+}
+
+fn config(server: &Server) -> HttpConfig {
+    at(server, "/app")
+}
+
+/// The fixture configuration with the binary at `path`.
+fn at(server: &Server, path: &str) -> HttpConfig {
+    HttpConfig::new(server.url(path))
+        .with_checksum_url(server.url("/SHA256SUMS"))
+        .allow_insecure_loopback(true)
+        .with_timeouts(Duration::from_secs(5), Duration::from_secs(10))
+}
+
+async fn body(artifact: &mut Artifact) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    artifact.reader().read_to_end(&mut out).await?;
+    Ok(out)
+}
+
+#[tokio::test]
+async fn new_file_is_offered_with_size_sha256_and_signature() {
+    let server = Server::start(release).await;
+    let config = config(&server)
+        .with_signature_url(server.url("/app.minisig"))
+        .with_token("s3cr3t-token");
+    let mut fetcher = HttpFetcher::new(config).unwrap();
+    assert!(!format!("{fetcher:?}").contains("s3cr3t"), "{fetcher:?}");
+
+    let mut artifact = fetcher.fetch(&not_running()).await.unwrap().unwrap();
+    assert_eq!(artifact.origin(), server.url("/app"));
+    assert_eq!(artifact.claimed_size(), Some(BINARY.len() as u64));
+    assert_eq!(artifact.claimed_sha256(), Some(&sha256(BINARY)));
+    assert!(artifact
+        .signature()
+        .unwrap()
+        .starts_with(b"untrusted comment"));
+    assert!(artifact.id().unwrap().contains("\"v2\""));
+    assert_eq!(body(&mut artifact).await.unwrap(), BINARY);
+
+    // The token goes to every configured URL; the first poll is unconditional.
+    for request in server.requests() {
+        assert_eq!(request.header("authorization"), Some("Bearer s3cr3t-token"));
+        assert!(request
+            .header("user-agent")
+            .unwrap()
+            .starts_with("handover/"));
+    }
+    assert_eq!(server.requests_for("/app")[0].header("if-none-match"), None);
+}
+
+#[tokio::test]
+async fn unchanged_file_costs_a_304_once_settled() {
+    let server = Server::start(release).await;
+    let mut fetcher = HttpFetcher::new(config(&server)).unwrap();
+    let mut artifact = fetcher.fetch(&not_running()).await.unwrap().unwrap();
+    body(&mut artifact).await.unwrap();
+    fetcher.settled(artifact.id().unwrap(), Settlement::Installed);
+
+    assert!(fetcher.fetch(&not_running()).await.unwrap().is_none());
+    let polls = server.requests_for("/app");
+    assert_eq!(polls.len(), 2);
+    assert_eq!(polls[1].header("if-none-match"), Some("\"v2\""));
+    assert_eq!(
+        polls[1].header("if-modified-since"),
+        Some("Tue, 03 Mar 2026 10:00:00 GMT")
+    );
+}
+
+#[tokio::test]
+async fn settling_another_id_changes_nothing() {
+    let server = Server::start(release).await;
+    let mut fetcher = HttpFetcher::new(config(&server)).unwrap();
+    let artifact = fetcher.fetch(&not_running()).await.unwrap().unwrap();
+    fetcher.settled("something else", Settlement::Rejected);
+    drop(artifact);
+    assert!(fetcher.fetch(&not_running()).await.unwrap().is_some());
+    assert_eq!(server.requests_for("/app")[1].header("if-none-match"), None);
+}
+
+#[tokio::test]
+async fn failed_downloads_offer_the_same_candidate_again() {
+    let attempt = Arc::new(AtomicUsize::new(0));
+    let counter = attempt.clone();
+    let server = Server::start(move |request| {
+        if request.path != "/app" {
+            return release(request);
+        }
+        match counter.fetch_add(1, Ordering::SeqCst) {
+            0 => Reply::status(500),
+            // The whole length announced, a third of it sent, then the connection closes.
+            1 => release(request).cut_after(BINARY.len() / 3),
+            _ => release(request),
+        }
+    })
+    .await;
+    let mut fetcher = HttpFetcher::new(config(&server)).unwrap();
+
+    let err = fetcher.fetch(&not_running()).await.unwrap_err();
+    assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("500"), "{err}");
+
+    let mut cut = fetcher.fetch(&not_running()).await.unwrap().unwrap();
+    assert!(
+        body(&mut cut).await.is_err(),
+        "a body cut short is an I/O error"
+    );
+    // The core does not settle transient failures.
+
+    let mut again = fetcher.fetch(&not_running()).await.unwrap().unwrap();
+    assert_eq!(again.id(), cut.id());
+    assert_eq!(body(&mut again).await.unwrap(), BINARY);
+    let polls = server.requests_for("/app");
+    assert_eq!(polls.len(), 3);
+    assert!(polls.iter().all(|r| r.header("if-none-match").is_none()));
+}
+
+#[tokio::test]
+async fn published_checksum_of_the_running_binary_means_nothing_new() {
+    let server = Server::start(release).await;
+    let mut fetcher = HttpFetcher::new(config(&server)).unwrap();
+    let running = Running::new(sha256(BINARY), None);
+    assert!(fetcher.fetch(&running).await.unwrap().is_none());
+    assert!(
+        server.requests_for("/app").is_empty(),
+        "binary not downloaded"
+    );
+}
+
+#[tokio::test]
+async fn replaced_checksum_makes_the_poll_unconditional() {
+    // regression guard: a binary replaced before its checksum file is rejected by the core;
+    // once the checksum file catches up, the same ETag must not hide the binary behind a 304.
+    let sums_version = Arc::new(AtomicUsize::new(0));
+    let current = sums_version.clone();
+    let server = Server::start(move |request| match request.path.as_str() {
+        "/SHA256SUMS" if current.load(Ordering::SeqCst) == 0 => Reply::ok(sums(b"stale", "app")),
+        _ => release(request),
+    })
+    .await;
+    let mut fetcher = HttpFetcher::new(config(&server)).unwrap();
+    let artifact = fetcher.fetch(&not_running()).await.unwrap().unwrap();
+    assert_eq!(artifact.claimed_sha256(), Some(&sha256(b"stale")));
+    fetcher.settled(artifact.id().unwrap(), Settlement::Rejected);
+    assert!(
+        fetcher.fetch(&not_running()).await.unwrap().is_none(),
+        "304"
+    );
+
+    sums_version.store(1, Ordering::SeqCst);
+    let artifact = fetcher.fetch(&not_running()).await.unwrap().unwrap();
+    assert_eq!(artifact.claimed_sha256(), Some(&sha256(BINARY)));
+    assert_eq!(server.requests_for("/app")[2].header("if-none-match"), None);
+}
+
+#[tokio::test]
+async fn checksum_mismatch_is_left_to_the_core() {
+    let server = Server::start(|request| match request.path.as_str() {
+        "/SHA256SUMS" => Reply::ok(sums(b"something else", "app")),
+        _ => release(request),
+    })
+    .await;
+    let mut fetcher = HttpFetcher::new(config(&server)).unwrap();
+    let artifact = fetcher.fetch(&not_running()).await.unwrap().unwrap();
+    assert_eq!(artifact.claimed_sha256(), Some(&sha256(b"something else")));
+}
+
+#[tokio::test]
+async fn missing_checksum_when_required_is_an_error() {
+    let server = Server::start(|request| match request.path.as_str() {
+        "/SHA256SUMS" => Reply::ok(sums(BINARY, "another-app")),
+        _ => release(request),
+    })
+    .await;
+
+    let no_url = HttpConfig::new(server.url("/app")).allow_insecure_loopback(true);
+    let err = HttpFetcher::new(no_url.clone())
+        .unwrap()
+        .fetch(&not_running())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
+    assert!(err.to_string().contains("checksum_url"), "{err}");
+
+    let err = HttpFetcher::new(config(&server))
+        .unwrap()
+        .fetch(&not_running())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
+    assert!(
+        err.to_string().contains("no SHA-256 entry for \"app\""),
+        "{err}"
+    );
+    assert!(server.requests_for("/app").is_empty());
+
+    // Not required: offered without a digest.
+    let mut fetcher = HttpFetcher::new(no_url.checksum_required(false)).unwrap();
+    let artifact = fetcher.fetch(&not_running()).await.unwrap().unwrap();
+    assert_eq!(artifact.claimed_sha256(), None);
+}
+
+#[tokio::test]
+async fn missing_signature_is_fine() {
+    let server = Server::start(release).await;
+    let config = config(&server).with_signature_url(server.url("/app.nosig"));
+    let artifact = HttpFetcher::new(config)
+        .unwrap()
+        .fetch(&not_running())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(artifact.signature().is_none());
+}
+
+#[tokio::test]
+async fn oversized_download_is_refused_before_reading() {
+    let server = Server::start(release).await;
+    let config = config(&server).with_max_size(10);
+    let err = HttpFetcher::new(config)
+        .unwrap()
+        .fetch(&not_running())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
+    assert!(err.to_string().contains("max_size"), "{err}");
+}
+
+#[tokio::test]
+async fn answers_map_to_errors() {
+    let server = Server::start(|request| match request.path.as_str() {
+        "/gone" => Reply::status(404),
+        "/busy" => Reply::status(429).header("retry-after", "42"),
+        _ => release(request),
+    })
+    .await;
+    let fetch = |path: &str| {
+        let mut config = at(&server, path);
+        config.checksum_name = Some("app".into());
+        async move {
+            HttpFetcher::new(config)
+                .unwrap()
+                .fetch(&not_running())
+                .await
+        }
+    };
+    let err = fetch("/gone").await.unwrap_err();
+    assert!(matches!(err, FetchError::Refused { .. }), "{err}");
+    let err = fetch("/busy").await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(42)), "{err}");
+}
+
+#[tokio::test]
+async fn server_down_is_unreachable() {
+    let port = dead_port().await;
+    let config = HttpConfig::new(format!("http://127.0.0.1:{port}/app"))
+        .checksum_required(false)
+        .allow_insecure_loopback(true);
+    let err = HttpFetcher::new(config)
+        .unwrap()
+        .fetch(&not_running())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn plain_http_is_only_for_loopback() {
+    let err =
+        HttpFetcher::new(HttpConfig::new("http://example.com/app").allow_insecure_loopback(true))
+            .unwrap_err();
+    assert!(
+        matches!(err, Error::InsecureScheme { field: "url", .. }),
+        "{err}"
+    );
+    let err = HttpFetcher::new(HttpConfig::new("http://127.0.0.1:1/app")).unwrap_err();
+    assert!(matches!(err, Error::InsecureScheme { .. }), "{err}");
+    let err = HttpFetcher::new(
+        HttpConfig::new("https://example.com/app")
+            .with_checksum_url("http://example.com/SHA256SUMS")
+            .allow_insecure_loopback(true),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InsecureScheme {
+                field: "checksum_url",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(HttpFetcher::new(
+        HttpConfig::new("http://localhost:1/app").allow_insecure_loopback(true)
+    )
+    .is_ok());
+}
+
+#[tokio::test]
+async fn redirects_to_plain_http_elsewhere_are_refused() {
+    let server = Server::start(|request| match request.path.as_str() {
+        "/moved" => Reply::status(302).header("location", "/app"),
+        "/away" => Reply::status(302).header("location", "http://example.invalid/app"),
+        _ => release(request),
+    })
+    .await;
+    let at = |path: &str| {
+        let mut config = at(&server, path);
+        config.checksum_name = Some("app".into());
+        config
+    };
+    let mut artifact = HttpFetcher::new(at("/moved"))
+        .unwrap()
+        .fetch(&not_running())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(body(&mut artifact).await.unwrap(), BINARY);
+    let err = HttpFetcher::new(at("/away"))
+        .unwrap()
+        .fetch(&not_running())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not https"), "{err}");
+}
+
+mod archives {
+    use super::*;
+
+    fn targz(path: &str, content: &[u8]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o755);
+        builder.append_data(&mut header, path, content).unwrap();
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[tokio::test]
+    async fn archive_is_verified_then_unpacked() {
+        let archive = targz("app-2.0/app", BINARY);
+        let served = archive.clone();
+        let sums_for = sums(&archive, "app.tar.gz");
+        let server = Server::start(move |request| match request.path.as_str() {
+            "/app.tar.gz" => Reply::ok(served.clone()).header("etag", "\"a1\""),
+            "/SHA256SUMS" => Reply::ok(sums_for.clone()),
+            _ => Reply::status(404),
+        })
+        .await;
+        let config = at(&server, "/app.tar.gz").with_archive_member("app");
+        let mut artifact = HttpFetcher::new(config)
+            .unwrap()
+            .fetch(&not_running())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(artifact.claimed_sha256(), Some(&sha256(BINARY)));
+        assert_eq!(artifact.claimed_size(), Some(BINARY.len() as u64));
+        assert_eq!(body(&mut artifact).await.unwrap(), BINARY);
+    }
+
+    #[tokio::test]
+    async fn archive_with_a_wrong_checksum_is_not_unpacked() {
+        let archive = targz("app", BINARY);
+        let server = Server::start(move |request| match request.path.as_str() {
+            "/app.tar.gz" => Reply::ok(archive.clone()),
+            "/SHA256SUMS" => Reply::ok(sums(b"not the archive", "app.tar.gz")),
+            _ => Reply::status(404),
+        })
+        .await;
+        let config = at(&server, "/app.tar.gz").with_archive_member("app");
+        let err = HttpFetcher::new(config)
+            .unwrap()
+            .fetch(&not_running())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn archive_url_needs_a_member() {
+        let err = HttpFetcher::new(HttpConfig::new("https://example.com/app.tar.gz")).unwrap_err();
+        assert!(err.to_string().contains("archive_member"), "{err}");
+    }
+}

@@ -1,0 +1,361 @@
+//! `[fetcher.s3]`: where the object lives and how hard to try.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// The `[fetcher.s3]` table of `handover.toml`.
+///
+/// Only `bucket` and `key` are required:
+///
+/// ```toml
+/// [fetcher.s3]
+/// bucket = "releases"
+/// key = "myapp/linux-x86_64/myapp"
+/// # For MinIO, Garage, R2 or moto; path-style addressing is then the default.
+/// endpoint_url = "http://127.0.0.1:9000"
+/// operation_timeout = "30s"
+/// max_size = "256MiB"
+/// ```
+///
+/// Library users start from [`S3Config::new`] and change the fields they need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct S3Config {
+    /// The bucket holding the binary.
+    pub bucket: String,
+    /// The object key of the binary, e.g. `myapp/linux-x86_64/myapp`.
+    pub key: String,
+    /// The bucket's region. When unset, the standard AWS chain decides (`AWS_REGION`, the
+    /// profile, IMDS); when that finds none, `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// An S3-compatible endpoint (`http://127.0.0.1:9000` for MinIO, an R2 account URL, moto)
+    /// instead of AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// Address buckets as `endpoint/bucket/key` rather than `bucket.endpoint/key`. Default: true
+    /// when `endpoint_url` is set (what self-hosted stores expect), false for AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_path_style: Option<bool>,
+    /// Refuse a candidate that publishes no SHA-256, neither as the object's own checksum nor as
+    /// a sidecar object. Default: true.
+    #[serde(default = "yes")]
+    pub checksum_required: bool,
+    /// The sidecar object holding the SHA-256 (`<hex>` or `<hex>  <name>`), named
+    /// `<key><sidecar_suffix>`; read only when the object has no full-object SHA-256 checksum.
+    /// Empty: no sidecar. Default: `.sha256`.
+    #[serde(default = "default_sidecar_suffix")]
+    pub sidecar_suffix: String,
+    /// The minisign signature object, named `<key><signature_suffix>`, handed to the core when it
+    /// exists. Empty: never look for one. Default: `.minisig`.
+    #[serde(default = "default_signature_suffix")]
+    pub signature_suffix: String,
+    /// The user-defined metadata entry holding the candidate's semver version (`version` is the
+    /// `x-amz-meta-version` header, set with `aws s3 cp --metadata version=1.4.2`).
+    /// Default: `version`.
+    #[serde(default = "default_version_metadata_key")]
+    pub version_metadata_key: String,
+    /// Offer a candidate whose version is not greater than the running one. Default: false.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    /// How long to wait for a TCP (and TLS) connection. Default: `5s`.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long one request may take until its response headers arrive, retries included (the
+    /// body then streams under the SDK's stalled-stream protection). Default: `30s`.
+    #[serde(default = "default_operation_timeout", with = "humantime_serde")]
+    pub operation_timeout: Duration,
+    /// Attempts per request, the first one included, for throttling, 5xx and transport errors.
+    /// Default: 3.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// The largest object accepted, in bytes or with a unit (`"256MiB"`, `"1GB"`).
+    /// Default: 1 GiB.
+    #[serde(default = "default_max_size", with = "size")]
+    pub max_size: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_sidecar_suffix() -> String {
+    ".sha256".into()
+}
+fn default_signature_suffix() -> String {
+    ".minisig".into()
+}
+fn default_version_metadata_key() -> String {
+    "version".into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_operation_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_max_size() -> u64 {
+    1 << 30
+}
+
+impl S3Config {
+    /// The object `key` in `bucket`, every other field at its default.
+    pub fn new(bucket: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            bucket: bucket.into(),
+            key: key.into(),
+            region: None,
+            endpoint_url: None,
+            force_path_style: None,
+            checksum_required: true,
+            sidecar_suffix: default_sidecar_suffix(),
+            signature_suffix: default_signature_suffix(),
+            version_metadata_key: default_version_metadata_key(),
+            allow_downgrade: false,
+            connect_timeout: default_connect_timeout(),
+            operation_timeout: default_operation_timeout(),
+            max_attempts: default_max_attempts(),
+            max_size: default_max_size(),
+        }
+    }
+
+    /// Sets [`region`](Self::region).
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+
+    /// Sets [`endpoint_url`](Self::endpoint_url) (path-style addressing follows unless
+    /// [`force_path_style`](Self::force_path_style) says otherwise).
+    pub fn with_endpoint_url(mut self, url: impl Into<String>) -> Self {
+        self.endpoint_url = Some(url.into());
+        self
+    }
+
+    /// Sets [`connect_timeout`](Self::connect_timeout) and
+    /// [`operation_timeout`](Self::operation_timeout).
+    pub fn with_timeouts(mut self, connect: Duration, operation: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.operation_timeout = operation;
+        self
+    }
+
+    /// Whether requests use path-style addressing, after defaults.
+    pub fn path_style(&self) -> bool {
+        self.force_path_style.unwrap_or(self.endpoint_url.is_some())
+    }
+
+    /// `s3://bucket/key`, as used in logs and errors.
+    pub fn origin(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key)
+    }
+
+    /// Checks what serde cannot: non-empty names, a usable endpoint, positive limits.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |field: &'static str, message: String| Err(Error::Config { field, message });
+        if self.bucket.trim().is_empty() || self.bucket.contains('/') {
+            return bad("bucket", format!("{:?} is not a bucket name", self.bucket));
+        }
+        if self.key.is_empty() || self.key.ends_with('/') {
+            return bad("key", format!("{:?} does not name an object", self.key));
+        }
+        if let Some(url) = &self.endpoint_url {
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            if rest.is_none_or(|host| host.is_empty() || host.starts_with('/')) {
+                return bad(
+                    "endpoint_url",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                );
+            }
+        }
+        if self.version_metadata_key.trim().is_empty() {
+            return bad("version_metadata_key", "must not be empty".into());
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts", "must be at least 1".into());
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout", "must be greater than zero".into());
+        }
+        if self.operation_timeout.is_zero() {
+            return bad("operation_timeout", "must be greater than zero".into());
+        }
+        if self.max_size == 0 {
+            return bad("max_size", "must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Byte sizes written as a number of bytes or as a string with a unit (`"256MiB"`).
+mod size {
+    use serde::{de, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*bytes)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = u64;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size in bytes, or a string such as \"256MiB\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+                Ok(v)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+                u64::try_from(v).map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+                parse(v).ok_or_else(|| E::custom(format!("{v:?} is not a size such as \"256MiB\"")))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+
+    pub(super) fn parse(text: &str) -> Option<u64> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            _ => return None,
+        };
+        number.parse::<u64>().ok()?.checked_mul(factor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<S3Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn minimal_table_gets_defaults() {
+        let config = parse("bucket = \"b\"\nkey = \"app\"").unwrap();
+        assert_eq!(config, S3Config::new("b", "app"));
+        assert!(config.checksum_required);
+        assert_eq!(config.sidecar_suffix, ".sha256");
+        assert_eq!(config.signature_suffix, ".minisig");
+        assert_eq!(config.version_metadata_key, "version");
+        assert!(!config.allow_downgrade);
+        assert_eq!(config.connect_timeout, Duration::from_secs(5));
+        assert_eq!(config.operation_timeout, Duration::from_secs(30));
+        assert_eq!(config.max_attempts, 3);
+        assert_eq!(config.max_size, 1 << 30);
+        assert!(!config.path_style());
+        assert_eq!(config.origin(), "s3://b/app");
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn full_table() {
+        let config = parse(
+            r#"
+            bucket = "releases"
+            key = "app/linux/app"
+            region = "eu-west-1"
+            endpoint_url = "http://127.0.0.1:9000"
+            checksum_required = false
+            sidecar_suffix = ".sum"
+            signature_suffix = ""
+            version_metadata_key = "release"
+            allow_downgrade = true
+            connect_timeout = "1s 500ms"
+            operation_timeout = "2m"
+            max_attempts = 5
+            max_size = "256MiB"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.region.as_deref(), Some("eu-west-1"));
+        assert!(config.path_style(), "an endpoint implies path style");
+        assert_eq!(config.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(config.operation_timeout, Duration::from_secs(120));
+        assert_eq!(config.max_size, 256 << 20);
+        config.validate().unwrap();
+
+        let virtual_hosted = parse(
+            "bucket = \"b\"\nkey = \"k\"\nendpoint_url = \"https://r2.example\"\nforce_path_style = false",
+        )
+        .unwrap();
+        assert!(!virtual_hosted.path_style());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_rejected() {
+        let err = parse("bucket = \"b\"\nkey = \"k\"\nchecksum = true").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        assert!(parse("bucket = \"b\"\nkey = \"k\"\nconnect_timeout = 5").is_err());
+        assert!(parse("bucket = \"b\"\nkey = \"k\"\nmax_size = \"lots\"").is_err());
+        assert!(parse("key = \"k\"").is_err());
+        assert_eq!(
+            parse("bucket = \"b\"\nkey = \"k\"\nmax_size = 1024")
+                .unwrap()
+                .max_size,
+            1024
+        );
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let check = |edit: fn(&mut S3Config), field: &str| {
+            let mut config = S3Config::new("b", "k");
+            edit(&mut config);
+            match config.validate() {
+                Err(Error::Config { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        };
+        check(|c| c.bucket.clear(), "bucket");
+        check(|c| c.key = "dir/".into(), "key");
+        check(
+            |c| c.endpoint_url = Some("127.0.0.1:9000".into()),
+            "endpoint_url",
+        );
+        check(|c| c.max_attempts = 0, "max_attempts");
+        check(
+            |c| c.operation_timeout = Duration::ZERO,
+            "operation_timeout",
+        );
+        check(|c| c.max_size = 0, "max_size");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size::parse("10"), Some(10));
+        assert_eq!(size::parse("4 KiB"), Some(4096));
+        assert_eq!(size::parse("2MB"), Some(2_000_000));
+        assert_eq!(size::parse("1GiB"), Some(1 << 30));
+        assert_eq!(size::parse("1TiB"), None);
+        assert_eq!(size::parse("MiB"), None);
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let config = S3Config::new("b", "k").with_endpoint_url("http://localhost:9000");
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(parse(&text).unwrap(), config);
+    }
+}

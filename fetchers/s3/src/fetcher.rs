@@ -1,0 +1,655 @@
+//! The poll: a conditional HEAD, the claims, then the body stream.
+
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
+use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
+use aws_sdk_s3::Client;
+use handover_fetcher::{
+    async_trait, find_in_checksum_file, parse_sha256, Artifact, FetchError, Fetcher, Running,
+    Settlement, Sha256, Version,
+};
+
+use crate::error::{classify, Failure};
+use crate::{Error, S3Config};
+
+/// Sidecars (`.sha256`, `.minisig`) larger than this are not what they claim to be.
+const SIDECAR_LIMIT: i64 = 64 * 1024;
+
+/// How many times one poll starts over when the object is replaced while it is being read.
+const RACE_RETRIES: usize = 3;
+
+/// A [`Fetcher`] that watches one S3 object.
+///
+/// Each poll is one `HEAD` with `If-None-Match: <ETag of the last settled candidate>`, so an
+/// unchanged object costs a 304 and no download. A changed object is offered with its size, the
+/// SHA-256 it publishes (its own full-object checksum, else the `<key>.sha256` sidecar), the
+/// version in its metadata, the `<key>.minisig` signature when there is one, and its ETag as
+/// [`Artifact::id`]. The ETag is remembered once the core [settles](Fetcher::settled) the
+/// candidate, so a download that failed half-way is offered again.
+pub struct S3Fetcher {
+    client: Client,
+    config: S3Config,
+    origin: String,
+    /// The candidate last offered and not yet settled.
+    pending: Option<Seen>,
+    /// The candidate last settled, or skipped as not newer.
+    last: Option<Seen>,
+}
+
+/// A candidate the fetcher has seen, by ETag.
+#[derive(Debug, Clone)]
+struct Seen {
+    etag: String,
+    /// The running binary's SHA-256 when this candidate was turned down (not newer, identical,
+    /// rejected by the core); `None` once installed. Another binary running since (a manual
+    /// deploy, a rollback) may change the answer, so the candidate is looked at again.
+    turned_down_for: Option<Sha256>,
+    /// The sidecars the candidate was offered with, by ETag. Kept after a rejection: a wrong
+    /// `.sha256` or `.minisig` that is replaced later makes the same object worth offering again.
+    sidecars: Vec<(String, Option<String>)>,
+    rejected: bool,
+}
+
+/// The outcome of one pass of a poll.
+enum Pass {
+    Done(Option<Artifact>),
+    /// The object changed between the HEAD and the GET: look again.
+    Raced,
+}
+
+impl S3Fetcher {
+    /// Builds a fetcher with credentials and region from the standard AWS chain (environment,
+    /// shared profile, web identity, ECS, IMDS); `config.region` wins when set, and `us-east-1`
+    /// is used when nothing else names one.
+    pub async fn new(config: S3Config) -> Result<Self, Error> {
+        config.validate()?;
+        let region = match &config.region {
+            Some(region) => RegionProviderChain::first_try(Region::new(region.clone())),
+            None => {
+                RegionProviderChain::default_provider().or_else(Region::from_static("us-east-1"))
+            }
+        };
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .timeout_config(timeouts(&config, None))
+            .load()
+            .await;
+        Self::with_sdk_config(config, &sdk)
+    }
+
+    /// Builds a fetcher on an [`SdkConfig`] the caller loaded (its credentials, HTTP client and
+    /// region). `config`'s region, endpoint, addressing style, timeouts and attempts are applied
+    /// on top; without a region anywhere, `us-east-1` is used.
+    pub fn with_sdk_config(config: S3Config, sdk: &SdkConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let mut builder = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(config.path_style())
+            .timeout_config(timeouts(&config, sdk.timeout_config()))
+            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts));
+        if let Some(region) = &config.region {
+            builder = builder.region(Region::new(region.clone()));
+        } else if sdk.region().is_none() {
+            builder = builder.region(Region::from_static("us-east-1"));
+        }
+        if let Some(url) = &config.endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        Ok(Self::with_client(
+            config,
+            Client::from_conf(builder.build()),
+        ))
+    }
+
+    /// Builds a fetcher on a ready S3 client, used as it is: `config`'s region, endpoint,
+    /// timeouts and attempts are ignored, its other fields apply.
+    pub fn with_client(config: S3Config, client: Client) -> Self {
+        Self {
+            origin: config.origin(),
+            client,
+            config,
+            pending: None,
+            last: None,
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &S3Config {
+        &self.config
+    }
+
+    /// The ETag of the last candidate settled (or skipped as not newer): the `If-None-Match`
+    /// of the next poll.
+    pub fn last_etag(&self) -> Option<&str> {
+        self.last.as_ref().map(|seen| seen.etag.as_str())
+    }
+
+    async fn pass(&mut self, running: &Running) -> Result<Pass, FetchError> {
+        if self
+            .last
+            .as_ref()
+            .and_then(|last| last.turned_down_for)
+            .is_some_and(|sha256| sha256 != running.sha256)
+        {
+            self.last = None;
+        }
+        let head = match self.head(&self.config.key, self.last_etag()).await {
+            Ok(head) => head,
+            Err(Failure::NotModified) => return self.unchanged().await,
+            Err(Failure::NotFound) => return Err(self.not_found().await),
+            Err(Failure::PreconditionFailed) => return Ok(Pass::Raced),
+            Err(Failure::Fetch(err)) => return Err(hint_listing(err)),
+        };
+        let etag = head
+            .e_tag()
+            .filter(|etag| !etag.is_empty())
+            .ok_or_else(|| FetchError::invalid(&self.origin, "the object has no ETag"))?
+            .to_owned();
+        if self.last_etag() == Some(etag.as_str()) {
+            // A store that ignores If-None-Match: same answer, one HEAD later.
+            return self.unchanged().await;
+        }
+
+        let head_size = self.checked_size(head.content_length())?;
+
+        let version = self.claimed_version(&head)?;
+        if let (Some(candidate), Some(current)) = (&version, &running.version) {
+            if candidate <= current && !self.config.allow_downgrade {
+                tracing::debug!(origin = %self.origin, %etag, %candidate, running = %current,
+                    "s3 object is not newer than the running version; not offered");
+                self.remember(etag, Vec::new(), false, Some(running.sha256));
+                return Ok(Pass::Done(None));
+            }
+        }
+
+        let mut sidecars = Vec::new();
+        let (sha256, checksum_from) = match full_object_sha256(&head, &etag) {
+            Some(digest) => (Some(digest), "object checksum"),
+            None => match self.sidecar_sha256(&head, &etag, &mut sidecars).await? {
+                Some(digest) => (Some(digest), "sidecar"),
+                None => (None, "none"),
+            },
+        };
+        if sha256 == Some(running.sha256) {
+            tracing::debug!(origin = %self.origin, %etag, "s3 object is the running binary; not offered");
+            self.remember(etag, Vec::new(), false, Some(running.sha256));
+            return Ok(Pass::Done(None));
+        }
+        let signature = self.signature(&mut sidecars).await?;
+
+        let Some(object) = self.open(&head, &etag).await? else {
+            return Ok(Pass::Raced);
+        };
+        let size = match (head_size, self.checked_size(object.content_length())?) {
+            (Some(before), Some(now)) if before != now => return Ok(Pass::Raced),
+            (before, now) => now.or(before),
+        };
+
+        tracing::info!(origin = %self.origin, %etag, size = size.map(|s| s.to_string()),
+            version = version.as_ref().map(|v| v.to_string()),
+            sha256_from = checksum_from,
+            signed = signature.is_some(),
+            "s3 object offered");
+        let mut artifact =
+            Artifact::new(self.origin.clone(), object.body.into_async_read()).with_id(etag.clone());
+        if let Some(size) = size {
+            artifact = artifact.with_size(size);
+        }
+        if let Some(version) = version {
+            artifact = artifact.with_version(version);
+        }
+        if let Some(sha256) = sha256 {
+            artifact = artifact.with_sha256(sha256);
+        }
+        if let Some(signature) = signature {
+            artifact = artifact.with_signature(signature);
+        }
+        self.pending = Some(Seen {
+            etag,
+            turned_down_for: Some(running.sha256),
+            sidecars,
+            rejected: false,
+        });
+        Ok(Pass::Done(Some(artifact)))
+    }
+
+    /// The body of exactly the object the HEAD described; `None` when it was replaced since.
+    async fn open(
+        &self,
+        head: &HeadObjectOutput,
+        etag: &str,
+    ) -> Result<Option<GetObjectOutput>, FetchError> {
+        let sent = self
+            .client
+            .get_object()
+            .bucket(&self.config.bucket)
+            .key(&self.config.key)
+            .if_match(etag)
+            .set_version_id(head.version_id().map(str::to_owned))
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await;
+        match sent.map_err(|e| classify(&self.origin, e)) {
+            Ok(object) => Ok(Some(object)),
+            Err(Failure::PreconditionFailed | Failure::NotFound) => Ok(None),
+            Err(Failure::NotModified) => Err(FetchError::invalid(
+                &self.origin,
+                "304 to a GET without If-None-Match",
+            )),
+            Err(Failure::Fetch(err)) => Err(err),
+        }
+    }
+
+    /// The object still has the last settled ETag. After a rejection, a replaced sidecar makes
+    /// the object worth another look.
+    async fn unchanged(&mut self) -> Result<Pass, FetchError> {
+        let Some(last) = self.last.clone() else {
+            return Ok(Pass::Done(None));
+        };
+        if last.rejected {
+            for (key, etag) in &last.sidecars {
+                let now = match self.head(key, None).await {
+                    Ok(head) => head.e_tag().map(str::to_owned),
+                    Err(Failure::NotFound) => None,
+                    Err(Failure::Fetch(err)) => return Err(err),
+                    Err(_) => continue,
+                };
+                if &now != etag {
+                    tracing::info!(origin = %self.origin, sidecar = %key,
+                        "sidecar changed since the candidate was rejected; looking again");
+                    self.last = None;
+                    return Ok(Pass::Raced);
+                }
+            }
+        }
+        tracing::debug!(origin = %self.origin, etag = %last.etag, "s3 object unchanged");
+        Ok(Pass::Done(None))
+    }
+
+    async fn head(
+        &self,
+        key: &str,
+        if_none_match: Option<&str>,
+    ) -> Result<HeadObjectOutput, Failure> {
+        self.client
+            .head_object()
+            .bucket(&self.config.bucket)
+            .key(key)
+            .set_if_none_match(if_none_match.map(str::to_owned))
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| classify(&format!("s3://{}/{key}", self.config.bucket), e))
+    }
+
+    /// The announced size, refused above `max_size`.
+    fn checked_size(&self, content_length: Option<i64>) -> Result<Option<u64>, FetchError> {
+        let Some(len) = content_length else {
+            return Ok(None);
+        };
+        let size = u64::try_from(len)
+            .map_err(|_| FetchError::invalid(&self.origin, format!("Content-Length {len}")))?;
+        if size > self.config.max_size {
+            return Err(FetchError::invalid(
+                &self.origin,
+                format!(
+                    "{size} bytes is more than max_size ({} bytes)",
+                    self.config.max_size
+                ),
+            ));
+        }
+        Ok(Some(size))
+    }
+
+    /// A 404 to HEAD has no body to say whether the key or the bucket is missing: ask.
+    async fn not_found(&self) -> FetchError {
+        let bucket = self
+            .client
+            .head_bucket()
+            .bucket(&self.config.bucket)
+            .send()
+            .await;
+        let bucket_missing = bucket
+            .as_ref()
+            .err()
+            .and_then(|e| e.raw_response())
+            .is_some_and(|r| r.status().as_u16() == 404);
+        let what = if bucket_missing {
+            "no such bucket"
+        } else {
+            "no such key"
+        };
+        FetchError::refused(&self.origin, what)
+    }
+
+    fn claimed_version(&self, head: &HeadObjectOutput) -> Result<Option<Version>, FetchError> {
+        let wanted = self.config.version_metadata_key.trim();
+        let wanted = strip_prefix_ignore_case(wanted, "x-amz-meta-").unwrap_or(wanted);
+        let Some(text) = head.metadata().and_then(|meta| {
+            meta.iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
+                .map(|(_, value)| value)
+        }) else {
+            return Ok(None);
+        };
+        parse_version(text).map(Some).ok_or_else(|| {
+            FetchError::invalid(
+                &self.origin,
+                format!("metadata {wanted}={text:?} is not a semver version"),
+            )
+        })
+    }
+
+    /// The digest in `<key><sidecar_suffix>`, when the object publishes none itself.
+    async fn sidecar_sha256(
+        &self,
+        head: &HeadObjectOutput,
+        etag: &str,
+        sidecars: &mut Vec<(String, Option<String>)>,
+    ) -> Result<Option<Sha256>, FetchError> {
+        let why_not_object = if head.checksum_sha256().is_some() {
+            "its SHA-256 checksum is a multipart checksum-of-checksums, not the file's"
+        } else {
+            "it has no SHA-256 checksum"
+        };
+        let suffix = &self.config.sidecar_suffix;
+        if suffix.is_empty() {
+            return self.no_checksum(why_not_object, "no sidecar is configured", etag);
+        }
+        let key = format!("{}{suffix}", self.config.key);
+        let Some((text, sidecar_etag)) = self.small_object(&key).await? else {
+            sidecars.push((key.clone(), None));
+            let missing = format!("s3://{}/{key} does not exist", self.config.bucket);
+            return self.no_checksum(why_not_object, &missing, etag);
+        };
+        sidecars.push((key.clone(), sidecar_etag));
+        let text = String::from_utf8_lossy(&text);
+        let name = self
+            .config
+            .key
+            .rsplit('/')
+            .next()
+            .unwrap_or(&self.config.key);
+        match find_in_checksum_file(&text, name).or_else(|| lone_digest(&text)) {
+            Some(digest) => Ok(Some(digest)),
+            None => Err(FetchError::invalid(
+                &self.origin,
+                format!(
+                    "s3://{}/{key} holds no SHA-256 for {name:?}",
+                    self.config.bucket
+                ),
+            )),
+        }
+    }
+
+    fn no_checksum(
+        &self,
+        why_not_object: &str,
+        why_not_sidecar: &str,
+        etag: &str,
+    ) -> Result<Option<Sha256>, FetchError> {
+        if !self.config.checksum_required {
+            tracing::debug!(origin = %self.origin, %etag, "no published SHA-256; offering without one");
+            return Ok(None);
+        }
+        Err(FetchError::invalid(
+            &self.origin,
+            format!(
+                "no SHA-256 published: the object's checksum is unusable ({why_not_object}; \
+                 upload with --checksum-algorithm SHA256) and {why_not_sidecar}; \
+                 checksum_required is on"
+            ),
+        ))
+    }
+
+    /// The detached signature in `<key><signature_suffix>`, when there is one.
+    async fn signature(
+        &self,
+        sidecars: &mut Vec<(String, Option<String>)>,
+    ) -> Result<Option<Vec<u8>>, FetchError> {
+        if self.config.signature_suffix.is_empty() {
+            return Ok(None);
+        }
+        let key = format!("{}{}", self.config.key, self.config.signature_suffix);
+        let found = self.small_object(&key).await?;
+        sidecars.push((key, found.as_ref().and_then(|(_, etag)| etag.clone())));
+        Ok(found.map(|(bytes, _)| bytes))
+    }
+
+    /// A sidecar's bytes and ETag; `None` when it does not exist.
+    async fn small_object(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Option<String>)>, FetchError> {
+        let origin = format!("s3://{}/{key}", self.config.bucket);
+        let object = match self
+            .client
+            .get_object()
+            .bucket(&self.config.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(&origin, e))
+        {
+            Ok(object) => object,
+            Err(Failure::NotFound) => return Ok(None),
+            Err(Failure::Fetch(err)) => return Err(err),
+            Err(other) => {
+                return Err(FetchError::invalid(
+                    &origin,
+                    format!("unexpected answer: {other:?}"),
+                ))
+            }
+        };
+        if object
+            .content_length()
+            .is_some_and(|len| len > SIDECAR_LIMIT)
+        {
+            return Err(FetchError::invalid(
+                &origin,
+                format!("larger than {SIDECAR_LIMIT} bytes; not a checksum or signature"),
+            ));
+        }
+        let etag = object.e_tag().map(str::to_owned);
+        let bytes = object
+            .body
+            .collect()
+            .await
+            .map_err(|e| FetchError::unreachable(&origin, e))?
+            .into_bytes();
+        Ok(Some((bytes.to_vec(), etag)))
+    }
+
+    fn remember(
+        &mut self,
+        etag: String,
+        sidecars: Vec<(String, Option<String>)>,
+        rejected: bool,
+        turned_down_for: Option<Sha256>,
+    ) {
+        self.last = Some(Seen {
+            etag,
+            turned_down_for,
+            sidecars,
+            rejected,
+        });
+    }
+}
+
+#[async_trait]
+impl Fetcher for S3Fetcher {
+    fn name(&self) -> &str {
+        "s3"
+    }
+
+    async fn fetch(&mut self, running: &Running) -> Result<Option<Artifact>, FetchError> {
+        for _ in 0..RACE_RETRIES {
+            match self.pass(running).await? {
+                Pass::Done(artifact) => return Ok(artifact),
+                Pass::Raced => continue,
+            }
+        }
+        tracing::info!(origin = %self.origin, "s3 object kept changing while being read; trying at the next poll");
+        Ok(None)
+    }
+
+    fn settled(&mut self, id: &str, settlement: Settlement) {
+        let rejected = settlement == Settlement::Rejected;
+        match self.pending.take() {
+            Some(seen) if seen.etag == id => {
+                let against = seen.turned_down_for.filter(|_| rejected);
+                self.remember(seen.etag, seen.sidecars, rejected, against);
+            }
+            other => {
+                self.pending = other;
+                self.remember(id.to_owned(), Vec::new(), rejected, None);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for S3Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Fetcher")
+            .field("origin", &self.origin)
+            .field("endpoint_url", &self.config.endpoint_url)
+            .field("last_etag", &self.last_etag())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `config`'s timeouts, over whatever else (a read timeout) the caller's SDK config sets.
+fn timeouts(config: &S3Config, base: Option<&TimeoutConfig>) -> TimeoutConfig {
+    let ours = TimeoutConfig::builder()
+        .connect_timeout(config.connect_timeout)
+        .operation_timeout(config.operation_timeout);
+    match base {
+        Some(base) => ours.take_unset_from(base.to_builder()).build(),
+        None => ours.build(),
+    }
+}
+
+/// S3 answers 403, not 404, for a missing key when the caller may not list the bucket.
+fn hint_listing(err: FetchError) -> FetchError {
+    match err {
+        FetchError::Refused { origin, message } if message.starts_with("access denied") => {
+            FetchError::refused(
+                origin,
+                format!(
+                    "{message} (S3 also answers 403 for a missing key when s3:ListBucket \
+                     is not granted)"
+                ),
+            )
+        }
+        err => err,
+    }
+}
+
+/// The object's own SHA-256 when it is the digest of the whole file.
+///
+/// A multipart upload's SHA-256 is a checksum of the parts' checksums (`<base64>-<parts>`, type
+/// `COMPOSITE`); some stores drop the suffix or the type, so a multipart ETag (`"<md5>-<parts>"`)
+/// without an explicit `FULL_OBJECT` type is distrusted too.
+fn full_object_sha256(head: &HeadObjectOutput, etag: &str) -> Option<Sha256> {
+    let value = head.checksum_sha256()?;
+    let composite = value.contains('-')
+        || head.checksum_type() == Some(&ChecksumType::Composite)
+        || (is_multipart_etag(etag) && head.checksum_type() != Some(&ChecksumType::FullObject));
+    if composite {
+        return None;
+    }
+    decode_sha256(value)
+}
+
+pub(crate) fn decode_sha256(base64: &str) -> Option<Sha256> {
+    aws_smithy_types::base64::decode(base64.trim())
+        .ok()?
+        .try_into()
+        .ok()
+}
+
+pub(crate) fn is_multipart_etag(etag: &str) -> bool {
+    etag.trim_matches('"')
+        .rsplit_once('-')
+        .is_some_and(|(_, parts)| !parts.is_empty() && parts.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A sidecar of one line, `<hex>  <whatever name it was made under>`.
+pub(crate) fn lone_digest(text: &str) -> Option<Sha256> {
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let line = lines.next()?;
+    if lines.next().is_some() {
+        return None;
+    }
+    parse_sha256(line.split_whitespace().next()?)
+}
+
+pub(crate) fn parse_version(text: &str) -> Option<Version> {
+    let text = text.trim();
+    let text = text.strip_prefix(['v', 'V']).unwrap_or(text);
+    Version::parse(text).ok()
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multipart_etags() {
+        assert!(is_multipart_etag("\"8b0be7847da5564ae08e97af63b60885-2\""));
+        assert!(!is_multipart_etag("\"5d41402abc4b2a76b9719d911017c592\""));
+        assert!(!is_multipart_etag("\"abc-\""));
+    }
+
+    #[test]
+    fn object_checksums() {
+        let hello = "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=";
+        assert_eq!(decode_sha256(hello).unwrap()[..2], [0x2c, 0xf2]);
+        assert_eq!(decode_sha256("AAAA"), None);
+        let head = |value: &str, kind: Option<ChecksumType>| {
+            HeadObjectOutput::builder()
+                .checksum_sha256(value)
+                .set_checksum_type(kind)
+                .build()
+        };
+        let single = "\"5d41402abc4b2a76b9719d911017c592\"";
+        let multi = "\"8b0be7847da5564ae08e97af63b60885-2\"";
+        assert!(full_object_sha256(&head(hello, None), single).is_some());
+        assert!(full_object_sha256(&head(&format!("{hello}-2"), None), single).is_none());
+        assert!(full_object_sha256(&head(hello, Some(ChecksumType::Composite)), single).is_none());
+        assert!(full_object_sha256(&head(hello, None), multi).is_none());
+        assert!(full_object_sha256(&head(hello, Some(ChecksumType::FullObject)), multi).is_some());
+    }
+
+    #[test]
+    fn sidecar_formats() {
+        let hex = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        assert!(lone_digest(&format!("{hex}\n")).is_some());
+        assert!(lone_digest(&format!("{hex}  app-v2.1\n")).is_some());
+        assert!(lone_digest(&format!("{hex}  a\n{hex}  b\n")).is_none());
+        assert!(lone_digest("nope").is_none());
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("v1.2.3"), Some(Version::new(1, 2, 3)));
+        assert_eq!(parse_version(" 2.0.0-rc.1 ").unwrap().pre.as_str(), "rc.1");
+        assert_eq!(parse_version("1.2"), None);
+        assert_eq!(
+            strip_prefix_ignore_case("X-Amz-Meta-version", "x-amz-meta-"),
+            Some("version")
+        );
+    }
+}

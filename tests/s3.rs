@@ -1,0 +1,107 @@
+//! The S3 fetcher end to end: a real S3-compatible server (moto, started by the test), a
+//! service under handover polling it, and uploads that upgrade the service.
+#![cfg(feature = "s3")]
+
+#[path = "../fetchers/s3/tests/util/mod.rs"]
+mod s3util;
+mod util;
+
+use std::time::Duration;
+
+use util::load::{Load, Protocol};
+use util::{Options, Service};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn service_polling(server: &s3util::Server, bucket: &str) -> Service {
+    let config = format!(
+        "fetcher = \"s3\"\n[upgrade]\ninterval = \"500ms\"\nprobation = \"2s\"\n[s3]\nbucket = \"{bucket}\"\nkey = \"releases/testbed\"\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\noperation_timeout = \"5s\"\n",
+        server.endpoint
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    Service::serving(Options {
+        example: "testbed",
+        config: &config,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn an_upload_to_s3_upgrades_the_service_with_zero_failed_requests() {
+    let rt = runtime();
+    let server = s3util::Server::start();
+    let bucket = rt.block_on(server.bucket("e2e"));
+    let service = service_polling(&server, &bucket.name);
+    let master = service.pid();
+    let live = std::fs::read(&service.bin).unwrap();
+    // The object holds what already runs: its published checksum says so, nothing is
+    // downloaded and nothing restarts.
+    let worker = service.worker_pid();
+    rt.block_on(bucket.put("releases/testbed", &live, true, Some("0.1.0")));
+    std::thread::sleep(Duration::from_secs(2));
+    service.assert_untouched(&live, worker, "object identical to the running binary");
+    assert!(
+        !service.log().contains("downloaded candidate"),
+        "{}",
+        service.log()
+    );
+
+    let load = Load::start(service.addr(), 64, Protocol::Http1, "/");
+    load.wait_progress(300);
+    let new = util::with_trailer(&service.bin, "s3-release-2");
+    rt.block_on(bucket.put("releases/testbed", &new, true, Some("0.1.1")));
+    service.wait_for_sha(&util::sha256_hex(&new));
+    load.wait_progress(300);
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+    assert_eq!(service.pid(), master);
+    assert_eq!(std::fs::read(&service.bin).unwrap(), new);
+    service.wait_log("upgrade installed and serving", Duration::from_secs(10));
+}
+
+#[test]
+fn a_corrupt_or_unreachable_s3_source_never_disturbs_the_running_worker() {
+    let rt = runtime();
+    let server = s3util::Server::start();
+    let bucket = rt.block_on(server.bucket("bad"));
+    let service = service_polling(&server, &bucket.name);
+    let live = std::fs::read(&service.bin).unwrap();
+    let worker = service.worker_pid();
+
+    // A published digest (sidecar) that does not match the object's bytes.
+    rt.block_on(bucket.put(
+        "releases/testbed.sha256",
+        format!("{}  testbed\n", "cd".repeat(32)).as_bytes(),
+        false,
+        None,
+    ));
+    rt.block_on(bucket.put(
+        "releases/testbed",
+        &util::with_trailer(&service.bin, "corrupt"),
+        false,
+        Some("0.2.0"),
+    ));
+    service.wait_log(
+        "does not match the published cdcdcdcdcdcdcdcd",
+        Duration::from_secs(20),
+    );
+    service.assert_untouched(&live, worker, "checksum mismatch");
+
+    // The server goes away: fetch errors are logged with back-off, the worker keeps serving.
+    drop(server);
+    service.wait_log("fetch failed; still serving", Duration::from_secs(20));
+    service.assert_untouched(&live, worker, "server down");
+}

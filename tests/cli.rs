@@ -356,3 +356,112 @@ fn a_fetcher_that_is_not_compiled_in_is_named_with_its_feature() {
         );
     }
 }
+
+/// supervisord, installed by `.ci/test` (`pip install supervisor`), supervising `handover run`.
+struct Supervisord {
+    child: Child,
+    config: PathBuf,
+}
+
+impl Supervisord {
+    fn ctl(&self, args: &[&str]) -> String {
+        let output = Command::new("supervisorctl").arg("-c").arg(&self.config).args(args).output().expect(
+            "supervisorctl not found: run `pip install supervisor` (the README's test command installs it)",
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Supervisord {
+    fn drop(&mut self) {
+        let _ = self.ctl(&["stop", "all"]);
+        for pid in util::children_of(self.child.id()) {
+            // SAFETY: kill(2) on processes below the supervisord this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn supervisord_keeps_tracking_the_same_pid_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = util::free_port();
+    let program = dir.path().join("pyserver");
+    std::fs::copy(python_server(), &program).unwrap();
+    std::fs::write(
+        dir.path().join("handover.toml"),
+        format!(
+            "idle_grace = \"500ms\"\n[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    let d = dir.path().display();
+    let config = dir.path().join("supervisord.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "[unix_http_server]\nfile={d}/supervisor.sock\n[supervisord]\nlogfile={d}/supervisord.log\npidfile={d}/supervisord.pid\nnodaemon=true\n\
+             [rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\
+             [supervisorctl]\nserverurl=unix://{d}/supervisor.sock\n\
+             [program:app]\ncommand={HANDOVER} run --config {d}/handover.toml -- {d}/pyserver\nautorestart=unexpected\nexitcodes=0\nstopsignal=TERM\nstopwaitsecs=30\nredirect_stderr=true\nstdout_logfile={d}/app.log\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("supervisord")
+        .arg("-c")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("supervisord not found: run `pip install supervisor` (the README's test command installs it)");
+    let supervisor = Supervisord { child, config };
+    let get_worker = || -> Option<u32> {
+        let (status, body) = util::http_get(([127, 0, 0, 1], port).into(), "/").ok()?;
+        (status == 200).then(|| util::field(&body, "pid").parse().unwrap())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(pid) = get_worker() {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not serving under supervisord: {}",
+            supervisor.ctl(&["status"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let supervised = supervisor.ctl(&["pid", "app"]);
+    for _ in 0..3 {
+        let before = get_worker().unwrap();
+        assert!(
+            supervisor
+                .ctl(&["signal", "SIGUSR2", "app"])
+                .contains("signalled"),
+            "signal refused"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while get_worker() == Some(before) {
+            assert!(
+                Instant::now() < deadline,
+                "no hand-over after supervisorctl signal"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            supervisor.ctl(&["pid", "app"]),
+            supervised,
+            "the supervised PID changed"
+        );
+    }
+    assert_ne!(get_worker(), Some(first));
+    assert!(supervisor.ctl(&["status", "app"]).contains("RUNNING"));
+    supervisor.ctl(&["stop", "app"]);
+    assert!(
+        supervisor.ctl(&["status", "app"]).contains("STOPPED"),
+        "{}",
+        supervisor.ctl(&["status", "app"])
+    );
+}

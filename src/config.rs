@@ -177,7 +177,8 @@ pub struct UpgradeConfig {
     /// The longest wait after fetch errors (the wait doubles from `interval` on each error).
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
-    /// Candidates larger than this are refused while downloading.
+    /// Candidates larger than this are refused while downloading: bytes, or `"512MiB"`.
+    #[serde(with = "handover_fetcher::size")]
     pub max_size: u64,
     /// Refuse candidates whose source published no SHA-256.
     pub checksum_required: bool,

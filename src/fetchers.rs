@@ -13,10 +13,7 @@ pub async fn build_fetcher(config: &Config) -> Result<Option<Box<dyn handover_fe
     match name {
         "file" => file(config),
         "s3" => s3(config).await,
-        "github" => Err(Error::FetcherNotCompiled {
-            name: name.into(),
-            feature: "github",
-        }),
+        "github" => github(config),
         "http" => http(config),
         other => Err(Error::config(
             "fetcher",
@@ -32,6 +29,8 @@ pub(crate) fn check_tables(text: &str, origin: &str) -> Result<()> {
     struct Tables {
         #[cfg(feature = "s3")]
         s3: Option<handover_fetcher_s3::S3Config>,
+        #[cfg(feature = "github")]
+        github: Option<handover_fetcher_github::GithubConfig>,
         #[cfg(feature = "http")]
         http: Option<handover_fetcher_http::HttpConfig>,
         #[serde(flatten)]
@@ -52,6 +51,11 @@ pub(crate) fn check_tables(text: &str, origin: &str) -> Result<()> {
             return Err(located(text, origin, &format!("s3.{field}"), &message));
         }
     }
+    #[cfg(feature = "github")]
+    if let Some(Err(e)) = tables.github.as_ref().map(|g| g.validate()) {
+        let (field, message) = github_problem(&e);
+        return Err(located(text, origin, &format!("github.{field}"), &message));
+    }
     #[cfg(feature = "http")]
     if let Some(Err(e)) = tables.http.as_ref().map(|h| h.validate()) {
         let (field, message) = http_problem(&e);
@@ -62,7 +66,10 @@ pub(crate) fn check_tables(text: &str, origin: &str) -> Result<()> {
 }
 
 /// An error about `field` (`s3.bucket`), at the line that sets it when it can be found.
-#[cfg_attr(not(any(feature = "s3", feature = "http")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "s3", feature = "github", feature = "http")),
+    allow(dead_code)
+)]
 fn located(text: &str, origin: &str, field: &str, message: &str) -> Error {
     let line = crate::config::locate_field(text, field).map(|l| format!("{origin}:{l}"));
     Error::config(
@@ -72,7 +79,10 @@ fn located(text: &str, origin: &str, field: &str, message: &str) -> Error {
 }
 
 /// A table of the config as the backend's own config type.
-#[cfg_attr(not(any(feature = "s3", feature = "http")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "s3", feature = "github", feature = "http")),
+    allow(dead_code)
+)]
 fn table<T: serde::de::DeserializeOwned>(table: &Option<toml::Table>, name: &str) -> Result<T> {
     let table = table.clone().ok_or_else(|| {
         Error::config(
@@ -122,6 +132,40 @@ fn http_problem(error: &handover_fetcher_http::Error) -> (String, String) {
         ),
         other => (String::new(), other.to_string()),
     }
+}
+
+/// The field a GitHub fetcher error is about, and what is wrong with it.
+#[cfg(feature = "github")]
+fn github_problem(error: &handover_fetcher_github::Error) -> (String, String) {
+    match error {
+        handover_fetcher_github::Error::Config { field, message } => {
+            (field.to_string(), message.clone())
+        }
+        handover_fetcher_github::Error::Http(inner) => {
+            let (field, message) = http_problem(inner);
+            (field, message)
+        }
+        other => (String::new(), other.to_string()),
+    }
+}
+
+#[cfg(feature = "github")]
+fn github(config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
+    let mut settings: handover_fetcher_github::GithubConfig = table(&config.github, "github")?;
+    settings.allow_downgrade |= config.upgrade.allow_downgrade;
+    let fetcher = handover_fetcher_github::GithubFetcher::new(settings).map_err(|e| {
+        let (field, message) = github_problem(&e);
+        Error::config(format!("github.{field}"), message)
+    })?;
+    Ok(Some(Box::new(fetcher)))
+}
+
+#[cfg(not(feature = "github"))]
+fn github(_config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
+    Err(Error::FetcherNotCompiled {
+        name: "github".into(),
+        feature: "github",
+    })
 }
 
 #[cfg(feature = "http")]

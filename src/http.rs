@@ -48,6 +48,42 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::worker::Worker;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A hyper service [`serve`] can run: any `Service<Request<Incoming>>` answering with a
+/// [`ResponseBody`], shareable across connections. Implemented for every such type
+/// (`hyper::service::service_fn(...)`, an axum router through `TowerToHyperService`).
+pub trait HttpService<B>:
+    Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A response body [`serve`] can send.
+pub trait ResponseBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> ResponseBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
 /// A listener [`serve`] can accept from: TCP or Unix.
 pub trait Accept: Send + 'static {
     /// The connection type.
@@ -80,12 +116,8 @@ impl Accept for tokio::net::UnixListener {
 pub async fn serve<L, S, B>(worker: &Worker, listener: L, service: S) -> Result<()>
 where
     L: Accept,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     serve_many(worker, vec![listener], service).await
 }
@@ -94,12 +126,8 @@ where
 pub async fn serve_many<L, S, B>(worker: &Worker, listeners: Vec<L>, service: S) -> Result<()>
 where
     L: Accept,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let idle_grace = worker.idle_grace();
     let (draining_tx, draining) = watch::channel(false);
@@ -196,12 +224,8 @@ async fn serve_connection<I, S, B>(
     idle_grace: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let epoch = Instant::now();
     let activity = Arc::new(Activity::default());

@@ -64,6 +64,9 @@ pub use fetchers::build_fetcher;
 pub use handover_fetcher as fetcher;
 #[cfg(feature = "file")]
 pub use handover_fetcher_file::FileFetcher;
+/// The GitHub-release fetcher (feature `github`).
+#[cfg(feature = "github")]
+pub use handover_fetcher_github as github;
 /// The HTTP fetcher (feature `http`).
 #[cfg(feature = "http")]
 pub use handover_fetcher_http as http_fetcher;

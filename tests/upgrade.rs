@@ -204,7 +204,13 @@ fn slow_write(path: &Path, bytes: &[u8], chunks: usize) {
 
 #[test]
 fn a_master_killed_mid_upgrade_restarts_on_an_intact_binary_and_cleans_up() {
-    let mut service = testbed_with_watch();
+    // Room for a large candidate, whatever size the build's binary is.
+    let config = WATCH.replace("[upgrade]\n", "[upgrade]\nmax_size = \"4GiB\"\n");
+    let mut service = Service::serving(Options {
+        example: "testbed",
+        config: &config,
+        ..Default::default()
+    });
     let live = std::fs::read(&service.bin).unwrap();
     // A large candidate so the download is still under way when the master dies.
     let mut big = util::with_trailer(&service.bin, "release-5");

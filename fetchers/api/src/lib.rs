@@ -38,6 +38,8 @@
 //! # assert_eq!(artifact.claimed_size(), Some(11));
 //! ```
 
+pub mod size;
+
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -47,7 +47,7 @@ pub mod archive;
 mod config;
 mod error;
 pub mod net;
-pub mod size;
+pub use handover_fetcher::size;
 
 pub use config::HttpConfig;
 pub use error::Error;

@@ -75,7 +75,7 @@ pub struct S3Config {
     pub max_attempts: u32,
     /// The largest object accepted, in bytes or with a unit (`"256MiB"`, `"1GB"`).
     /// Default: 1 GiB.
-    #[serde(default = "default_max_size", with = "size")]
+    #[serde(default = "default_max_size", with = "handover_fetcher::size")]
     pub max_size: u64,
 }
 
@@ -195,54 +195,6 @@ impl S3Config {
     }
 }
 
-/// Byte sizes written as a number of bytes or as a string with a unit (`"256MiB"`).
-mod size {
-    use serde::{de, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(*bytes)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        struct Visitor;
-        impl de::Visitor<'_> for Visitor {
-            type Value = u64;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a size in bytes, or a string such as \"256MiB\"")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
-                Ok(v)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
-                u64::try_from(v).map_err(|_| E::custom("a size cannot be negative"))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
-                parse(v).ok_or_else(|| E::custom(format!("{v:?} is not a size such as \"256MiB\"")))
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-
-    pub(super) fn parse(text: &str) -> Option<u64> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1_000,
-            "kib" => 1 << 10,
-            "m" | "mb" => 1_000_000,
-            "mib" => 1 << 20,
-            "g" | "gb" => 1_000_000_000,
-            "gib" => 1 << 30,
-            _ => return None,
-        };
-        number.parse::<u64>().ok()?.checked_mul(factor)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,12 +296,12 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(size::parse("10"), Some(10));
-        assert_eq!(size::parse("4 KiB"), Some(4096));
-        assert_eq!(size::parse("2MB"), Some(2_000_000));
-        assert_eq!(size::parse("1GiB"), Some(1 << 30));
-        assert_eq!(size::parse("1TiB"), None);
-        assert_eq!(size::parse("MiB"), None);
+        assert_eq!(handover_fetcher::size::parse("10"), Some(10));
+        assert_eq!(handover_fetcher::size::parse("4 KiB"), Some(4096));
+        assert_eq!(handover_fetcher::size::parse("2MB"), Some(2_000_000));
+        assert_eq!(handover_fetcher::size::parse("1GiB"), Some(1 << 30));
+        assert_eq!(handover_fetcher::size::parse("1TiB"), None);
+        assert_eq!(handover_fetcher::size::parse("MiB"), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Byte sizes in configuration: a number of bytes, or a string with a unit (`"256MiB"`).
 //!
-//! For serde: `#[serde(with = "handover_fetcher_http::size")]` on a `u64` field.
+//! For serde: `#[serde(with = "handover_fetcher::size")]` on a `u64` field. Shared by the core
+//! and every fetcher, so `max_size` reads the same everywhere.
 
 use serde::{de, Deserializer, Serializer};
 

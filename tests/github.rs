@@ -1,0 +1,110 @@
+//! The GitHub-release fetcher end to end: a service under handover polls a fake GitHub (REST
+//! API and asset storage on 127.0.0.1, shaped like GitHub's) and upgrades itself when a newer
+//! release is published.
+#![cfg(feature = "github")]
+
+#[path = "../fetchers/github/tests/support/mod.rs"]
+mod fake;
+mod util;
+
+use std::time::Duration;
+
+use fake::{FakeGithub, FakeRelease, ASSET};
+use util::load::{Load, Protocol};
+use util::{Options, Service};
+
+fn start(releases: Vec<FakeRelease>) -> (tokio::runtime::Runtime, FakeGithub) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let github = runtime.block_on(FakeGithub::start(releases));
+    (runtime, github)
+}
+
+fn service_polling(github: &FakeGithub) -> Service {
+    let config = format!(
+        "fetcher = \"github\"\n[upgrade]\ninterval = \"500ms\"\nmax_backoff = \"1s\"\nprobation = \"2s\"\n\
+         [github]\nrepo = \"acme/app\"\nbase_url = \"{}\"\ntarget = \"{}\"\nallow_insecure_loopback = true\ntoken = \"ghp_secret_for_tests\"\n",
+        github.api.url(""),
+        fake::TARGET
+    );
+    Service::serving(Options {
+        example: "testbed",
+        config: &config,
+        ..Default::default()
+    })
+}
+
+fn release(id: u64, version: &str) -> FakeRelease {
+    let binary = util::with_trailer(&util::example("testbed"), &format!("version:{version}"));
+    FakeRelease::new(id, &format!("v{version}")).asset(ASSET, binary)
+}
+
+#[test]
+fn a_published_release_upgrades_the_service_with_zero_failed_requests() {
+    // The running testbed is 0.1.0; the latest release is older, then a newer one appears.
+    let (_runtime, github) = start(vec![release(1, "0.0.5")]);
+    let service = service_polling(&github);
+    let master = service.pid();
+    let worker = service.worker_pid();
+    let load = Load::start(service.addr(), 64, Protocol::Http1, "/");
+    load.wait_progress(300);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        service.worker_pid(),
+        worker,
+        "an older release must not be installed"
+    );
+
+    let newer = release(2, "0.3.0");
+    let digest = util::sha256_hex(&newer.assets[0].bytes);
+    github.set(|state| state.releases.insert(0, newer));
+    service.wait_for_sha(&digest);
+    load.wait_progress(300);
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+    assert_eq!(service.pid(), master);
+    service.wait_log("upgrade installed and serving", Duration::from_secs(10));
+    // Nothing new after that: the release list is polled conditionally (answered 304).
+    let polls = || github.api_requests("/repos/acme/app/releases/latest");
+    let seen = polls().len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while polls().len() < seen + 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "polling stopped: {:?}",
+            polls()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        polls().last().unwrap().header("if-none-match").is_some(),
+        "{:?}",
+        polls()
+    );
+    assert!(
+        !service.log().contains("ghp_secret_for_tests"),
+        "the token was logged"
+    );
+}
+
+#[test]
+fn a_release_whose_checksum_file_does_not_match_the_asset_is_refused() {
+    let (_runtime, github) = start(vec![]);
+    let service = service_polling(&github);
+    let live = std::fs::read(&service.bin).unwrap();
+    let worker = service.worker_pid();
+    // No digest on the asset; the release's SHA256SUMS names other bytes.
+    let binary = util::with_trailer(&util::example("testbed"), "version:0.4.0");
+    let lying = FakeRelease::new(3, "v0.4.0")
+        .asset_without_digest(ASSET, binary)
+        .asset("SHA256SUMS", format!("{}  {ASSET}\n", "ef".repeat(32)));
+    github.set(|state| state.releases.insert(0, lying));
+    service.wait_log(
+        "does not match the published efefefefefefefef",
+        Duration::from_secs(20),
+    );
+    service.assert_untouched(&live, worker, "checksum mismatch");
+}

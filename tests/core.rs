@@ -511,3 +511,43 @@ fn a_worker_can_ask_for_its_own_replacement() {
     service.wait_new_worker(old);
     assert!(service.log().contains("hand-over requested by the worker"));
 }
+
+#[test]
+fn an_axum_router_restarts_under_load_without_a_failed_request() {
+    let port = util::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("axum");
+    std::fs::copy(util::example("axum"), &bin).unwrap();
+    let mut command = std::process::Command::new(&bin);
+    command
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let master = util::spawn(&mut command);
+    let _guard = util::ProcessTree(master.id());
+    let addr = ([127, 0, 0, 1], port).into();
+    let worker = || -> Option<String> {
+        let (status, body) = util::http_get(addr, "/").ok()?;
+        (status == 200 && body.contains("axum")).then(|| util::field(&body, "pid"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while worker().is_none() {
+        assert!(Instant::now() < deadline, "the axum example never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let load = Load::start(addr, 32, Protocol::Http1, "/");
+    load.wait_progress(200);
+    for _ in 0..5 {
+        let before = worker();
+        // SAFETY: kill(2) on the master this test started.
+        unsafe { libc::kill(master.id() as i32, libc::SIGUSR2) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while worker() == before {
+            assert!(Instant::now() < deadline, "no hand-over");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        load.wait_progress(100);
+    }
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+}

@@ -523,8 +523,8 @@ fn an_axum_router_restarts_under_load_without_a_failed_request() {
         .env("PORT", port.to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let master = util::spawn(&mut command);
-    let _guard = util::ProcessTree(master.id());
+    let mut master = util::spawn(&mut command);
+    let guard = util::ProcessTree(master.id());
     let addr = ([127, 0, 0, 1], port).into();
     let worker = || -> Option<String> {
         let (status, body) = util::http_get(addr, "/").ok()?;
@@ -550,4 +550,6 @@ fn an_axum_router_restarts_under_load_without_a_failed_request() {
     }
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+    drop(guard);
+    let _ = master.wait();
 }

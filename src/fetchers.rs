@@ -170,7 +170,14 @@ fn github(_config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>
 
 #[cfg(feature = "http")]
 fn http(config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
-    let settings: handover_fetcher_http::HttpConfig = table(&config.http, "http")?;
+    let mut settings: handover_fetcher_http::HttpConfig = table(&config.http, "http")?;
+    // Secrets stay out of config files: the environment overrides the file.
+    if let Some(token) = std::env::var("HANDOVER_HTTP_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        settings.token = Some(token);
+    }
     let fetcher = handover_fetcher_http::HttpFetcher::new(settings).map_err(|e| {
         let (field, message) = http_problem(&e);
         Error::config(format!("http.{field}"), message)

@@ -204,3 +204,87 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(bytes: &'static [u8], announced: u64) -> Artifact {
+        Artifact::new("test source", std::io::Cursor::new(bytes)).with_size(announced)
+    }
+
+    fn leftovers(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != "app")
+            .count()
+    }
+
+    #[tokio::test]
+    async fn more_bytes_than_announced_is_refused_and_nothing_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("app");
+        std::fs::write(&live, b"v1").unwrap();
+        let refusal = download(&mut artifact(b"0123456789", 5), &live, 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refusal, Refusal::Permanent(m) if m.contains("more bytes than the 5 announced")),
+            "{refusal:?}"
+        );
+        assert_eq!(leftovers(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn fewer_bytes_than_announced_is_refused_as_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("app");
+        std::fs::write(&live, b"v1").unwrap();
+        let refusal = download(&mut artifact(b"0123", 10), &live, 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refusal, Refusal::Permanent(m) if m.contains("4 bytes received, 10 announced")),
+            "{refusal:?}"
+        );
+        assert_eq!(leftovers(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn the_size_limit_applies_to_announced_and_streamed_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("app");
+        std::fs::write(&live, b"v1").unwrap();
+        let announced = download(&mut artifact(b"0123456789", 10), &live, 8)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&announced, Refusal::Permanent(m) if m.contains("exceeds upgrade.max_size 8")),
+            "{announced:?}"
+        );
+        let mut unannounced =
+            Artifact::new("test source", std::io::Cursor::new(&b"0123456789"[..]));
+        let streamed = download(&mut unannounced, &live, 8).await.unwrap_err();
+        assert!(
+            matches!(&streamed, Refusal::Permanent(m) if m.contains("larger than upgrade.max_size")),
+            "{streamed:?}"
+        );
+        assert_eq!(leftovers(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn a_good_download_is_hashed_and_kept_beside_the_live_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("app");
+        std::fs::write(&live, b"v1").unwrap();
+        let done = download(&mut artifact(b"hello", 5), &live, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(done.path.parent(), Some(dir.path()));
+        assert_eq!(std::fs::read(&done.path).unwrap(), b"hello");
+        assert_eq!(
+            hex::encode(done.sha256),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+    }
+}

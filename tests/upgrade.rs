@@ -254,3 +254,59 @@ fn a_master_killed_mid_upgrade_restarts_on_an_intact_binary_and_cleans_up() {
     );
     assert!(service.log().contains("removing leftover temporary file"));
 }
+
+fn handover(command: &str, socket: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_handover"))
+        .arg(command)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn handover_upgrade_checks_now_and_handover_rollback_puts_the_previous_binary_back() {
+    // Polling once an hour and no inotify: only `handover upgrade` can make it look now.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let config = format!(
+        "control_socket = \"{}\"\nfetcher = \"file\"\n[upgrade]\ninterval = \"1h\"\nprobation = \"1s\"\n[file]\npoll_only = true\nsettle = \"50ms\"\n",
+        socket.display()
+    );
+    let service = Service::serving(Options {
+        example: "testbed",
+        config: &config,
+        ..Default::default()
+    });
+    let original = std::fs::read(&service.bin).unwrap();
+    // The first poll at start has passed: nothing new then.
+    service.wait_log("watching for upgrades", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    let new = util::with_trailer(&service.bin, "checked-now");
+    util::drop_file(&service.next_path(), &new);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        std::fs::read(&service.bin).unwrap(),
+        original,
+        "upgraded before being asked"
+    );
+
+    let output = handover("upgrade", &socket);
+    assert!(output.status.success(), "{output:?}");
+    service.wait_for_sha(&util::sha256_hex(&new));
+    service.wait_log("upgrade passed probation", Duration::from_secs(10));
+    let status = String::from_utf8_lossy(&handover("status", &socket).stdout).into_owned();
+    assert!(
+        status.contains("last upgrade:") && status.contains("installed"),
+        "{status}"
+    );
+
+    let output = handover("rollback", &socket);
+    assert!(output.status.success(), "{output:?}");
+    service.wait_for_sha(&util::sha256_hex(&original));
+    assert_eq!(
+        std::fs::read(&service.bin).unwrap(),
+        original,
+        "previous binary restored on disk"
+    );
+}

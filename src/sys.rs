@@ -54,26 +54,42 @@ pub(crate) fn prepare_child(command: &mut Command, setup: ChildSetup) {
         if unsafe { libc::setpgid(0, 0) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of the calling process.
-        #[cfg(target_os = "linux")]
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, parent_death_signal as libc::c_ulong) } < 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: getppid has no preconditions.
-        if unsafe { libc::getppid() } != master_pid {
-            // The master died between fork and prctl: the death signal will never come.
-            return Err(io::Error::other(
-                "master exited while the worker was starting",
-            ));
-        }
-        let _ = parent_death_signal;
-        Ok(())
+        arm_parent_death_signal(parent_death_signal, master_pid)
     };
     // SAFETY: the hook only makes async-signal-safe system calls and does not allocate.
     unsafe {
         command.pre_exec(hook);
     }
+}
+
+/// Arranges for a short-lived helper (a sanity run of a candidate, the `pre_upgrade` hook) to
+/// be killed if the master dies while it runs: it would otherwise be orphaned, and a candidate
+/// that hangs would hang forever.
+pub(crate) fn die_with_master(command: &mut Command) {
+    // SAFETY: getpid has no preconditions.
+    let master_pid = unsafe { libc::getpid() };
+    // SAFETY: the hook only makes async-signal-safe system calls and does not allocate.
+    unsafe {
+        command.pre_exec(move || arm_parent_death_signal(libc::SIGKILL, master_pid));
+    }
+}
+
+/// In a forked child: `signal` when the parent dies. Async-signal-safe.
+fn arm_parent_death_signal(signal: i32, master_pid: i32) -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of the calling process.
+    #[cfg(target_os = "linux")]
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != master_pid {
+        // The master died between fork and prctl: the death signal will never come.
+        return Err(io::Error::other(
+            "the master exited while a child was starting",
+        ));
+    }
+    let _ = signal;
+    Ok(())
 }
 
 /// Takes ownership of a descriptor this process inherited at exec (from the master or from

@@ -146,7 +146,10 @@ fn a_full_disk_during_the_download_leaves_no_partial_file_and_the_old_worker_ser
 #[test]
 fn the_master_killed_during_the_veto_hook_restarts_on_the_untouched_binary() {
     // Killed while the pre_upgrade hook runs: nothing was swapped yet.
-    let hook = format!("{WATCH}pre_upgrade = [\"sleep\", \"30\"]\ncheck_timeout = \"60s\"\n");
+    // The hook is given the candidate's path as its last argument, which `sh -c` takes as $0.
+    let hook = format!(
+        "{WATCH}pre_upgrade = [\"sh\", \"-c\", \"exec sleep 30\"]\ncheck_timeout = \"60s\"\n"
+    );
     let hook = hook.replace("check_timeout = \"3s\"\n", "");
     let mut service = Service::serving(Options {
         example: "testbed",
@@ -159,7 +162,7 @@ fn the_master_killed_during_the_veto_hook_restarts_on_the_untouched_binary() {
         &util::with_trailer(&service.bin, "release-hook"),
     );
     service.wait_log("asking the pre_upgrade hook", Duration::from_secs(20));
-    service.kill_all();
+    kill_the_master_while_its_helper_runs(&mut service, "sleep");
     std::fs::remove_file(service.next_path()).unwrap();
     assert_eq!(
         std::fs::read(&service.bin).unwrap(),
@@ -173,6 +176,70 @@ fn the_master_killed_during_the_veto_hook_restarts_on_the_untouched_binary() {
         "{:?}",
         service.temporary_files()
     );
+}
+
+#[test]
+fn the_master_killed_during_the_sanity_run_restarts_on_the_untouched_binary() {
+    // A candidate that hangs in its sanity run, so the master is sure to be killed during it.
+    let config = WATCH.replace("check_timeout = \"3s\"", "check_timeout = \"60s\"");
+    let mut service = Service::serving(Options {
+        example: "testbed",
+        config: &config,
+        ..Default::default()
+    });
+    let live = std::fs::read(&service.bin).unwrap();
+    util::drop_file(&service.next_path(), b"#!/bin/sh\nexec sleep 30\n");
+    service.wait_log("downloaded candidate", Duration::from_secs(20));
+    kill_the_master_while_its_helper_runs(&mut service, "sleep");
+    std::fs::remove_file(service.next_path()).unwrap();
+    assert_eq!(
+        std::fs::read(&service.bin).unwrap(),
+        live,
+        "nothing swapped before the sanity run passed"
+    );
+    service.spawn_master();
+    service.wait_serving();
+    assert!(
+        service.temporary_files().is_empty(),
+        "{:?}",
+        service.temporary_files()
+    );
+}
+
+/// SIGKILLs the master alone while a helper it started (`program`: the pre_upgrade hook, a
+/// candidate's sanity run) is running; the helper must die with it rather than live on as an
+/// orphan. Then stops whatever else the master had started.
+fn kill_the_master_while_its_helper_runs(service: &mut Service, program: &str) {
+    let master = service.pid();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let helper = loop {
+        let found = util::children_of(master).into_iter().find(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == program)
+        });
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the master never ran {program}:\n{}",
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let others = util::descendants(master);
+    // SAFETY: kill(2) on the master this test started.
+    unsafe { libc::kill(master as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while util::alive(helper) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let orphaned = util::alive(helper);
+    for pid in others {
+        // SAFETY: kill(2) on processes the master started for this test.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    service.kill_all();
+    assert!(!orphaned, "{program} (pid {helper}) outlived the master");
 }
 
 #[test]

@@ -33,10 +33,17 @@ pub(crate) fn answer(nonce: &str, version: Option<&str>) {
     );
 }
 
+/// A command for a short-lived helper process that dies with the master.
+fn helper(program: &Path) -> tokio::process::Command {
+    let mut command = std::process::Command::new(program);
+    crate::sys::die_with_master(&mut command);
+    tokio::process::Command::from(command)
+}
+
 /// Runs `candidate` in check mode and reads its answer.
 pub(crate) async fn check(candidate: &Path, timeout: Duration) -> Result<CheckReply, Refusal> {
     let nonce = nonce();
-    let mut child = tokio::process::Command::new(candidate)
+    let mut child = helper(candidate)
         .env(ENV_CHECK, &nonce)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -120,7 +127,7 @@ pub(crate) async fn exits_zero(
     args: &[String],
     timeout: Duration,
 ) -> Result<(), Refusal> {
-    let output = tokio::process::Command::new(candidate)
+    let output = helper(candidate)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -153,7 +160,7 @@ pub(crate) async fn pre_upgrade_hook(
 ) -> Result<(), Refusal> {
     let (program, args) = command.split_first().expect("validated non-empty");
     tracing::info!(hook = %program, "asking the pre_upgrade hook");
-    let output = tokio::process::Command::new(program)
+    let output = helper(program.as_ref())
         .args(args)
         .arg(candidate)
         .env("HANDOVER_CANDIDATE_SHA256", sha256)

@@ -401,7 +401,7 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     out
 }
 
-fn descendants(pid: u32) -> Vec<u32> {
+pub fn descendants(pid: u32) -> Vec<u32> {
     let mut all = Vec::new();
     let mut frontier = vec![pid];
     while let Some(p) = frontier.pop() {

@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 seconds=${SECONDS_EACH:-30}
-for target in config checksum elf; do
+for target in config checksum elf archive; do
   corpus=$(mktemp -d)
   cp seeds/"$target"/* "$corpus"/
   echo "== $target ($seconds s)"

@@ -264,11 +264,24 @@ pub async fn read_limited(
 /// `max_size` bytes. A transport failure half-way is an I/O error: the core treats it as
 /// transient and does not settle the candidate.
 pub fn into_reader(response: Response, max_size: u64) -> impl AsyncRead + Send + Unpin + 'static {
-    let stream = response.bytes_stream().map_err(io::Error::other);
+    let stream = response.bytes_stream().map_err(body_error);
     Limited {
         inner: Box::pin(tokio_util::io::StreamReader::new(stream)),
         remaining: max_size,
         max_size,
+    }
+}
+
+/// A failure half-way through the body, with its causes: reqwest's own message alone ("error
+/// decoding response body") does not say that the server went silent or closed.
+fn body_error(err: reqwest::Error) -> io::Error {
+    if err.is_timeout() {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("timed out reading the body: {}", describe(&err)),
+        )
+    } else {
+        io::Error::other(describe(&err))
     }
 }
 

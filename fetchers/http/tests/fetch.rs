@@ -303,6 +303,50 @@ async fn server_down_is_unreachable() {
     assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
 }
 
+/// A server that accepts and then says nothing, or sends the headers and part of the body and
+/// then nothing: the fetcher's timeout ends the wait with an error naming it.
+#[tokio::test]
+async fn a_silent_server_hits_the_timeout_before_or_during_the_body() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = [0u8; 4096];
+            let n = stream.read(&mut request).await.unwrap_or(0);
+            if String::from_utf8_lossy(&request[..n]).starts_with("GET /partial") {
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789";
+                let _ = stream.write_all(head.as_bytes()).await;
+            }
+            held.push(stream);
+        }
+    });
+    let config = |path: &str| {
+        HttpConfig::new(format!("http://{addr}{path}"))
+            .checksum_required(false)
+            .allow_insecure_loopback(true)
+            .with_timeouts(Duration::from_secs(1), Duration::from_millis(500))
+    };
+
+    let err = HttpFetcher::new(config("/silent"))
+        .unwrap()
+        .fetch(&not_running())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+
+    let mut artifact = HttpFetcher::new(config("/partial"))
+        .unwrap()
+        .fetch(&not_running())
+        .await
+        .unwrap()
+        .expect("the headers announce a file");
+    let err = body(&mut artifact).await.unwrap_err();
+    assert!(err.to_string().contains("timed out"), "{err}");
+}
+
 #[tokio::test]
 async fn plain_http_is_only_for_loopback() {
     let err =

@@ -14,7 +14,8 @@
 //! 2. hand-over time: SIGUSR2 → first answer from a new worker pid;
 //! 3. latency inside restart windows (SIGUSR2 → old worker gone) vs steady state;
 //! 4. throughput under handover vs the same hyper service without handover (a baseline server
-//!    inside this tool), same client, connections, threads and duration;
+//!    inside this tool), same client, connections, threads and duration; and the same pair
+//!    with no restart at all, in alternating rounds (what handover costs when idle);
 //! 5. upgrade latency, file landing → new sha256 answering, with inotify and with polling;
 //! 6. the master's idle RSS and CPU with the file fetcher polling, and its fds and RSS before
 //!    and after a soak of hand-overs.
@@ -63,7 +64,7 @@ use client::{Load, LoadResult, LoadSpec, Outcome, Protocol};
 use master::{Master, MasterSpec, Restart};
 use report::{
     Bucket, Chart, ClientPhase, Failures, MasterFigures, RestartFigures, Results, Settings,
-    SoakFigures, ThroughputRun, UpgradePhase, WrkPhase,
+    SoakFigures, SteadyComparison, ThroughputRun, UpgradePhase, WrkPhase,
 };
 use stats::{Dist, Windows};
 
@@ -175,6 +176,8 @@ fn settings(options: &Options) -> Settings {
         drain_timeout_ms: DRAIN_TIMEOUT.as_millis() as u64,
         soak: pick(options.soak, 200, 50),
         upgrade_repetitions: pick(options.upgrade_reps, 5, 2),
+        steady_rounds: if quick { 2 } else { 4 },
+        steady_round_seconds: if quick { 1.5 } else { 3.0 },
     }
 }
 
@@ -451,7 +454,7 @@ fn client_phase(
         "hyper client ({}) under restarts",
         protocol.label()
     ));
-    let load = Load::start(spec, epoch);
+    let load = Load::start(spec.clone(), epoch);
     let restarts = drive_restarts(master, settings, epoch, protocol.label())?;
     let under_handover = load.finish()?;
     let seconds = under_handover.stopped - under_handover.started;
@@ -460,12 +463,58 @@ fn client_phase(
         .saturating_sub(before.stopped - before.started)
         .max(Duration::from_millis(500));
     let after = plain_load(&plain_spec, rest, epoch)?;
+    let no_restart = steady_comparison(&spec, &plain_spec, settings, epoch)?;
     Ok(analyse(
         protocol,
         under_handover,
         &restarts,
         &[before, after],
+        no_restart,
     ))
+}
+
+/// Alternating rounds against plain hyper and the handover worker, with no restart, so that
+/// the only difference left is handover itself (and drift on the machine weighs on both).
+fn steady_comparison(
+    handover: &LoadSpec,
+    plain: &LoadSpec,
+    settings: &Settings,
+    epoch: Instant,
+) -> anyhow::Result<SteadyComparison> {
+    say(&format!(
+        "hyper client ({}), no restart: {} rounds of plain hyper, then handover",
+        handover.protocol.label(),
+        settings.steady_rounds
+    ));
+    let round = Duration::from_secs_f64(settings.steady_round_seconds);
+    let (mut plain_runs, mut handover_runs) = (Vec::new(), Vec::new());
+    for _ in 0..settings.steady_rounds {
+        plain_runs.push(timed_load(plain, round, epoch)?);
+        handover_runs.push(timed_load(handover, round, epoch)?);
+    }
+    let (plain, handover) = (throughput(&plain_runs), throughput(&handover_runs));
+    Ok(SteadyComparison {
+        ratio: handover.requests_per_second / plain.requests_per_second.max(1e-9),
+        handover,
+        plain,
+    })
+}
+
+/// Requests per second over several runs: answered requests over their summed durations.
+fn throughput(runs: &[LoadResult]) -> ThroughputRun {
+    let seconds: f64 = runs
+        .iter()
+        .map(|p| (p.stopped - p.started).as_secs_f64())
+        .sum();
+    let records = || runs.iter().flat_map(|p| p.records.iter());
+    let ok = records().filter(|r| r.outcome == Outcome::Ok).count() as u64;
+    ThroughputRun {
+        seconds,
+        requests: records().count() as u64,
+        ok,
+        failed: records().filter(|r| r.outcome.failed()).count() as u64,
+        requests_per_second: ok as f64 / seconds.max(1e-9),
+    }
 }
 
 /// The load against the baseline server for `duration`.
@@ -475,6 +524,11 @@ fn plain_load(spec: &LoadSpec, duration: Duration, epoch: Instant) -> anyhow::Re
         spec.protocol.label(),
         duration.as_secs_f64()
     ));
+    timed_load(spec, duration, epoch)
+}
+
+/// The load against `spec.addr` for `duration`.
+fn timed_load(spec: &LoadSpec, duration: Duration, epoch: Instant) -> anyhow::Result<LoadResult> {
     let load = Load::start(spec.clone(), epoch);
     std::thread::sleep(duration);
     load.finish()
@@ -485,6 +539,7 @@ fn analyse(
     run: LoadResult,
     restarts: &[Restart],
     plain: &[LoadResult],
+    no_restart: SteadyComparison,
 ) -> ClientPhase {
     let windows = Windows::new(restarts.iter().map(|r| r.window(RESTART_LIMIT)));
     let started_us = run.started.as_micros() as u64;
@@ -553,19 +608,7 @@ fn analyse(
         seconds,
     };
 
-    let plain_seconds: f64 = plain
-        .iter()
-        .map(|p| (p.stopped - p.started).as_secs_f64())
-        .sum();
-    let plain_records = || plain.iter().flat_map(|p| p.records.iter());
-    let plain_ok = plain_records().filter(|r| r.outcome == Outcome::Ok).count() as u64;
-    let baseline = ThroughputRun {
-        seconds: plain_seconds,
-        requests: plain_records().count() as u64,
-        ok: plain_ok,
-        failed: plain_records().filter(|r| r.outcome.failed()).count() as u64,
-        requests_per_second: plain_ok as f64 / plain_seconds.max(1e-9),
-    };
+    let baseline = throughput(plain);
     let rps = ok as f64 / seconds.max(1e-9);
     let outside_seconds = seconds - windows.covered_seconds(started_us, stopped_us);
     let rps_outside = ok_outside as f64 / outside_seconds.max(1e-9);
@@ -589,6 +632,7 @@ fn analyse(
         requests_per_second_outside_windows: rps_outside,
         throughput_ratio: ratio(rps),
         throughput_ratio_outside_windows: ratio(rps_outside),
+        steady: no_restart,
         baseline,
         chart,
     }

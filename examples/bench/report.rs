@@ -76,6 +76,9 @@ pub(crate) struct Settings {
     pub(crate) drain_timeout_ms: u64,
     pub(crate) soak: usize,
     pub(crate) upgrade_repetitions: usize,
+    /// Rounds of (plain hyper, handover) with no restart, for the steady-state ratio.
+    pub(crate) steady_rounds: usize,
+    pub(crate) steady_round_seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +130,16 @@ pub(crate) struct ThroughputRun {
     pub(crate) requests_per_second: f64,
 }
 
+/// The same client against the handover worker and against plain hyper with no restart at
+/// all, in alternating rounds: what handover costs a request when nothing is handed over.
+#[derive(Debug, Serialize)]
+pub(crate) struct SteadyComparison {
+    pub(crate) handover: ThroughputRun,
+    pub(crate) plain: ThroughputRun,
+    /// handover.requests_per_second / plain.requests_per_second.
+    pub(crate) ratio: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub(crate) struct ClientPhase {
     pub(crate) protocol: String,
@@ -155,6 +168,7 @@ pub(crate) struct ClientPhase {
     /// requests_per_second / baseline.requests_per_second.
     pub(crate) throughput_ratio: f64,
     pub(crate) throughput_ratio_outside_windows: f64,
+    pub(crate) steady: SteadyComparison,
     #[serde(skip)]
     pub(crate) chart: Chart,
 }
@@ -368,6 +382,24 @@ fn markdown(r: &Results) -> String {
                 c.throughput_ratio, c.throughput_ratio_outside_windows
             )
         }),
+    );
+    let steady = |c: &ClientPhase| {
+        format!(
+            "{} / {} req/s = **{:.3}**",
+            thousands(c.steady.handover.requests_per_second as u64),
+            thousands(c.steady.plain.requests_per_second as u64),
+            c.steady.ratio
+        )
+    };
+    row(
+        &mut md,
+        &format!(
+            "no restart: handover / plain hyper ({} alternating rounds of {} s each)",
+            r.settings.steady_rounds, r.settings.steady_round_seconds
+        ),
+        dash(),
+        client(h1, &steady),
+        client(h2, &steady),
     );
 
     let _ = writeln!(md, "\n| Upgrades and the master | |");

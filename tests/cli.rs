@@ -355,6 +355,18 @@ fn a_fetcher_that_is_not_compiled_in_is_named_with_its_feature() {
             "{stderr}"
         );
     }
+    if cfg!(feature = "github") {
+        let stderr = check("fetcher = \"github\"\n\n[github]\nrepo = \"app\"\n");
+        assert!(
+            stderr.contains("h.toml:4: github.repo must be owner/name, not \"app\""),
+            "{stderr}"
+        );
+    }
+    if cfg!(feature = "http") {
+        let stderr = check("fetcher = \"http\"\n[http]\nurl = \"ftp://example.com/app\"\n");
+        assert!(stderr.contains("h.toml:3: http.url"), "{stderr}");
+        assert!(stderr.contains("https only"), "{stderr}");
+    }
 }
 
 /// supervisord, installed by `.ci/test` (`pip install supervisor`), supervising `handover run`.

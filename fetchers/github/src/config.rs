@@ -1,4 +1,4 @@
-//! `[fetcher.github]`: which repository, which releases, which asset.
+//! `[github]`: which repository, which releases, which asset.
 
 use std::fmt;
 use std::time::Duration;
@@ -29,12 +29,12 @@ pub enum Channel {
     All,
 }
 
-/// The `[fetcher.github]` table of `handover.toml`.
+/// The `[github]` table of `handover.toml`.
 ///
 /// Only `repo` is required:
 ///
 /// ```toml
-/// [fetcher.github]
+/// [github]
 /// repo = "acme/app"
 /// # Asset names: {name}, {version}, {tag}, {target}, {os}, {arch}; an archive extension
 /// # (.gz, .tar.gz, .tgz, .zip) may follow the name.
@@ -218,7 +218,7 @@ impl GithubConfig {
     pub fn owner_and_name(&self) -> Result<(&str, &str), Error> {
         let bad = || Error::Config {
             field: "repo",
-            message: format!("repo must be owner/name, not {:?}", self.repo),
+            message: format!("must be owner/name, not {:?}", self.repo),
         };
         let (owner, name) = self.repo.split_once('/').ok_or_else(bad)?;
         let valid = |part: &str| {
@@ -374,7 +374,7 @@ mod tests {
         ] {
             let err = GithubConfig::new(repo).validate().unwrap_err();
             assert!(
-                err.to_string().contains("repo must be owner/name"),
+                err.to_string().contains("repo: must be owner/name"),
                 "{repo}: {err}"
             );
         }

@@ -7,8 +7,8 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A `[fetcher.github]` field has a value that cannot work.
-    #[error("[fetcher.github] {field}: {message}")]
+    /// A `[github]` field has a value that cannot work.
+    #[error("[github] {field}: {message}")]
     Config {
         /// The field, as spelled in `handover.toml`.
         field: &'static str,
@@ -17,6 +17,6 @@ pub enum Error {
     },
     /// `base_url` is not usable (see [`handover_fetcher_http::Error`]), or the HTTP client
     /// could not be built.
-    #[error("[fetcher.github] {0}")]
+    #[error("[github] {0}")]
     Http(#[from] handover_fetcher_http::Error),
 }

@@ -420,7 +420,10 @@ async fn token_goes_to_the_api_but_not_to_storage() {
 #[test]
 fn repo_is_validated_at_construction() {
     let err = GithubFetcher::new(handover_fetcher_github::GithubConfig::new("acme")).unwrap_err();
-    assert!(err.to_string().contains("repo must be owner/name"), "{err}");
+    assert!(
+        err.to_string().contains("repo: must be owner/name"),
+        "{err}"
+    );
     let config = handover_fetcher_github::GithubConfig::new("acme/app")
         .with_base_url("http://github.example.com/api/v3");
     let err = GithubFetcher::new(config).unwrap_err();

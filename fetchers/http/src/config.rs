@@ -1,4 +1,4 @@
-//! `[fetcher.http]`: where the binary is published and how hard to try.
+//! `[http]`: where the binary is published and how hard to try.
 
 use std::fmt;
 use std::time::Duration;
@@ -8,13 +8,13 @@ use serde::{Deserialize, Serialize};
 use crate::archive::Format;
 use crate::{net, Error};
 
-/// The `[fetcher.http]` table of `handover.toml`.
+/// The `[http]` table of `handover.toml`.
 ///
 /// Only `url` is required, but since `checksum_required` defaults to true, a `checksum_url` is
 /// needed too unless that is turned off:
 ///
 /// ```toml
-/// [fetcher.http]
+/// [http]
 /// url = "https://downloads.example.com/app/latest/app-x86_64-linux"
 /// checksum_url = "https://downloads.example.com/app/latest/SHA256SUMS"
 /// signature_url = "https://downloads.example.com/app/latest/app-x86_64-linux.minisig"

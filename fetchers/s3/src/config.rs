@@ -1,4 +1,4 @@
-//! `[fetcher.s3]`: where the object lives and how hard to try.
+//! `[s3]`: where the object lives and how hard to try.
 
 use std::time::Duration;
 
@@ -6,12 +6,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-/// The `[fetcher.s3]` table of `handover.toml`.
+/// The `[s3]` table of `handover.toml`.
 ///
 /// Only `bucket` and `key` are required:
 ///
 /// ```toml
-/// [fetcher.s3]
+/// [s3]
 /// bucket = "releases"
 /// key = "myapp/linux-x86_64/myapp"
 /// # For MinIO, Garage, R2 or moto; path-style addressing is then the default.

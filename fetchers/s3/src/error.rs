@@ -9,8 +9,8 @@ use handover_fetcher::FetchError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A `[fetcher.s3]` field has a value that cannot work.
-    #[error("[fetcher.s3] {field}: {message}")]
+    /// A `[s3]` field has a value that cannot work.
+    #[error("[s3] {field}: {message}")]
     Config {
         /// The field, as spelled in `handover.toml`.
         field: &'static str,

@@ -48,7 +48,7 @@
 //! # }
 //! ```
 //!
-//! In `handover.toml` the same is the `[fetcher.s3]` table; see [`S3Config`] for every field.
+//! In `handover.toml` the same is the `[s3]` table; see [`S3Config`] for every field.
 
 mod config;
 mod error;

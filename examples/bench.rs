@@ -3,8 +3,8 @@
 //! ```text
 //! cargo build --release --example hello
 //! cargo run --release --example bench -- --quick        # ~1 minute sanity run
-//! cargo run --release --example bench                   # the README figures
-//! cargo run --release --example bench -- --soak 1000    # the full soak
+//! cargo run --release --example bench                   # 50 restarts per column, soak 200
+//! cargo run --release --example bench -- --soak 8000    # the README figures (~7 minutes)
 //! ```
 //!
 //! In one run, against copies of `target/release/examples/hello` under a handover master:
@@ -159,6 +159,7 @@ fn settings(options: &Options) -> Settings {
     let nproc = nproc();
     let connections = pick(options.connections, 256, 64).max(2);
     Settings {
+        arguments: std::env::args().skip(1).collect(),
         quick,
         restarts: pick(options.restarts, 50, 5),
         connections,
@@ -764,8 +765,13 @@ fn master_phase(
     let fds_before = procs::fd_count(pid).ok_or_else(unreadable)?;
     let rss_kib_before = procs::rss_kib(pid).ok_or_else(unreadable)?;
     let mut restarts = Vec::with_capacity(settings.soak);
+    let mut rss_kib_samples = Vec::new();
+    let tenth = (settings.soak / 10).max(1);
     for index in 0..settings.soak {
         restarts.push(master.restart(epoch, RESTART_LIMIT)?);
+        if (index + 1) % tenth == 0 {
+            rss_kib_samples.push((index + 1, procs::rss_kib(pid).ok_or_else(unreadable)?));
+        }
         if (index + 1) % 10 == 0 || index + 1 == settings.soak {
             eprint!("\rbench: [soak] {}/{}      ", index + 1, settings.soak);
             let _ = std::io::stderr().flush();
@@ -789,6 +795,7 @@ fn master_phase(
             fds_after: procs::fd_count(pid).ok_or_else(unreadable)?,
             rss_kib_before,
             rss_kib_after: procs::rss_kib(pid).ok_or_else(unreadable)?,
+            rss_kib_samples,
             handover_ms: figures.handover_ms,
         },
     })

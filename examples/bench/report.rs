@@ -57,6 +57,8 @@ impl Machine {
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Settings {
+    /// The bench's own command-line arguments, so the table says how it was made.
+    pub(crate) arguments: Vec<String>,
     pub(crate) quick: bool,
     pub(crate) restarts: usize,
     pub(crate) connections: usize,
@@ -221,6 +223,9 @@ pub(crate) struct SoakFigures {
     pub(crate) fds_after: usize,
     pub(crate) rss_kib_before: u64,
     pub(crate) rss_kib_after: u64,
+    /// (hand-overs done, RSS) at every tenth of the soak: a leak keeps climbing to the end,
+    /// allocator warm-up levels off.
+    pub(crate) rss_kib_samples: Vec<(usize, u64)>,
     /// Hand-over time without load.
     pub(crate) handover_ms: Dist,
 }
@@ -260,7 +265,11 @@ fn markdown(r: &Results) -> String {
     let _ = writeln!(
         md,
         "`cargo run --release --example bench{}` on 127.0.0.1, {} × {}, Linux {}, {}.  ",
-        if s.quick { " -- --quick" } else { "" },
+        if s.arguments.is_empty() {
+            String::new()
+        } else {
+            format!(" -- {}", s.arguments.join(" "))
+        },
         m.nproc,
         m.cpu_model,
         m.kernel,
@@ -462,6 +471,15 @@ fn markdown(r: &Results) -> String {
         mib(soak.rss_kib_before),
         mib(soak.rss_kib_after)
     );
+    let half = soak.handovers / 2;
+    if let Some(&(at, rss_at_half)) = soak.rss_kib_samples.iter().find(|(n, _)| *n >= half) {
+        let _ = writeln!(
+            md,
+            "| master RSS growth over the last {} hand-overs | {:+.2} MiB |",
+            soak.handovers - at,
+            (soak.rss_kib_after as f64 - rss_at_half as f64) / 1024.0
+        );
+    }
     let _ = writeln!(
         md,
         "| hand-over time without load | {} |",

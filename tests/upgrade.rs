@@ -310,3 +310,38 @@ fn handover_upgrade_checks_now_and_handover_rollback_puts_the_previous_binary_ba
         "previous binary restored on disk"
     );
 }
+
+#[test]
+fn a_custom_fetcher_upgrades_to_the_newest_release_it_finds() {
+    // examples/custom_fetcher.rs: releases dropped into `releases/` beside the binary as
+    // `custom_fetcher-<version>`; it runs as version 0.1.0.
+    let service = Service::serving(Options {
+        example: "custom_fetcher",
+        config: "[upgrade]\ninterval = \"300ms\"\nprobation = \"1s\"\n",
+        ..Default::default()
+    });
+    let master = service.pid();
+    let releases = service.dir.path().join("releases");
+    std::fs::create_dir(&releases).unwrap();
+    let load = Load::start(service.addr(), 32, Protocol::Http1, "/");
+    load.wait_progress(200);
+    // Not newer than what runs: never offered. Two newer ones: the newest wins.
+    let older = util::with_trailer(&service.bin, "release-0.0.9");
+    let newer = util::with_trailer(&service.bin, "release-0.2.0");
+    let newest = util::with_trailer(&service.bin, "release-0.3.0");
+    util::drop_file(&releases.join("custom_fetcher-0.0.9"), &older);
+    util::drop_file(&releases.join("custom_fetcher-0.2.0"), &newer);
+    util::drop_file(&releases.join("custom_fetcher-0.3.0"), &newest);
+    service.wait_for_sha(&util::sha256_hex(&newest));
+    service.wait_log("upgrade passed probation", Duration::from_secs(10));
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+    assert_eq!(service.pid(), master, "master PID unchanged");
+    assert_eq!(std::fs::read(&service.bin).unwrap(), newest);
+    let log = service.log();
+    assert!(log.contains("fetcher=\"release-dir\""), "{log}");
+    assert!(
+        !log.contains("custom_fetcher-0.0.9"),
+        "an older release was offered:\n{log}"
+    );
+}

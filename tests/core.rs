@@ -169,12 +169,17 @@ fn workers_are_gone_within_a_second_of_the_master_being_killed() {
 #[test]
 fn several_tcp_addresses_and_a_unix_socket_are_served_through_one_handover() {
     let extra = util::free_port();
+    // An IPv6 socket, kept on 127.0.0.1 through its IPv4-mapped address: the master binds and
+    // passes an AF_INET6 listener, which IPv4 clients reach.
+    let ipv6 = util::free_port();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("hello.sock");
     // A stale socket file from a dead process must be replaced.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     let config = format!(
-        "[[listen]]\nname = \"second\"\ntcp = \"127.0.0.1:{extra}\"\n[[listen]]\nname = \"unix\"\nunix = \"{}\"\n",
+        "[[listen]]\nname = \"second\"\ntcp = \"127.0.0.1:{extra}\"\n\
+         [[listen]]\nname = \"ipv6\"\ntcp = \"[::ffff:127.0.0.1]:{ipv6}\"\n\
+         [[listen]]\nname = \"unix\"\nunix = \"{}\"\n",
         socket.display()
     );
     let mut service = Service::serving(Options {
@@ -191,14 +196,25 @@ fn several_tcp_addresses_and_a_unix_socket_are_served_through_one_handover() {
         stream.read_to_string(&mut out).unwrap();
         out
     };
-    let before = service.worker_pid();
-    assert!(unix_get(&socket).contains(&format!("pid={before}")));
-    let (_, second) = util::http_get(([127, 0, 0, 1], extra).into(), "/").unwrap();
-    assert!(second.contains(&format!("pid={before}")));
-    let after = service.restart();
-    assert!(unix_get(&socket).contains(&format!("pid={after}")));
-    let (_, second) = util::http_get(([127, 0, 0, 1], extra).into(), "/").unwrap();
-    assert!(second.contains(&format!("pid={after}")));
+    let served_by = |worker: u32| {
+        assert!(unix_get(&socket).contains(&format!("pid={worker}")));
+        for port in [extra, ipv6] {
+            let (_, body) = util::http_get(([127, 0, 0, 1], port).into(), "/").unwrap();
+            assert!(
+                body.contains(&format!("pid={worker}")),
+                "port {port}: {body}"
+            );
+        }
+    };
+    served_by(service.worker_pid());
+    served_by(service.restart());
+    assert!(
+        service
+            .log()
+            .contains(&format!("[::ffff:127.0.0.1]:{ipv6}")),
+        "the IPv6 listener is not in the log:\n{}",
+        service.log()
+    );
     assert!(socket.exists(), "socket file kept across the hand-over");
     service.signal(libc::SIGTERM);
     assert_eq!(service.wait_exit(Duration::from_secs(15)), Some(0));

@@ -145,6 +145,55 @@ fn a_python_program_restarts_twenty_times_under_load_without_a_failed_request() 
 }
 
 #[test]
+fn a_python_program_is_upgraded_from_a_dropped_file_under_load() {
+    let run = Run::start(
+        "fetcher = \"file\"\n[upgrade]\ninterval = \"300ms\"\nprobation = \"1s\"\n",
+        &[],
+    );
+    let master = run.pid();
+    let first_worker = run.worker_pid();
+    let program = run.dir.path().join("pyserver");
+    let next = run.dir.path().join("pyserver.next");
+    let original = std::fs::read(&program).unwrap();
+    let load = Load::start(([127, 0, 0, 1], run.port).into(), 32, Protocol::Http1, "/");
+    load.wait_progress(200);
+
+    // The sanity run (`--version`, must exit 0) refuses a candidate that fails it.
+    util::drop_file(&next, b"#!/bin/sh\nexit 3\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !run.log().contains("exit code 3") {
+        assert!(Instant::now() < deadline, "never refused:\n{}", run.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read(&program).unwrap(), original);
+
+    let text = String::from_utf8(original.clone()).unwrap();
+    let upgraded = text.replace("python\\n", "python-v2\\n");
+    assert_ne!(upgraded, text);
+    util::drop_file(&next, upgraded.as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, body)) = util::http_get(([127, 0, 0, 1], run.port).into(), "/") {
+            if body.contains("python-v2") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "never upgraded:\n{}", run.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    load.wait_progress(100);
+    let stats = load.finish();
+    assert_eq!(stats.failed, 0, "{:?}", stats.errors);
+    assert_eq!(run.pid(), master, "master PID unchanged");
+    assert_ne!(run.worker_pid(), first_worker);
+    assert_eq!(std::fs::read(&program).unwrap(), upgraded.as_bytes());
+    assert_eq!(
+        std::fs::read(run.dir.path().join("pyserver.previous")).unwrap(),
+        original
+    );
+}
+
+#[test]
 fn sd_notify_messages_arrive_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");

@@ -63,11 +63,12 @@ def notify(message):
 
 
 def main():
-    if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS", "0")) < 1:
-        sys.exit("not socket-activated")
+    # The sanity run of an upgrade: `--version` must exit 0 without any socket.
     if "--version" in sys.argv:
         print("pyserver 1.0")
         return
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS", "0")) < 1:
+        sys.exit("not socket-activated")
     server = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = socket.socket(fileno=3)

@@ -1,9 +1,13 @@
 //! Every `unsafe` block of the crate: descriptor plumbing between fork and exec, and adopting
 //! descriptors inherited from the master or from systemd.
 
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
 /// How a child is set up between fork and exec.
@@ -62,9 +66,8 @@ pub(crate) fn prepare_child(command: &mut Command, setup: ChildSetup) {
     }
 }
 
-/// Arranges for a short-lived helper (a sanity run of a candidate, the `pre_upgrade` hook) to
-/// be killed if the master dies while it runs: it would otherwise be orphaned, and a candidate
-/// that hangs would hang forever.
+/// Arranges for a short-lived helper (the `pre_upgrade` hook) to be killed if the master dies
+/// while it runs: it would otherwise be orphaned.
 pub(crate) fn die_with_master(command: &mut Command) {
     // SAFETY: getpid has no preconditions.
     let master_pid = unsafe { libc::getpid() };
@@ -72,6 +75,76 @@ pub(crate) fn die_with_master(command: &mut Command) {
     unsafe {
         command.pre_exec(move || arm_parent_death_signal(libc::SIGKILL, master_pid));
     }
+}
+
+/// A command that runs the candidate binary at `path` with `args`, and `env` added to this
+/// process's environment, and that dies with the master (a candidate that hangs in its sanity
+/// run must not outlive it).
+///
+/// The candidate is exec'd with `execve` from the pre-exec hook. With any hook, std starts the
+/// child with fork and `execvp`, and `execvp` hands a file the kernel refuses to run (random
+/// bytes, another architecture) to `/bin/sh` instead of failing with "exec format error": an
+/// untrusted candidate must never be run as a shell script by accident.
+pub(crate) fn candidate_command(
+    path: &Path,
+    args: &[&OsStr],
+    env: &[(&str, &OsStr)],
+) -> io::Result<Command> {
+    let c_string = |bytes: Vec<u8>| {
+        CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte"))
+    };
+    let program = c_string(path.as_os_str().as_bytes().to_vec())?;
+    let mut argv = vec![program.clone()];
+    for arg in args {
+        argv.push(c_string(arg.as_bytes().to_vec())?);
+    }
+    let mut variables: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    for (key, value) in env {
+        variables.insert(OsString::from(key), OsString::from(value));
+    }
+    let envp = variables
+        .iter()
+        .map(|(key, value)| c_string([key.as_bytes(), b"=", value.as_bytes()].concat()))
+        .collect::<io::Result<Vec<CString>>>()?;
+    // Null-terminated pointer arrays, built before the fork (the child must not allocate). Held
+    // as addresses so the hook stays Send + Sync; the strings they point into move with it.
+    let addresses = |strings: &[CString]| -> Vec<usize> {
+        strings
+            .iter()
+            .map(|s| s.as_ptr() as usize)
+            .chain(std::iter::once(0))
+            .collect()
+    };
+    let (argv_addresses, envp_addresses) = (addresses(&argv), addresses(&envp));
+
+    let mut command = Command::new(path);
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    // SAFETY: getpid has no preconditions.
+    let master_pid = unsafe { libc::getpid() };
+    let hook = move || -> io::Result<()> {
+        arm_parent_death_signal(libc::SIGKILL, master_pid)?;
+        let _keep_alive = (&argv, &envp);
+        // SAFETY: `program` and every string the address arrays point into are owned by this
+        // closure and alive; both arrays end with a null pointer (0), and usize has the size
+        // and alignment of a pointer. execve only returns on failure.
+        unsafe {
+            libc::execve(
+                program.as_ptr(),
+                argv_addresses.as_ptr().cast::<*const libc::c_char>(),
+                envp_addresses.as_ptr().cast::<*const libc::c_char>(),
+            )
+        };
+        Err(io::Error::last_os_error())
+    };
+    // SAFETY: the hook only makes async-signal-safe system calls (prctl, getppid, execve) and
+    // does not allocate.
+    unsafe {
+        command.pre_exec(hook);
+    }
+    Ok(command)
 }
 
 /// In a forked child: `signal` when the parent dies. Async-signal-safe.

@@ -69,6 +69,17 @@ fn bad_candidates_are_refused_and_the_old_worker_keeps_serving() {
     service.offer(&random, "not an executable for this machine");
     service.assert_untouched(&live, worker, "random bytes");
 
+    // Built for another architecture (the ELF header's e_machine): the kernel refuses it.
+    let mut foreign = live.clone();
+    let machine: u16 = if cfg!(target_arch = "aarch64") {
+        0x3e
+    } else {
+        0xb7
+    };
+    foreign[18..20].copy_from_slice(&machine.to_le_bytes());
+    service.offer(&foreign, "not an executable for this machine");
+    service.assert_untouched(&live, worker, "another architecture");
+
     service.offer(
         b"#!/bin/sh\necho garbage\n",
         "did not answer like a handover program",

@@ -33,18 +33,12 @@ pub(crate) fn answer(nonce: &str, version: Option<&str>) {
     );
 }
 
-/// A command for a short-lived helper process that dies with the master.
-fn helper(program: &Path) -> tokio::process::Command {
-    let mut command = std::process::Command::new(program);
-    crate::sys::die_with_master(&mut command);
-    tokio::process::Command::from(command)
-}
-
 /// Runs `candidate` in check mode and reads its answer.
 pub(crate) async fn check(candidate: &Path, timeout: Duration) -> Result<CheckReply, Refusal> {
     let nonce = nonce();
-    let mut child = helper(candidate)
-        .env(ENV_CHECK, &nonce)
+    let command = crate::sys::candidate_command(candidate, &[], &[(ENV_CHECK, nonce.as_ref())])
+        .map_err(exec_refusal)?;
+    let mut child = tokio::process::Command::from(command)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -127,8 +121,9 @@ pub(crate) async fn exits_zero(
     args: &[String],
     timeout: Duration,
 ) -> Result<(), Refusal> {
-    let output = helper(candidate)
-        .args(args)
+    let os_args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    let command = crate::sys::candidate_command(candidate, &os_args, &[]).map_err(exec_refusal)?;
+    let output = tokio::process::Command::from(command)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -160,7 +155,9 @@ pub(crate) async fn pre_upgrade_hook(
 ) -> Result<(), Refusal> {
     let (program, args) = command.split_first().expect("validated non-empty");
     tracing::info!(hook = %program, "asking the pre_upgrade hook");
-    let output = helper(program.as_ref())
+    let mut command = std::process::Command::new(program);
+    crate::sys::die_with_master(&mut command);
+    let output = tokio::process::Command::from(command)
         .args(args)
         .arg(candidate)
         .env("HANDOVER_CANDIDATE_SHA256", sha256)

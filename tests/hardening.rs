@@ -145,36 +145,15 @@ fn a_full_disk_during_the_download_leaves_no_partial_file_and_the_old_worker_ser
 
 #[test]
 fn the_master_killed_during_the_veto_hook_restarts_on_the_untouched_binary() {
-    // Killed while the pre_upgrade hook runs: nothing was swapped yet.
     // The hook is given the candidate's path as its last argument, which `sh -c` takes as $0.
-    let hook = format!(
-        "{WATCH}pre_upgrade = [\"sh\", \"-c\", \"exec sleep 30\"]\ncheck_timeout = \"60s\"\n"
+    let config = WATCH.replace(
+        "check_timeout = \"3s\"\n",
+        "pre_upgrade = [\"sh\", \"-c\", \"exec sleep 30\"]\ncheck_timeout = \"60s\"\n",
     );
-    let hook = hook.replace("check_timeout = \"3s\"\n", "");
-    let mut service = Service::serving(Options {
-        example: "testbed",
-        config: &hook,
-        ..Default::default()
-    });
-    let live = std::fs::read(&service.bin).unwrap();
-    util::drop_file(
-        &service.next_path(),
-        &util::with_trailer(&service.bin, "release-hook"),
-    );
-    service.wait_log("asking the pre_upgrade hook", Duration::from_secs(20));
-    kill_the_master_while_its_helper_runs(&mut service, "sleep");
-    std::fs::remove_file(service.next_path()).unwrap();
-    assert_eq!(
-        std::fs::read(&service.bin).unwrap(),
-        live,
-        "nothing swapped before the hook said yes"
-    );
-    service.spawn_master();
-    service.wait_serving();
-    assert!(
-        service.temporary_files().is_empty(),
-        "{:?}",
-        service.temporary_files()
+    master_killed_while_a_helper_runs(
+        &config,
+        |service| util::with_trailer(&service.bin, "release-hook"),
+        "asking the pre_upgrade hook",
     );
 }
 
@@ -182,20 +161,35 @@ fn the_master_killed_during_the_veto_hook_restarts_on_the_untouched_binary() {
 fn the_master_killed_during_the_sanity_run_restarts_on_the_untouched_binary() {
     // A candidate that hangs in its sanity run, so the master is sure to be killed during it.
     let config = WATCH.replace("check_timeout = \"3s\"", "check_timeout = \"60s\"");
+    master_killed_while_a_helper_runs(
+        &config,
+        |_| b"#!/bin/sh\nexec sleep 30\n".to_vec(),
+        "downloaded candidate",
+    );
+}
+
+/// Offers `candidate` to the testbed under `config` and, once the log says `started`, kills the
+/// master while its helper (a `sleep`) runs. Nothing may have been swapped, and a restarted
+/// master cleans up the download.
+fn master_killed_while_a_helper_runs(
+    config: &str,
+    candidate: impl FnOnce(&Service) -> Vec<u8>,
+    started: &str,
+) {
     let mut service = Service::serving(Options {
         example: "testbed",
-        config: &config,
+        config,
         ..Default::default()
     });
     let live = std::fs::read(&service.bin).unwrap();
-    util::drop_file(&service.next_path(), b"#!/bin/sh\nexec sleep 30\n");
-    service.wait_log("downloaded candidate", Duration::from_secs(20));
+    util::drop_file(&service.next_path(), &candidate(&service));
+    service.wait_log(started, Duration::from_secs(20));
     kill_the_master_while_its_helper_runs(&mut service, "sleep");
     std::fs::remove_file(service.next_path()).unwrap();
     assert_eq!(
         std::fs::read(&service.bin).unwrap(),
         live,
-        "nothing swapped before the sanity run passed"
+        "swapped before the helper said yes"
     );
     service.spawn_master();
     service.wait_serving();

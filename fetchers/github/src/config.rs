@@ -103,15 +103,24 @@ pub struct GithubConfig {
     #[serde(default)]
     pub allow_insecure_loopback: bool,
     /// How long to wait for a TCP (and TLS) connection. Default: `10s`.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "handover_fetcher_http::defaults::connect_timeout",
+        with = "humantime_serde"
+    )]
     pub connect_timeout: Duration,
     /// How long one request may take, body included: a whole asset download must fit in it.
     /// Default: `5m`.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "handover_fetcher_http::defaults::timeout",
+        with = "humantime_serde"
+    )]
     pub timeout: Duration,
     /// The largest asset accepted, in bytes or with a unit (`"256MiB"`); also the limit for
     /// the binary inside an archive. Default: 1 GiB.
-    #[serde(default = "default_max_size", with = "handover_fetcher_http::size")]
+    #[serde(
+        default = "handover_fetcher_http::defaults::max_size",
+        with = "handover_fetcher_http::size"
+    )]
     pub max_size: u64,
 }
 
@@ -126,15 +135,6 @@ fn default_asset() -> String {
 }
 fn default_binary() -> String {
     "{name}".into()
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_max_size() -> u64 {
-    1 << 30
 }
 
 impl fmt::Debug for GithubConfig {
@@ -177,9 +177,9 @@ impl GithubConfig {
             target: None,
             checksum_required: true,
             allow_insecure_loopback: false,
-            connect_timeout: default_connect_timeout(),
-            timeout: default_timeout(),
-            max_size: default_max_size(),
+            connect_timeout: handover_fetcher_http::defaults::connect_timeout(),
+            timeout: handover_fetcher_http::defaults::timeout(),
+            max_size: handover_fetcher_http::defaults::max_size(),
         }
     }
 

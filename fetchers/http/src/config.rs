@@ -65,30 +65,21 @@ pub struct HttpConfig {
     #[serde(default, skip_serializing)]
     pub token: Option<String>,
     /// How long to wait for a TCP (and TLS) connection. Default: `10s`.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "crate::defaults::connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// How long one request may take, body included: the whole download of the binary must fit
     /// in it. Default: `5m`.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "crate::defaults::timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// The largest download accepted, in bytes or with a unit (`"256MiB"`, `"1GB"`): a larger
     /// `Content-Length` is refused before the body is read. Also the limit for the binary inside
     /// an archive. Default: 1 GiB.
-    #[serde(default = "default_max_size", with = "crate::size")]
+    #[serde(default = "crate::defaults::max_size", with = "crate::size")]
     pub max_size: u64,
 }
 
 fn yes() -> bool {
     true
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_max_size() -> u64 {
-    1 << 30
 }
 
 impl fmt::Debug for HttpConfig {
@@ -121,9 +112,9 @@ impl HttpConfig {
             checksum_required: true,
             allow_insecure_loopback: false,
             token: None,
-            connect_timeout: default_connect_timeout(),
-            timeout: default_timeout(),
-            max_size: default_max_size(),
+            connect_timeout: crate::defaults::connect_timeout(),
+            timeout: crate::defaults::timeout(),
+            max_size: crate::defaults::max_size(),
         }
     }
 

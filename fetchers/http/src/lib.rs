@@ -45,6 +45,7 @@ use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
 
 pub mod archive;
 mod config;
+pub mod defaults;
 mod error;
 pub mod net;
 pub use handover_fetcher::size;

@@ -156,10 +156,9 @@ fn arm_parent_death_signal(signal: i32, master_pid: i32) -> io::Result<()> {
     }
     // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } != master_pid {
-        // The master died between fork and prctl: the death signal will never come.
-        return Err(io::Error::other(
-            "the master exited while a child was starting",
-        ));
+        // The master died between fork and prctl: the death signal will never come. (A raw
+        // errno: building a message would allocate, which a forked child must not.)
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     let _ = signal;
     Ok(())

@@ -51,6 +51,14 @@ fn at(server: &Server, path: &str) -> HttpConfig {
         .with_timeouts(Duration::from_secs(5), Duration::from_secs(10))
 }
 
+/// One fetch from a fresh fetcher built from `config`.
+async fn fetch_once(config: HttpConfig) -> Result<Option<Artifact>, FetchError> {
+    HttpFetcher::new(config)
+        .expect("a valid configuration")
+        .fetch(&not_running())
+        .await
+}
+
 async fn body(artifact: &mut Artifact) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     artifact.reader().read_to_end(&mut out).await?;
@@ -213,19 +221,11 @@ async fn missing_checksum_when_required_is_an_error() {
     .await;
 
     let no_url = HttpConfig::new(server.url("/app")).allow_insecure_loopback(true);
-    let err = HttpFetcher::new(no_url.clone())
-        .unwrap()
-        .fetch(&not_running())
-        .await
-        .unwrap_err();
+    let err = fetch_once(no_url.clone()).await.unwrap_err();
     assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
     assert!(err.to_string().contains("checksum_url"), "{err}");
 
-    let err = HttpFetcher::new(config(&server))
-        .unwrap()
-        .fetch(&not_running())
-        .await
-        .unwrap_err();
+    let err = fetch_once(config(&server)).await.unwrap_err();
     assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
     assert!(
         err.to_string().contains("no SHA-256 entry for \"app\""),
@@ -243,12 +243,7 @@ async fn missing_checksum_when_required_is_an_error() {
 async fn missing_signature_is_fine() {
     let server = Server::start(release).await;
     let config = config(&server).with_signature_url(server.url("/app.nosig"));
-    let artifact = HttpFetcher::new(config)
-        .unwrap()
-        .fetch(&not_running())
-        .await
-        .unwrap()
-        .unwrap();
+    let artifact = fetch_once(config).await.unwrap().unwrap();
     assert!(artifact.signature().is_none());
 }
 
@@ -256,11 +251,7 @@ async fn missing_signature_is_fine() {
 async fn oversized_download_is_refused_before_reading() {
     let server = Server::start(release).await;
     let config = config(&server).with_max_size(10);
-    let err = HttpFetcher::new(config)
-        .unwrap()
-        .fetch(&not_running())
-        .await
-        .unwrap_err();
+    let err = fetch_once(config).await.unwrap_err();
     assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
     assert!(err.to_string().contains("max_size"), "{err}");
 }
@@ -276,12 +267,7 @@ async fn answers_map_to_errors() {
     let fetch = |path: &str| {
         let mut config = at(&server, path);
         config.checksum_name = Some("app".into());
-        async move {
-            HttpFetcher::new(config)
-                .unwrap()
-                .fetch(&not_running())
-                .await
-        }
+        fetch_once(config)
     };
     let err = fetch("/gone").await.unwrap_err();
     assert!(matches!(err, FetchError::Refused { .. }), "{err}");
@@ -295,11 +281,7 @@ async fn server_down_is_unreachable() {
     let config = HttpConfig::new(format!("http://127.0.0.1:{port}/app"))
         .checksum_required(false)
         .allow_insecure_loopback(true);
-    let err = HttpFetcher::new(config)
-        .unwrap()
-        .fetch(&not_running())
-        .await
-        .unwrap_err();
+    let err = fetch_once(config).await.unwrap_err();
     assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
 }
 
@@ -329,17 +311,11 @@ async fn a_silent_server_hits_the_timeout_before_or_during_the_body() {
             .with_timeouts(Duration::from_secs(1), Duration::from_millis(500))
     };
 
-    let err = HttpFetcher::new(config("/silent"))
-        .unwrap()
-        .fetch(&not_running())
-        .await
-        .unwrap_err();
+    let err = fetch_once(config("/silent")).await.unwrap_err();
     assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains("timed out"), "{err}");
 
-    let mut artifact = HttpFetcher::new(config("/partial"))
-        .unwrap()
-        .fetch(&not_running())
+    let mut artifact = fetch_once(config("/partial"))
         .await
         .unwrap()
         .expect("the headers announce a file");
@@ -393,18 +369,9 @@ async fn redirects_to_plain_http_elsewhere_are_refused() {
         config.checksum_name = Some("app".into());
         config
     };
-    let mut artifact = HttpFetcher::new(at("/moved"))
-        .unwrap()
-        .fetch(&not_running())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut artifact = fetch_once(at("/moved")).await.unwrap().unwrap();
     assert_eq!(body(&mut artifact).await.unwrap(), BINARY);
-    let err = HttpFetcher::new(at("/away"))
-        .unwrap()
-        .fetch(&not_running())
-        .await
-        .unwrap_err();
+    let err = fetch_once(at("/away")).await.unwrap_err();
     assert!(err.to_string().contains("not https"), "{err}");
 }
 
@@ -435,12 +402,7 @@ mod archives {
         })
         .await;
         let config = at(&server, "/app.tar.gz").with_archive_member("app");
-        let mut artifact = HttpFetcher::new(config)
-            .unwrap()
-            .fetch(&not_running())
-            .await
-            .unwrap()
-            .unwrap();
+        let mut artifact = fetch_once(config).await.unwrap().unwrap();
         assert_eq!(artifact.claimed_sha256(), Some(&sha256(BINARY)));
         assert_eq!(artifact.claimed_size(), Some(BINARY.len() as u64));
         assert_eq!(body(&mut artifact).await.unwrap(), BINARY);
@@ -456,11 +418,7 @@ mod archives {
         })
         .await;
         let config = at(&server, "/app.tar.gz").with_archive_member("app");
-        let err = HttpFetcher::new(config)
-            .unwrap()
-            .fetch(&not_running())
-            .await
-            .unwrap_err();
+        let err = fetch_once(config).await.unwrap_err();
         assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
         assert!(err.to_string().contains("does not match"), "{err}");
     }

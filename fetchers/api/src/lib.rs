@@ -81,6 +81,8 @@ pub struct Artifact {
     size: Option<u64>,
     sha256: Option<Sha256>,
     signature: Option<Vec<u8>>,
+    archive: Option<(ArchiveFormat, String)>,
+    local: bool,
 }
 
 impl Artifact {
@@ -95,6 +97,8 @@ impl Artifact {
             size: None,
             sha256: None,
             signature: None,
+            archive: None,
+            local: false,
         }
     }
 
@@ -110,7 +114,8 @@ impl Artifact {
         self
     }
 
-    /// The SHA-256 the source publishes (a digest field, a checksum file, object metadata).
+    /// The SHA-256 the source publishes (a digest field, a checksum file, object metadata) of
+    /// the bytes of this stream: for an archive, of the archive.
     pub fn with_sha256(mut self, sha256: Sha256) -> Self {
         self.sha256 = Some(sha256);
         self
@@ -119,6 +124,23 @@ impl Artifact {
     /// A detached minisign signature of the bytes, as published next to them.
     pub fn with_signature(mut self, signature: Vec<u8>) -> Self {
         self.signature = Some(signature);
+        self
+    }
+
+    /// The stream is an archive (or a compressed file) holding the binary `member`: the core
+    /// checks the archive's published SHA-256, then takes `member` out of it. `member` is a
+    /// path inside the archive, or a file name that occurs once in it (unused for
+    /// [`ArchiveFormat::Gzip`]). [`ArchiveFormat::Sniff`] lets the core tell the format from
+    /// the bytes.
+    pub fn with_archive(mut self, format: ArchiveFormat, member: impl Into<String>) -> Self {
+        self.archive = Some((format, member.into()));
+        self
+    }
+
+    /// The bytes come from this machine (a file), not over a network: the core's
+    /// `checksum_required = "remote"` default does not ask such a candidate for a checksum.
+    pub fn local(mut self) -> Self {
+        self.local = true;
         self
     }
 
@@ -159,6 +181,16 @@ impl Artifact {
         self.signature.as_deref()
     }
 
+    /// How the stream is packed and which member is the binary, when it is an archive.
+    pub fn archive(&self) -> Option<(ArchiveFormat, &str)> {
+        self.archive.as_ref().map(|(f, m)| (*f, m.as_str()))
+    }
+
+    /// Whether the bytes come from this machine.
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
+
     /// The byte stream; the core reads it once.
     pub fn reader(&mut self) -> Pin<&mut (dyn AsyncRead + Send)> {
         self.reader.as_mut()
@@ -174,6 +206,8 @@ impl fmt::Debug for Artifact {
             .field("size", &self.size)
             .field("sha256", &self.sha256.map(hex_prefix))
             .field("signed", &self.signature.is_some())
+            .field("archive", &self.archive)
+            .field("local", &self.local)
             .finish_non_exhaustive()
     }
 }
@@ -182,15 +216,94 @@ fn hex_prefix(digest: Sha256) -> String {
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How a download is packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ArchiveFormat {
+    /// Unknown: the core tells the format from the bytes (a zip or gzip signature, a tar
+    /// header inside gzip), or takes them as the binary itself.
+    Sniff,
+    /// One gzip-compressed file (`.gz`).
+    Gzip,
+    /// A gzip-compressed tar archive (`.tar.gz`, `.tgz`).
+    TarGz,
+    /// A zip archive (stored or deflate entries).
+    Zip,
+}
+
+impl ArchiveFormat {
+    /// Splits a file name into its stem and the format its extension announces
+    /// (case-insensitive): `app.tar.gz` → (`app`, `Some(TarGz)`), `app` → (`app`, `None`).
+    pub fn split(name: &str) -> (&str, Option<Self>) {
+        let lower = name.to_ascii_lowercase();
+        for (extension, format) in [
+            (".tar.gz", Self::TarGz),
+            (".tgz", Self::TarGz),
+            (".zip", Self::Zip),
+            (".gz", Self::Gzip),
+        ] {
+            if lower.ends_with(extension) && lower.len() > extension.len() {
+                return (&name[..name.len() - extension.len()], Some(format));
+            }
+        }
+        (name, None)
+    }
+
+    /// The format a file name announces by its extension, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::split(name).1
+    }
+}
+
+impl fmt::Display for ArchiveFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Sniff => "sniffed",
+            Self::Gzip => "gzip",
+            Self::TarGz => "tar.gz",
+            Self::Zip => "zip",
+        })
+    }
+}
+
 /// How the core finished with an artifact, reported back through [`Fetcher::settled`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Settlement {
     /// Installed and serving (or staged).
     Installed,
-    /// Refused for good: bad checksum or signature, failed sanity check, older version,
-    /// identical to what runs. Asking again will give the same answer.
+    /// Refused for these bytes: an older version, identical to what runs, quarantined, or
+    /// proven bad by running it. The same publication gets the same answer; a fetcher need
+    /// not offer it again until it changes.
     Rejected,
+    /// The publication is incomplete or inconsistent: no checksum or signature yet, or one
+    /// that does not match the bytes. The core looks again on its next poll, at the normal
+    /// interval; a fetcher must offer the candidate again as soon as any part of the
+    /// publication (the bytes, the checksum, the signature) may have changed, and may offer
+    /// it on every poll when it cannot tell cheaply.
+    NotReady,
+}
+
+/// Upgrade policy that older configurations set in a fetcher's own table
+/// (`[github] checksum_required = false`). Policy now lives in the core's `[upgrade]` table;
+/// a fetcher that still reads these keys reports them here, so the core can apply them for
+/// one more release with a deprecation warning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LegacyPolicy {
+    /// `checksum_required`, if the fetcher's table set it.
+    pub checksum_required: Option<bool>,
+    /// `max_size`, if the fetcher's table set it.
+    pub max_size: Option<u64>,
+    /// `allow_downgrade`, if the fetcher's table set it.
+    pub allow_downgrade: Option<bool>,
+}
+
+impl LegacyPolicy {
+    /// Whether no deprecated key was set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A source of new binaries.
@@ -259,7 +372,17 @@ pub enum FetchError {
         /// What was wrong.
         message: String,
     },
-    /// The source refused: credentials, permissions, a missing object or asset.
+    /// Nothing is published there yet, or only part of it: no such file, key or release (a
+    /// 404), or a release without the asset this machine needs. Not a failure: the core logs
+    /// it once and looks again at its normal interval, without back-off.
+    #[error("{origin}: not published yet: {message}")]
+    NotPublished {
+        /// The source.
+        origin: String,
+        /// What is missing.
+        message: String,
+    },
+    /// The source refused: credentials, permissions.
     #[error("{origin}: refused: {message}")]
     Refused {
         /// The source.
@@ -301,6 +424,19 @@ impl FetchError {
             origin: origin.into(),
             message: message.to_string(),
         }
+    }
+
+    /// Nothing (or only part of a release) is published yet.
+    pub fn not_published(origin: impl Into<String>, message: impl fmt::Display) -> Self {
+        Self::NotPublished {
+            origin: origin.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Whether this says only that nothing is published yet.
+    pub fn is_not_published(&self) -> bool {
+        matches!(self, Self::NotPublished { .. })
     }
 
     /// A refusal.

@@ -1,7 +1,8 @@
 //! Byte sizes in configuration: a number of bytes, or a string with a unit (`"256MiB"`).
 //!
-//! For serde: `#[serde(with = "handover_fetcher::size")]` on a `u64` field. Shared by the core
-//! and every fetcher, so `max_size` reads the same everywhere.
+//! For serde: `#[serde(with = "handover_fetcher::size")]` on a `u64` field, or
+//! `#[serde(default, with = "handover_fetcher::size::option")]` on an `Option<u64>`. Shared by
+//! the core and every fetcher, so `max_size` reads the same everywhere.
 
 use serde::{de, Deserializer, Serializer};
 
@@ -29,6 +30,24 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         }
     }
     d.deserialize_any(Visitor)
+}
+
+/// The same for an `Option<u64>` (a key that may be left out): use with `#[serde(default)]`.
+pub mod option {
+    use serde::{Deserializer, Serializer};
+
+    /// Writes the size as a number of bytes, or nothing.
+    pub fn serialize<S: Serializer>(bytes: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => s.serialize_some(bytes),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads a size as [`super::deserialize`] does.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        super::deserialize(d).map(Some)
+    }
 }
 
 /// Parses `"10"`, `"4 KiB"`, `"2MB"`, `"1GiB"`: B, k/kB, KiB, M/MB, MiB, G/GB, GiB

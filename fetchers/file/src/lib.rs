@@ -8,7 +8,10 @@
 //! A file is taken only once its size and modification time have stopped changing for the
 //! settle time, so a copy in progress is never installed half-written. A sibling
 //! `<path>.sha256` (hex digest) and `<path>.minisig` (signature) are passed on as the file's
-//! published checksum and signature.
+//! published checksum and signature; both are optional (whether one is needed is the core's
+//! `[upgrade]` policy). The candidate is [local](Artifact::local), and its identity covers the
+//! binary and both sidecars: a `.minisig` or `.sha256` written after the binary makes it a new
+//! candidate, even after the core settled the old one.
 //!
 //! ```no_run
 //! # fn main() -> std::io::Result<()> {
@@ -26,6 +29,12 @@ use notify::{RecursiveMode, Watcher};
 
 /// How long a file must stay unchanged before it is taken, unless configured.
 pub const DEFAULT_SETTLE: Duration = Duration::from_millis(250);
+
+/// Suffixes of the sidecar files that belong to the publication.
+const SIDECARS: [&str; 2] = [".sha256", ".minisig"];
+
+/// The largest sidecar read (a checksum list or a signature is far smaller).
+const MAX_SIDECAR: u64 = 1 << 20;
 
 /// How many settle periods a file may keep changing before this poll gives up on it (the next
 /// change or poll tries again).
@@ -124,7 +133,20 @@ impl FileFetcher {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let wake = self.wake.clone();
-        let name = self.path.file_name().map(|n| n.to_os_string());
+        // The binary and its sidecars: a signature written after the binary is news too.
+        let names: Vec<std::ffi::OsString> = self
+            .path
+            .file_name()
+            .map(|name| {
+                let mut names = vec![name.to_os_string()];
+                names.extend(SIDECARS.iter().map(|suffix| {
+                    let mut sidecar = name.to_os_string();
+                    sidecar.push(suffix);
+                    sidecar
+                }));
+                names
+            })
+            .unwrap_or_default();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let relevant = match &event {
                 Ok(event) => {
@@ -132,7 +154,8 @@ impl FileFetcher {
                         || event
                             .paths
                             .iter()
-                            .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+                            .filter_map(|p| p.file_name())
+                            .any(|n| names.iter().any(|name| name == n))
                 }
                 Err(_) => true,
             };
@@ -188,11 +211,56 @@ impl FileFetcher {
         self.path.display().to_string()
     }
 
-    fn sidecar(&self, suffix: &str) -> Option<Vec<u8>> {
-        let mut name = self.path.file_name()?.to_os_string();
+    fn sidecar_path(&self, suffix: &str) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
         name.push(suffix);
-        std::fs::read(self.path.with_file_name(name)).ok()
+        self.path.with_file_name(name)
     }
+
+    /// The sidecar's stamp, or `None` when there is none.
+    fn sidecar_stamp(&self, suffix: &str) -> Result<Option<Stamp>, FetchError> {
+        let path = self.sidecar_path(suffix);
+        match std::fs::metadata(&path) {
+            Ok(meta) => Ok(Some(Stamp::of(&meta))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(FetchError::io(path.display().to_string(), e)),
+        }
+    }
+
+    /// The sidecar's stamp and bytes, read from one open file so that both describe the same
+    /// version of it; `None` when there is none.
+    fn sidecar(&self, suffix: &str) -> Result<Option<(Stamp, Vec<u8>)>, FetchError> {
+        use std::io::Read;
+        let path = self.sidecar_path(suffix);
+        let origin = || path.display().to_string();
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FetchError::io(origin(), e)),
+        };
+        let stamp = Stamp::of(&file.metadata().map_err(|e| FetchError::io(origin(), e))?);
+        let mut bytes = Vec::new();
+        file.take(MAX_SIDECAR + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| FetchError::io(origin(), e))?;
+        if bytes.len() as u64 > MAX_SIDECAR {
+            return Err(FetchError::invalid(
+                origin(),
+                format!("larger than {MAX_SIDECAR} bytes; not a checksum or signature"),
+            ));
+        }
+        Ok(Some((stamp, bytes)))
+    }
+}
+
+/// The identity of a publication: the binary's stamp and each sidecar's (or its absence).
+fn publication_id(binary: &Stamp, sidecars: &[Option<Stamp>]) -> String {
+    let mut id = binary.id();
+    for (suffix, stamp) in SIDECARS.iter().zip(sidecars) {
+        let stamp = stamp.map_or_else(|| "absent".to_string(), |s| s.id());
+        id.push_str(&format!(";{suffix}={stamp}"));
+    }
+    id
 }
 
 #[async_trait]
@@ -205,7 +273,11 @@ impl Fetcher for FileFetcher {
         let Some(first) = self.stamp()? else {
             return Ok(None);
         };
-        if self.settled.as_deref() == Some(first.id().as_str()) {
+        let sidecars = SIDECARS
+            .iter()
+            .map(|suffix| self.sidecar_stamp(suffix))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.settled.as_deref() == Some(publication_id(&first, &sidecars).as_str()) {
             return Ok(None);
         }
         let Some(stamp) = self.settled_stamp().await? else {
@@ -226,10 +298,20 @@ impl Fetcher for FileFetcher {
             self.wake.notify_one();
             return Ok(None);
         }
+        let checksum = self.sidecar(".sha256")?;
+        let signature = self.sidecar(".minisig")?;
+        let id = publication_id(
+            &stamp,
+            &[
+                checksum.as_ref().map(|(s, _)| *s),
+                signature.as_ref().map(|(s, _)| *s),
+            ],
+        );
         let mut artifact = Artifact::new(self.origin(), tokio::fs::File::from_std(file))
+            .local()
             .with_size(stamp.size)
-            .with_id(stamp.id());
-        if let Some(text) = self.sidecar(".sha256") {
+            .with_id(id);
+        if let Some((_, text)) = checksum {
             let text = String::from_utf8_lossy(&text);
             let name = self
                 .path
@@ -238,15 +320,13 @@ impl Fetcher for FileFetcher {
                 .unwrap_or_default();
             match handover_fetcher::find_in_checksum_file(&text, &name) {
                 Some(digest) => artifact = artifact.with_sha256(digest),
-                None => {
-                    return Err(FetchError::invalid(
-                        format!("{}.sha256", self.origin()),
-                        "holds no sha256 for this file",
-                    ))
-                }
+                None => tracing::debug!(
+                    path = %self.sidecar_path(".sha256").display(),
+                    "holds no sha256 for this file; offering it without one"
+                ),
             }
         }
-        if let Some(signature) = self.sidecar(".minisig") {
+        if let Some((_, signature)) = signature {
             artifact = artifact.with_signature(signature);
         }
         Ok(Some(artifact))
@@ -361,8 +441,53 @@ mod tests {
             handover_fetcher::parse_sha256(digest).as_ref()
         );
 
-        std::fs::write(dir.path().join("app.next.sha256"), "garbage\n").unwrap();
-        let err = fetcher.fetch(&running()).await.unwrap_err();
-        assert!(err.to_string().contains("holds no sha256"), "{err}");
+        assert!(artifact.is_local());
+
+        // A checksum file without an entry for the binary: offered without a digest.
+        std::fs::write(
+            dir.path().join("app.next.sha256"),
+            format!("{digest}  something-else\n{digest}  other\n"),
+        )
+        .unwrap();
+        let artifact = fetcher.fetch(&running()).await.unwrap().unwrap();
+        assert_eq!(artifact.claimed_sha256(), None);
+    }
+
+    // regression: the id covered only the binary, so a signature uploaded after the binary was
+    // never offered once the core had settled the unsigned candidate.
+    #[tokio::test]
+    async fn a_signature_arriving_after_settlement_offers_the_binary_again() {
+        for settlement in [Settlement::NotReady, Settlement::Rejected] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("app.next");
+            std::fs::write(&path, b"binary v2").unwrap();
+            let mut fetcher = FileFetcher::new(&path)
+                .settle(Duration::from_millis(10))
+                .start()
+                .unwrap();
+            let wake = fetcher.wake().unwrap();
+            let unsigned = fetcher.fetch(&running()).await.unwrap().expect("offered");
+            assert!(unsigned.signature().is_none());
+            fetcher.settled(unsigned.id().unwrap(), settlement);
+            assert!(fetcher.fetch(&running()).await.unwrap().is_none());
+
+            std::fs::write(
+                dir.path().join("app.next.minisig"),
+                b"untrusted comment: x\n",
+            )
+            .unwrap();
+            tokio::time::timeout(Duration::from_secs(5), wake.notified())
+                .await
+                .expect("woken by the signature's arrival");
+            let signed = fetcher
+                .fetch(&running())
+                .await
+                .unwrap()
+                .expect("offered again");
+            assert_ne!(signed.id(), unsigned.id());
+            assert_eq!(signed.signature(), Some(&b"untrusted comment: x\n"[..]));
+            fetcher.settled(signed.id().unwrap(), Settlement::Installed);
+            assert!(fetcher.fetch(&running()).await.unwrap().is_none());
+        }
     }
 }

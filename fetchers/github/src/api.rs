@@ -34,6 +34,8 @@ pub(crate) enum Answer<T> {
     NotModified,
     /// 200, with the body and its ETag.
     Fresh { body: T, etag: Option<String> },
+    /// 404: see [`Api::not_found`] for what it means.
+    NotFound,
 }
 
 /// The API client and what it learned about the rate limit.
@@ -153,6 +155,7 @@ impl Api {
         let origin = at.as_str();
         match response.status() {
             StatusCode::NOT_MODIFIED => return Ok(Answer::NotModified),
+            StatusCode::NOT_FOUND => return Ok(Answer::NotFound),
             s if s.is_success() => {}
             _ => return Err(self.error(&at, response).await),
         }
@@ -168,14 +171,36 @@ impl Api {
         Ok(Answer::Fresh { body, etag })
     }
 
+    /// Whether the API resource at `url` exists (and the token may see it): a 200 or a 404.
+    pub(crate) async fn exists(&mut self, url: Url) -> Result<bool, FetchError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/vnd.github+json"),
+        );
+        let (response, at) = self.get(url, headers, true).await?;
+        match response.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.error(&at, response).await),
+        }
+    }
+
+    /// A 404 where something should be: no such repository, or the token cannot see it.
+    pub(crate) fn not_found(&self, url: &Url) -> FetchError {
+        let hint = if self.has_token() {
+            "no such repository, release or asset, or the token cannot see it"
+        } else {
+            "no such repository, release or asset (a private repository needs a token)"
+        };
+        FetchError::refused(url.as_str(), format!("HTTP 404 Not Found: {hint}"))
+    }
+
     /// Starts downloading `asset`: its API URL with `Accept: application/octet-stream` (through
     /// octocrab), then the redirect to the storage host with the plain client, so that the token
-    /// is not forwarded (the storage host answers 400 to an `Authorization` header).
-    pub(crate) async fn download(
-        &mut self,
-        asset: &Asset,
-        max_size: u64,
-    ) -> Result<Response, FetchError> {
+    /// is not forwarded (the storage host answers 400 to an `Authorization` header). `None`
+    /// when the asset is gone (a 404: deleted since the release was listed).
+    pub(crate) async fn download(&mut self, asset: &Asset) -> Result<Option<Response>, FetchError> {
         let url = asset.url.clone();
         if !net::may_follow(&url, self.allow_insecure_loopback) {
             return Err(FetchError::invalid(
@@ -186,11 +211,14 @@ impl Api {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/octet-stream"));
         let (response, at) = self.get(url, headers, false).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            tracing::debug!(asset = %asset.name, url = %at, "asset gone since the listing");
+            return Ok(None);
+        }
         if !response.status().is_success() {
             return Err(self.error(&at, response).await);
         }
-        net::check_size(at.as_str(), response.content_length(), max_size)?;
-        Ok(response)
+        Ok(Some(response))
     }
 
     /// `GET url`, following up to [`net::MAX_REDIRECTS`] redirects by hand. Requests under the
@@ -322,14 +350,7 @@ impl Api {
             StatusCode::UNAUTHORIZED => {
                 FetchError::refused(origin, format!("{said} (check the token)"))
             }
-            StatusCode::NOT_FOUND => {
-                let hint = if self.has_token() {
-                    "no such repository, release or asset, or the token cannot see it"
-                } else {
-                    "no such repository, release or asset (a private repository needs a token)"
-                };
-                FetchError::refused(origin, format!("{said}: {hint}"))
-            }
+            StatusCode::NOT_FOUND => self.not_found(url),
             s if s.is_server_error() => FetchError::unreachable(origin, said),
             _ => FetchError::invalid(origin, format!("unexpected {said}")),
         }

@@ -1,7 +1,6 @@
 //! Which asset of a release is the binary for this target, and which ones vouch for it.
 
-use handover_fetcher::Version;
-use handover_fetcher_http::archive::Format;
+use handover_fetcher::{ArchiveFormat, Version};
 
 use crate::release::{is_uploaded, Asset, Release};
 
@@ -106,14 +105,24 @@ fn is_checksum_list(lower: &str) -> bool {
         || lower.ends_with("_sha256sums.txt")
 }
 
-/// The asset to download and how it is packed, or why there is none (naming the release
-/// tag, what was expected, and what is there).
+/// Why no asset was chosen; the message names the release tag, what was expected, and what is
+/// there.
+#[derive(Debug)]
+pub(crate) enum NoAsset {
+    /// The release has no (completely uploaded) asset for this machine: yet, perhaps.
+    Missing(String),
+    /// `asset_pattern` matches several assets.
+    Ambiguous(String),
+}
+
+/// The asset to download and how it is packed (`None`: the binary itself), or why there is
+/// none.
 pub(crate) fn select<'r>(
     release: &'r Release,
     template: &str,
     pattern: Option<&str>,
     vars: &Vars<'_>,
-) -> Result<(&'r Asset, Format), String> {
+) -> Result<(&'r Asset, Option<ArchiveFormat>), NoAsset> {
     let ready = || release.assets.iter().filter(|a| is_uploaded(a));
     let present = || {
         let names: Vec<&str> = release.assets.iter().map(|a| a.name.as_str()).collect();
@@ -131,20 +140,20 @@ pub(crate) fn select<'r>(
         match matching.as_slice() {
             [one] => *one,
             [] => {
-                return Err(format!(
+                return Err(NoAsset::Missing(format!(
                     "release {} has no asset matching {pattern:?}; assets: {}",
                     release.tag_name,
                     present()
-                ))
+                )))
             }
             several => {
                 let names: Vec<&str> = several.iter().map(|a| a.name.as_str()).collect();
-                return Err(format!(
+                return Err(NoAsset::Ambiguous(format!(
                     "release {}: asset_pattern {pattern:?} matches several assets ({}); make it \
                      match one",
                     release.tag_name,
                     names.join(", ")
-                ));
+                )));
             }
         }
     } else {
@@ -156,16 +165,16 @@ pub(crate) fn select<'r>(
         match found {
             Some(asset) => asset,
             None => {
-                return Err(format!(
+                return Err(NoAsset::Missing(format!(
                     "release {} has no asset {expected:?} (nor with .gz, .tar.gz, .tgz or .zip \
                      after it); assets: {}",
                     release.tag_name,
                     present()
-                ))
+                )))
             }
         }
     };
-    Ok((chosen, Format::from_name(&chosen.name)))
+    Ok((chosen, ArchiveFormat::from_name(&chosen.name)))
 }
 
 /// Assets that may hold `asset`'s SHA-256, best first: `<asset>.sha256`, then checksum lists.
@@ -187,17 +196,15 @@ pub(crate) fn checksum_assets<'r>(release: &'r Release, asset: &str) -> Vec<&'r 
 
 /// The minisign signature of what the core will verify: `<asset>.minisig` for a raw binary;
 /// for an archive, the signature of the binary inside, `<asset without extension>.minisig`
-/// (a signature of the archive itself could not be checked by the core, which only sees the
-/// extracted binary).
+/// (the core verifies the signature after taking the binary out).
 pub(crate) fn signature_asset<'r>(
     release: &'r Release,
     asset: &str,
-    format: Format,
+    format: Option<ArchiveFormat>,
 ) -> Option<&'r Asset> {
-    let name = if format.is_packed() {
-        format!("{}.minisig", Format::split(asset).0)
-    } else {
-        format!("{asset}.minisig")
+    let name = match format {
+        Some(_) => format!("{}.minisig", ArchiveFormat::split(asset).0),
+        None => format!("{asset}.minisig"),
     };
     release
         .assets
@@ -258,23 +265,25 @@ mod tests {
         let (a, format) = select(&r, "{name}-{target}", None, &vars(target)).unwrap();
         assert_eq!(
             (a.name.as_str(), format),
-            ("app-x86_64-unknown-linux-gnu", Format::Raw)
+            ("app-x86_64-unknown-linux-gnu", None)
         );
         let r = release(&["app-x86_64-unknown-linux-gnu.tgz"]);
         let (_, format) = select(&r, "{name}-{target}", None, &vars(target)).unwrap();
-        assert_eq!(format, Format::TarGz);
+        assert_eq!(format, Some(ArchiveFormat::TarGz));
     }
 
     #[test]
     fn missing_asset_names_tag_expectation_and_assets() {
         let r = release(&["app-aarch64-apple-darwin", "SHA256SUMS"]);
-        let err = select(
+        let NoAsset::Missing(err) = select(
             &r,
             "{name}-{target}",
             None,
             &vars("x86_64-unknown-linux-gnu"),
         )
-        .unwrap_err();
+        .unwrap_err() else {
+            panic!("not missing")
+        };
         assert!(err.contains("v1.2.3"), "{err}");
         assert!(err.contains("\"app-x86_64-unknown-linux-gnu\""), "{err}");
         assert!(
@@ -299,10 +308,15 @@ mod tests {
         .unwrap();
         assert_eq!(
             (a.name.as_str(), format),
-            ("app-1.2.3-x86_64-linux.zip", Format::Zip)
+            ("app-1.2.3-x86_64-linux.zip", Some(ArchiveFormat::Zip))
         );
         let err = select(&r, "", Some("app-*"), &vars("x86_64-unknown-linux-gnu")).unwrap_err();
-        assert!(err.contains("matches several"), "{err}");
+        assert!(
+            matches!(&err, NoAsset::Ambiguous(m) if m.contains("matches several")),
+            "{err:?}"
+        );
+        let err = select(&r, "", Some("nope-*"), &vars("x86_64-unknown-linux-gnu")).unwrap_err();
+        assert!(matches!(err, NoAsset::Missing(_)), "{err:?}");
     }
 
     #[test]
@@ -322,13 +336,13 @@ mod tests {
             .collect();
         assert_eq!(names, ["app.tar.gz.sha256", "checksums.txt"]);
         assert_eq!(
-            signature_asset(&r, "app.tar.gz", Format::TarGz)
+            signature_asset(&r, "app.tar.gz", Some(ArchiveFormat::TarGz))
                 .unwrap()
                 .name,
             "app.minisig"
         );
         assert_eq!(
-            signature_asset(&r, "bin", Format::Raw).unwrap().name,
+            signature_asset(&r, "bin", None).unwrap().name,
             "bin.minisig"
         );
     }

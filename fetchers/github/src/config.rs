@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use handover_fetcher::LegacyPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -31,7 +32,8 @@ pub enum Channel {
 
 /// The `[github]` table of `handover.toml`.
 ///
-/// Only `repo` is required:
+/// Only `repo` is required. Whether a checksum or signature is required, the size limit and
+/// downgrades are upgrade policy, set in the core's `[upgrade]` table:
 ///
 /// ```toml
 /// [github]
@@ -68,16 +70,18 @@ pub struct GithubConfig {
     /// semver pre-release part such as `1.3.0-rc.1`). Default: false.
     #[serde(default)]
     pub prerelease: bool,
-    /// Offer a release whose version is lower than the running one (never an equal one).
-    /// Default: false.
-    #[serde(default)]
-    pub allow_downgrade: bool,
+    /// Deprecated: `allow_downgrade` belongs in the core's `[upgrade]` table. Still read, and
+    /// reported by [`legacy_policy`](Self::legacy_policy); this fetcher offers the newest
+    /// release whatever its version, and the core refuses a downgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_downgrade: Option<bool>,
     /// The program's name, `{name}` in asset names. Default: the repository's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The asset to take, as a template: `{name}`, `{version}` (without a leading `v`),
     /// `{tag}`, `{target}`, `{os}`, `{arch}`. The exact name is preferred; otherwise the name
-    /// followed by `.gz`, `.tar.gz`, `.tgz` or `.zip`, unpacked here. Default: `{name}-{target}`.
+    /// followed by `.gz`, `.tar.gz`, `.tgz` or `.zip`, which the core unpacks. Default:
+    /// `{name}-{target}`.
     #[serde(default = "default_asset")]
     pub asset: String,
     /// Instead of `asset`: a glob (`*` any run of characters, `?` one character) with the same
@@ -93,11 +97,12 @@ pub struct GithubConfig {
     /// program was built for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-    /// Refuse a release that publishes no SHA-256 for the asset: neither the asset's `digest`
-    /// nor a checksum asset (`<asset>.sha256`, `SHA256SUMS`, `sha256sums.txt`,
-    /// `checksums.txt`, `*_checksums.txt`). Default: true.
-    #[serde(default = "yes")]
-    pub checksum_required: bool,
+    /// Deprecated: `checksum_required` belongs in the core's `[upgrade]` table. Still read, and
+    /// reported by [`legacy_policy`](Self::legacy_policy); this fetcher does not act on it.
+    /// (The SHA-256 it publishes comes from the asset's `digest`, else a checksum asset:
+    /// `<asset>.sha256`, `SHA256SUMS`, `sha256sums.txt`, `checksums.txt`, `*_checksums.txt`.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_required: Option<bool>,
     /// Accept an `http://` `base_url` (and redirects) to a loopback host: 127.0.0.0/8, `::1`,
     /// `localhost`. For tests. Default: false.
     #[serde(default)]
@@ -115,18 +120,17 @@ pub struct GithubConfig {
         with = "humantime_serde"
     )]
     pub timeout: Duration,
-    /// The largest asset accepted, in bytes or with a unit (`"256MiB"`); also the limit for
-    /// the binary inside an archive. Default: 1 GiB.
+    /// Deprecated: `max_size` belongs in the core's `[upgrade]` table. Still read (in bytes or
+    /// with a unit, `"256MiB"`) and reported by [`legacy_policy`](Self::legacy_policy); this
+    /// fetcher does not act on it.
     #[serde(
-        default = "handover_fetcher_http::defaults::max_size",
-        with = "handover_fetcher_http::size"
+        default,
+        with = "handover_fetcher_http::size::option",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub max_size: u64,
+    pub max_size: Option<u64>,
 }
 
-fn yes() -> bool {
-    true
-}
 fn default_base_url() -> String {
     DEFAULT_BASE_URL.into()
 }
@@ -169,18 +173,27 @@ impl GithubConfig {
             base_url: default_base_url(),
             channel: Channel::Latest,
             prerelease: false,
-            allow_downgrade: false,
+            allow_downgrade: None,
             name: None,
             asset: default_asset(),
             asset_pattern: None,
             binary: default_binary(),
             target: None,
-            checksum_required: true,
+            checksum_required: None,
             allow_insecure_loopback: false,
             connect_timeout: handover_fetcher_http::defaults::connect_timeout(),
             timeout: handover_fetcher_http::defaults::timeout(),
-            max_size: handover_fetcher_http::defaults::max_size(),
+            max_size: None,
         }
+    }
+
+    /// The deprecated policy keys this table set, for the core to warn about and apply.
+    pub fn legacy_policy(&self) -> LegacyPolicy {
+        let mut legacy = LegacyPolicy::default();
+        legacy.checksum_required = self.checksum_required;
+        legacy.max_size = self.max_size;
+        legacy.allow_downgrade = self.allow_downgrade;
+        legacy
     }
 
     /// Sets [`base_url`](Self::base_url).
@@ -299,9 +312,6 @@ impl GithubConfig {
         if self.timeout.is_zero() {
             return bad("timeout", "must be greater than zero");
         }
-        if self.max_size == 0 {
-            return bad("max_size", "must be greater than zero");
-        }
         Ok(())
     }
 }
@@ -320,12 +330,11 @@ mod tests {
         assert_eq!(config, GithubConfig::new("acme/app"));
         assert_eq!(config.base_url, "https://api.github.com");
         assert_eq!(config.channel, Channel::Latest);
-        assert!(!config.prerelease && !config.allow_downgrade);
+        assert!(!config.prerelease);
+        assert!(config.legacy_policy().is_empty());
         assert_eq!(config.asset, "{name}-{target}");
         assert_eq!(config.binary, "{name}");
-        assert!(config.checksum_required);
         assert_eq!(config.timeout, Duration::from_secs(300));
-        assert_eq!(config.max_size, 1 << 30);
         assert_eq!(config.program_name().unwrap(), "app");
         assert_eq!(config.target_triple(), BUILD_TARGET);
         assert!(BUILD_TARGET.contains('-'), "{BUILD_TARGET}");
@@ -357,7 +366,10 @@ mod tests {
         .unwrap();
         assert_eq!(config.channel, Channel::All);
         assert_eq!(config.program_name().unwrap(), "appd");
-        assert_eq!(config.max_size, 64 << 20);
+        let legacy = config.legacy_policy();
+        assert_eq!(legacy.checksum_required, Some(false));
+        assert_eq!(legacy.max_size, Some(64 << 20));
+        assert_eq!(legacy.allow_downgrade, Some(true));
         config.validate().unwrap();
     }
 

@@ -3,18 +3,23 @@
 //! Each poll asks the REST API for the latest release (or, with `channel = "all"`, the newest
 //! 100, picking the highest semver tag), conditional on the ETag of the last answer that was
 //! settled, so an unchanged release list costs a `304 Not Modified` (which GitHub does not count
-//! against the rate limit). A release is a candidate when its version (its tag, `v1.2.3` or
-//! `1.2.3`) is greater than the running one; drafts never are.
+//! against the rate limit). The newest release (its tag, `v1.2.3` or `1.2.3`, is its version;
+//! drafts never count) is offered whenever its version differs from the running one, with that
+//! version: whether an older one may be installed is the core's `[upgrade]` policy, as are
+//! whether a checksum or signature is required and the size limit. A repository without a
+//! release, or a release without an asset for this machine (yet), is
+//! [`FetchError::NotPublished`].
 //!
 //! The asset is chosen by name from a template (default `{name}-{target}`, with the target
 //! triple this program was built for), optionally followed by `.gz`, `.tar.gz`, `.tgz` or
 //! `.zip`, or by a glob. Its SHA-256 comes from the asset's `digest` field, or else from a
-//! checksum asset of the same release (`<asset>.sha256`, `SHA256SUMS`, `checksums.txt`); a
-//! `<asset>.minisig` is passed on for the core to verify.
+//! checksum asset of the same release (`<asset>.sha256`, `SHA256SUMS`, `checksums.txt`); with
+//! neither, it is offered without one. A `<asset>.minisig` is passed on for the core to verify.
 //!
-//! A raw binary is streamed to the core, which hashes it and compares the digest. An archive is
-//! downloaded whole, checked against its digest here, and the binary taken out of it (see
-//! [`handover_fetcher_http::archive`]); the core then gets the binary and its hash.
+//! The asset is streamed to the core as it is, which hashes it and compares the digest. An
+//! archive is marked with [`Artifact::with_archive`]: its digest is the archive's, and the core
+//! takes the binary (`binary`) out of it. Its signature is `<asset without extension>.minisig`,
+//! a signature of the binary inside, which the core verifies after unpacking.
 //!
 //! The REST API is called through [octocrab](https://docs.rs/octocrab), running on this
 //! crate's reqwest client (one HTTP and TLS stack), with `base_url` as its base URI and the
@@ -40,13 +45,11 @@
 //! ```
 
 use std::fmt;
-use std::io::Cursor;
 
 use handover_fetcher::{
     async_trait, find_in_checksum_file, parse_sha256, Artifact, FetchError, Fetcher, Running,
     Settlement, Sha256, Version,
 };
-use handover_fetcher_http::archive;
 use handover_fetcher_http::net;
 
 mod api;
@@ -59,7 +62,7 @@ pub use config::{Channel, GithubConfig, BUILD_TARGET, DEFAULT_BASE_URL};
 pub use error::Error;
 
 use api::{Answer, Api};
-use asset::Vars;
+use asset::{NoAsset, Vars};
 use release::{Asset, Release};
 
 /// The largest checksum asset read.
@@ -137,42 +140,53 @@ impl GithubFetcher {
         &mut self,
         etag: Option<&str>,
     ) -> Result<Option<(Vec<Release>, Option<String>)>, FetchError> {
+        let url = match self.config.channel {
+            Channel::Latest => format!("repos/{}/releases/latest", self.repo),
+            Channel::All => format!("repos/{}/releases?per_page=100", self.repo),
+        };
+        let url = self.api.endpoint(&url);
         let answer = match self.config.channel {
-            Channel::Latest => {
-                let url = self
-                    .api
-                    .endpoint(&format!("repos/{}/releases/latest", self.repo));
-                match self.api.get_json::<Release>(url.clone(), etag).await? {
-                    Answer::NotModified => Answer::NotModified,
-                    Answer::Fresh { body, etag } => {
-                        if release::tag_version(&body.tag_name).is_none() {
-                            return Err(FetchError::invalid(
-                                url.as_str(),
-                                format!(
-                                    "the latest release's tag {:?} is not a semver version \
-                                     (v1.2.3 or 1.2.3)",
-                                    body.tag_name
-                                ),
-                            ));
-                        }
-                        Answer::Fresh {
-                            body: vec![body],
-                            etag,
-                        }
+            Channel::Latest => match self.api.get_json::<Release>(url.clone(), etag).await? {
+                Answer::NotModified => Answer::NotModified,
+                Answer::NotFound => Answer::NotFound,
+                Answer::Fresh { body, etag } => {
+                    if release::tag_version(&body.tag_name).is_none() {
+                        return Err(FetchError::invalid(
+                            url.as_str(),
+                            format!(
+                                "the latest release's tag {:?} is not a semver version \
+                                 (v1.2.3 or 1.2.3)",
+                                body.tag_name
+                            ),
+                        ));
+                    }
+                    Answer::Fresh {
+                        body: vec![body],
+                        etag,
                     }
                 }
-            }
-            Channel::All => {
-                let url = self
-                    .api
-                    .endpoint(&format!("repos/{}/releases?per_page=100", self.repo));
-                self.api.get_json::<Vec<Release>>(url, etag).await?
-            }
+            },
+            Channel::All => self.api.get_json::<Vec<Release>>(url.clone(), etag).await?,
         };
-        Ok(match answer {
-            Answer::NotModified => None,
-            Answer::Fresh { body, etag } => Some((body, etag)),
-        })
+        match answer {
+            Answer::NotModified => Ok(None),
+            Answer::Fresh { body, etag } => Ok(Some((body, etag))),
+            // GitHub answers 404 to `releases/latest` when there is no published release; the
+            // repository itself tells that apart from a wrong name or a token that cannot see.
+            Answer::NotFound if self.config.channel == Channel::Latest => {
+                let repo = self.api.endpoint(&format!("repos/{}", self.repo));
+                if self.api.exists(repo).await? {
+                    Err(FetchError::not_published(
+                        url.as_str(),
+                        "the repository has no published release (drafts and prereleases are \
+                         never the latest)",
+                    ))
+                } else {
+                    Err(self.api.not_found(&url))
+                }
+            }
+            Answer::NotFound => Err(self.api.not_found(&url)),
+        }
     }
 
     fn remember(&mut self, etag: Option<String>, running: &Running) {
@@ -181,40 +195,20 @@ impl GithubFetcher {
         }
     }
 
-    /// Whether `version` should be offered to something running `running`.
-    fn is_candidate(&self, version: &Version, running: &Running) -> bool {
-        match &running.version {
-            None => true,
-            Some(current) if version > current => true,
-            Some(current) if version < current && self.config.allow_downgrade => {
-                tracing::info!(%version, running = %current, "offering a downgrade");
-                true
-            }
-            Some(current) => {
-                if version < current {
-                    tracing::debug!(%version, running = %current, "release is older; no downgrade");
-                }
-                false
-            }
-        }
-    }
-
-    /// The asset's published SHA-256: its `digest`, else an entry in a checksum asset.
+    /// The asset's published SHA-256: its `digest`, else an entry in a checksum asset, else
+    /// none (not an error: whether one is required is the core's policy).
     async fn published_sha256(
         &mut self,
         release: &Release,
         asset: &Asset,
     ) -> Result<Option<Sha256>, FetchError> {
-        if let Some(digest) = asset
-            .digest
-            .as_deref()
-            .filter(|d| d.starts_with("sha256:"))
-            .and_then(parse_sha256)
-        {
+        if let Some(digest) = asset_digest(asset) {
             return Ok(Some(digest));
         }
         for sums in asset::checksum_assets(release, &asset.name) {
-            let response = self.api.download(sums, MAX_CHECKSUM_FILE).await?;
+            let Some(response) = self.api.download(sums).await? else {
+                continue;
+            };
             let text = net::read_limited(response, MAX_CHECKSUM_FILE, sums.url.as_str()).await?;
             if let Some(digest) =
                 find_in_checksum_file(&String::from_utf8_lossy(&text), &asset.name)
@@ -222,9 +216,21 @@ impl GithubFetcher {
                 tracing::debug!(asset = %asset.name, from = %sums.name, "SHA-256 from checksums");
                 return Ok(Some(digest));
             }
+            tracing::debug!(asset = %asset.name, checksums = %sums.name, "no entry for the asset");
         }
+        tracing::debug!(release = %release.tag_name, asset = %asset.name,
+            "no SHA-256 published for the asset; offering it without one");
         Ok(None)
     }
+}
+
+/// The SHA-256 GitHub computed for an asset (`"digest": "sha256:…"`).
+fn asset_digest(asset: &Asset) -> Option<Sha256> {
+    asset
+        .digest
+        .as_deref()
+        .filter(|d| d.starts_with("sha256:"))
+        .and_then(parse_sha256)
 }
 
 #[async_trait]
@@ -244,11 +250,19 @@ impl Fetcher for GithubFetcher {
             return Ok(None);
         };
         let Some((release, version)) = release::pick(releases, self.config.prerelease) else {
-            tracing::debug!(repo = %self.repo, "no release to consider");
             self.remember(etag, running);
-            return Ok(None);
+            let which = if self.config.prerelease {
+                "no release with a semver tag (drafts skipped)"
+            } else {
+                "no release with a semver tag (drafts and prereleases skipped)"
+            };
+            return Err(FetchError::not_published(
+                format!("github:{}", self.repo),
+                which,
+            ));
         };
-        if !self.is_candidate(&version, running) {
+        if running.version.as_ref() == Some(&version) {
+            tracing::debug!(repo = %self.repo, %version, "the newest release is the running version");
             self.remember(etag, running);
             return Ok(None);
         }
@@ -261,77 +275,71 @@ impl Fetcher for GithubFetcher {
             tag: &release.tag_name,
             target: &self.target,
         };
-        let (asset, format) = asset::select(
+        let (asset, format) = match asset::select(
             &release,
             &self.config.asset,
             self.config.asset_pattern.as_deref(),
             &vars,
-        )
-        .map_err(|message| FetchError::invalid(origin_of(""), message))?;
+        ) {
+            Ok(found) => found,
+            // Assets are uploaded after the release is created: the list changes (and so its
+            // ETag) once they are there.
+            Err(NoAsset::Missing(message)) => {
+                self.remember(etag, running);
+                return Err(FetchError::not_published(origin_of(""), message));
+            }
+            Err(NoAsset::Ambiguous(message)) => {
+                return Err(FetchError::invalid(origin_of(""), message))
+            }
+        };
         let binary = vars.expand(&self.config.binary);
         let origin = origin_of(&asset.name);
-        // GitHub's sizes are signed; a negative one says nothing.
-        let size = u64::try_from(asset.size).ok();
-        net::check_size(&origin, size, self.config.max_size)?;
-
-        let published = self.published_sha256(&release, asset).await?;
-        if published.is_none() && self.config.checksum_required {
-            return Err(FetchError::invalid(
-                origin,
-                format!(
-                    "release {} publishes no SHA-256 for {}: no digest, and no entry in {}.sha256, \
-                     SHA256SUMS or checksums.txt (checksum_required is true)",
-                    release.tag_name, asset.name, asset.name
-                ),
-            ));
-        }
-        if !format.is_packed() && published == Some(running.sha256) {
-            tracing::debug!(%origin, "the release's binary is the running one");
+        if asset_digest(asset) == Some(running.sha256) {
+            tracing::debug!(%origin, "GitHub's digest of the asset is the running binary's");
             self.remember(etag, running);
             return Ok(None);
         }
+        // GitHub's sizes are signed; a negative one says nothing.
+        let size = u64::try_from(asset.size).ok();
+
+        let published = self.published_sha256(&release, asset).await?;
         let signature = match asset::signature_asset(&release, &asset.name, format) {
-            Some(sig) => {
-                let response = self.api.download(sig, MAX_SIGNATURE).await?;
-                Some(net::read_limited(response, MAX_SIGNATURE, &origin_of(&sig.name)).await?)
-            }
+            Some(sig) => match self.api.download(sig).await? {
+                Some(response) => {
+                    Some(net::read_limited(response, MAX_SIGNATURE, &origin_of(&sig.name)).await?)
+                }
+                None => None,
+            },
             None => None,
         };
 
-        let response = self.api.download(asset, self.config.max_size).await?;
-        let mut artifact = if format.is_packed() {
-            let bytes = net::read_limited(response, self.config.max_size, &origin).await?;
-            let max_size = self.config.max_size;
-            let task = tokio::task::spawn_blocking(move || {
-                archive::verify_and_extract(&bytes, format, &binary, max_size, published)
-            });
-            let (content, digest) = match task.await {
-                Ok(Ok(unpacked)) => unpacked,
-                Ok(Err(e)) => return Err(FetchError::invalid(origin, e)),
-                Err(e) => return Err(FetchError::io(origin, std::io::Error::other(e))),
-            };
-            let size = content.len() as u64;
-            Artifact::new(origin.clone(), Cursor::new(content))
-                .with_size(size)
-                .with_sha256(digest)
-        } else {
-            let reader = net::into_reader(response, self.config.max_size);
-            let mut artifact = Artifact::new(origin.clone(), reader);
-            if let Some(size) = size {
-                artifact = artifact.with_size(size);
-            }
-            match published {
-                Some(digest) => artifact.with_sha256(digest),
-                None => artifact,
-            }
+        let Some(response) = self.api.download(asset).await? else {
+            return Err(FetchError::not_published(
+                origin,
+                "the asset was removed after the release was listed",
+            ));
         };
+        let mut artifact = Artifact::new(origin.clone(), net::into_reader(response));
+        if let Some(size) = size {
+            artifact = artifact.with_size(size);
+        }
+        if let Some(digest) = published {
+            artifact = artifact.with_sha256(digest);
+        }
         if let Some(signature) = signature {
             artifact = artifact.with_signature(signature);
+        }
+        if let Some(format) = format {
+            artifact = artifact.with_archive(format, binary);
         }
         let id = format!(
             "release:{}:asset:{}:{}",
             release.id, asset.id, release.tag_name
         );
+        if let Some(current) = running.version.as_ref().filter(|v| version < **v) {
+            tracing::info!(%origin, %version, running = %current,
+                "the newest release is older than the running version; the core decides");
+        }
         let size = artifact.claimed_size();
         tracing::info!(%origin, %version, ?size, "offering a new release");
         self.offered = Some((id.clone(), etag, running.version.clone()));

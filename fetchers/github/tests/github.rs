@@ -4,7 +4,9 @@ mod support;
 
 use std::time::Duration;
 
-use handover_fetcher::{Artifact, FetchError, Fetcher, Running, Settlement, Version};
+use handover_fetcher::{
+    ArchiveFormat, Artifact, FetchError, Fetcher, Running, Settlement, Version,
+};
 use handover_fetcher_github::{Channel, GithubFetcher};
 use support::{dead_port, hex, now, sha256, FakeGithub, FakeRelease, ASSET};
 use tokio::io::AsyncReadExt;
@@ -23,22 +25,8 @@ async fn body(artifact: &mut Artifact) -> Vec<u8> {
     out
 }
 
-/// A tar.gz of (path, content) entries. Paths go into the header bytes directly, so that
-/// malicious ones can be built (`tar::Builder` refuses them).
-fn targz(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut builder = tar::Builder::new(gz);
-    for (path, content) in entries {
-        let mut header = tar::Header::new_gnu();
-        header.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_mode(0o755);
-        header.set_size(content.len() as u64);
-        header.set_cksum();
-        builder.append(&header, *content).unwrap();
-    }
-    builder.into_inner().unwrap().finish().unwrap()
-}
+/// Not a real archive: the fetcher hands the bytes over as they are, the core unpacks.
+const ARCHIVE: &[u8] = b"\x1f\x8b pretend tar.gz holding app-1.3.0/app";
 
 /// v1.3.0 with the raw binary (digest shown) and nothing else.
 fn v130() -> FakeRelease {
@@ -197,31 +185,45 @@ async fn prereleases_and_drafts_are_ignored() {
 }
 
 #[tokio::test]
-async fn older_or_equal_versions_are_not_offered_unless_downgrades_are_allowed() {
+async fn an_older_release_is_offered_for_the_core_to_refuse_and_an_equal_one_is_not() {
     let github = FakeGithub::start(vec![v130()]).await;
-    assert!(fetch(&github, &running("1.4.0")).await.unwrap().is_none());
     assert!(fetch(&github, &running("1.3.0")).await.unwrap().is_none());
 
+    // The legacy key is reported, not acted on: downgrades are the core's decision.
     let mut config = github.config();
-    config.allow_downgrade = true;
+    config.allow_downgrade = Some(false);
+    assert_eq!(config.legacy_policy().allow_downgrade, Some(false));
     let mut fetcher = GithubFetcher::new(config).unwrap();
     let artifact = fetcher.fetch(&running("1.4.0")).await.unwrap().unwrap();
     assert_eq!(artifact.claimed_version(), Some(&Version::new(1, 3, 0)));
-    drop(artifact);
-    assert!(
-        fetcher.fetch(&running("1.3.0")).await.unwrap().is_none(),
-        "an equal version is never offered"
-    );
+    // The core refuses the downgrade; the release list's ETag keeps it from coming back.
+    fetcher.settled(artifact.id().unwrap(), Settlement::Rejected);
+    let downloads = github.storage.requests().len();
+    assert!(fetcher.fetch(&running("1.4.0")).await.unwrap().is_none());
+    assert_eq!(github.storage.requests().len(), downloads);
 }
 
 #[tokio::test]
-async fn missing_asset_names_the_tag_the_expected_name_and_the_assets() {
+async fn all_releases_mode_offers_the_highest_semver_even_when_older() {
+    let releases = vec![
+        FakeRelease::new(13, "v1.3.0").asset(ASSET, binary("1.3.0")),
+        FakeRelease::new(12, "v1.2.0").asset(ASSET, binary("1.2.0")),
+    ];
+    let github = FakeGithub::start(releases).await;
+    let config = github.config().with_channel(Channel::All, false);
+    let mut fetcher = GithubFetcher::new(config).unwrap();
+    let artifact = fetcher.fetch(&running("2.0.0")).await.unwrap().unwrap();
+    assert_eq!(artifact.claimed_version(), Some(&Version::new(1, 3, 0)));
+}
+
+#[tokio::test]
+async fn missing_asset_is_not_published_and_names_the_tag_the_expected_name_and_the_assets() {
     let release = FakeRelease::new(13, "v1.3.0")
         .asset("app-aarch64-apple-darwin", binary("1.3.0"))
         .asset("SHA256SUMS", "");
     let github = FakeGithub::start(vec![release]).await;
     let err = fetch(&github, &running("1.2.0")).await.unwrap_err();
-    assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
+    assert!(err.is_not_published(), "{err}");
     let text = err.to_string();
     assert!(text.contains("v1.3.0"), "{text}");
     assert!(text.contains(&format!("\"{ASSET}\"")), "{text}");
@@ -232,16 +234,46 @@ async fn missing_asset_names_the_tag_the_expected_name_and_the_assets() {
 }
 
 #[tokio::test]
-async fn checksum_required_but_none_published() {
+async fn the_asset_uploaded_after_the_release_is_offered_then() {
+    let github = FakeGithub::start(vec![FakeRelease::new(13, "v1.3.0")]).await;
+    let mut fetcher = GithubFetcher::new(github.config()).unwrap();
+    let err = fetcher.fetch(&running("1.2.0")).await.unwrap_err();
+    assert!(err.is_not_published(), "{err}");
+    github.set(|s| s.releases = vec![v130()]);
+    let artifact = fetcher.fetch(&running("1.2.0")).await.unwrap();
+    assert!(
+        artifact.is_some(),
+        "the release's JSON, and so its ETag, changed"
+    );
+}
+
+#[tokio::test]
+async fn an_asset_pattern_matching_several_assets_is_invalid() {
+    let release = FakeRelease::new(13, "v1.3.0")
+        .asset("app-1-linux", binary("1.3.0"))
+        .asset("app-2-linux", binary("1.3.0"));
+    let github = FakeGithub::start(vec![release]).await;
+    let mut config = github.config();
+    config.asset_pattern = Some("app-*-linux".into());
+    let err = GithubFetcher::new(config)
+        .unwrap()
+        .fetch(&running("1.2.0"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_release_without_a_checksum_is_offered_without_a_sha256() {
     let release = FakeRelease::new(13, "v1.3.0").asset_without_digest(ASSET, binary("1.3.0"));
     let github = FakeGithub::start(vec![release]).await;
-    let err = fetch(&github, &running("1.2.0")).await.unwrap_err();
-    assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
-    assert!(err.to_string().contains("publishes no SHA-256"), "{err}");
-    assert!(github.storage.requests().is_empty(), "nothing downloaded");
+    let mut artifact = fetch(&github, &running("1.2.0")).await.unwrap().unwrap();
+    assert_eq!(artifact.claimed_sha256(), None);
+    assert_eq!(body(&mut artifact).await, binary("1.3.0"));
 
+    // The legacy key changes nothing here.
     let mut config = github.config();
-    config.checksum_required = false;
+    config.checksum_required = Some(true);
     let artifact = GithubFetcher::new(config)
         .unwrap()
         .fetch(&running("1.2.0"))
@@ -249,6 +281,30 @@ async fn checksum_required_but_none_published() {
         .unwrap()
         .unwrap();
     assert_eq!(artifact.claimed_sha256(), None);
+}
+
+#[tokio::test]
+async fn a_checksum_file_without_an_entry_means_no_sha256() {
+    let release = FakeRelease::new(13, "v1.3.0")
+        .asset_without_digest(ASSET, binary("1.3.0"))
+        .asset_without_digest("SHA256SUMS", format!("{}  other-asset\n", "1".repeat(64)));
+    let github = FakeGithub::start(vec![release]).await;
+    let artifact = fetch(&github, &running("1.2.0")).await.unwrap().unwrap();
+    assert_eq!(artifact.claimed_sha256(), None);
+}
+
+// regression guard: a checksum file still naming the running binary's digest (uploaded before
+// the new binary was) must not hide the release; only GitHub's own digest of the asset may.
+#[tokio::test]
+async fn a_checksum_file_naming_the_running_digest_does_not_hide_the_release() {
+    let stale = sha256(b"the running binary");
+    let release = FakeRelease::new(13, "v1.3.0")
+        .asset_without_digest(ASSET, binary("1.3.0"))
+        .asset_without_digest("SHA256SUMS", format!("{}  {ASSET}\n", hex(&stale)));
+    let github = FakeGithub::start(vec![release]).await;
+    let running = Running::new(stale, None);
+    let artifact = fetch(&github, &running).await.unwrap().expect("offered");
+    assert_eq!(artifact.claimed_sha256(), Some(&stale));
 }
 
 #[tokio::test]
@@ -266,48 +322,76 @@ async fn signature_asset_is_attached() {
 }
 
 #[tokio::test]
-async fn tar_gz_asset_is_verified_and_unpacked() {
-    let expected = binary("1.3.0");
-    let archive = targz(&[
-        ("app-1.3.0/README.md", b"docs"),
-        ("app-1.3.0/app", &expected),
-    ]);
-    let release = FakeRelease::new(13, "v1.3.0").asset(&format!("{ASSET}.tar.gz"), archive);
+async fn a_signature_uploaded_after_a_not_ready_settlement_is_offered() {
+    let github = FakeGithub::start(vec![v130()]).await;
+    let mut fetcher = GithubFetcher::new(github.config()).unwrap();
+    let unsigned = fetcher.fetch(&running("1.2.0")).await.unwrap().unwrap();
+    assert!(unsigned.signature().is_none());
+    fetcher.settled(unsigned.id().unwrap(), Settlement::NotReady);
+    assert!(
+        fetcher.fetch(&running("1.2.0")).await.unwrap().is_none(),
+        "304"
+    );
+
+    github.set(|s| {
+        s.releases = vec![v130().asset(&format!("{ASSET}.minisig"), "untrusted comment: sig\n")]
+    });
+    let signed = fetcher
+        .fetch(&running("1.2.0"))
+        .await
+        .unwrap()
+        .expect("offered again");
+    assert!(signed.signature().is_some());
+}
+
+#[tokio::test]
+async fn tar_gz_asset_is_offered_as_is_for_the_core_to_unpack() {
+    let release = FakeRelease::new(13, "v1.3.0")
+        .asset(&format!("{ASSET}.tar.gz"), ARCHIVE)
+        .asset(
+            &format!("{ASSET}.minisig"),
+            "untrusted comment: of the binary\n",
+        )
+        .asset(
+            &format!("{ASSET}.tar.gz.minisig"),
+            "untrusted comment: of the archive\n",
+        );
     let github = FakeGithub::start(vec![release]).await;
     let mut artifact = fetch(&github, &running("1.2.0")).await.unwrap().unwrap();
+    assert_eq!(artifact.archive(), Some((ArchiveFormat::TarGz, "app")));
     assert_eq!(
         artifact.claimed_sha256(),
-        Some(&sha256(&expected)),
-        "the binary's hash"
+        Some(&sha256(ARCHIVE)),
+        "the archive's digest"
     );
-    assert_eq!(artifact.claimed_size(), Some(expected.len() as u64));
-    assert_eq!(body(&mut artifact).await, expected);
+    assert_eq!(artifact.claimed_size(), Some(ARCHIVE.len() as u64));
+    assert!(
+        artifact
+            .signature()
+            .unwrap()
+            .starts_with(b"untrusted comment: of the binary"),
+        "the signature of the binary inside, which the core verifies after unpacking"
+    );
+    assert_eq!(body(&mut artifact).await, ARCHIVE);
 }
 
 #[tokio::test]
-async fn tar_gz_asset_with_a_wrong_digest_is_not_unpacked() {
-    let archive = targz(&[("app", &binary("1.3.0"))]);
-    let sums = format!("{}  {ASSET}.tar.gz\n", "2".repeat(64));
+async fn archive_checksum_from_sha256sums_is_the_archives() {
+    let sums = format!("{}  {ASSET}.zip\n", hex(&sha256(ARCHIVE)));
     let release = FakeRelease::new(13, "v1.3.0")
-        .asset_without_digest(&format!("{ASSET}.tar.gz"), archive)
+        .asset_without_digest(&format!("{ASSET}.zip"), ARCHIVE)
         .asset("SHA256SUMS", sums);
     let github = FakeGithub::start(vec![release]).await;
-    let err = fetch(&github, &running("1.2.0")).await.unwrap_err();
-    assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
-    assert!(err.to_string().contains("does not match"), "{err}");
-}
-
-#[tokio::test]
-async fn tar_gz_asset_with_a_parent_entry_is_rejected() {
-    let archive = targz(&[
-        ("app", &binary("1.3.0")),
-        ("../../etc/cron.d/evil", b"* * * * * root sh"),
-    ]);
-    let release = FakeRelease::new(13, "v1.3.0").asset(&format!("{ASSET}.tar.gz"), archive);
-    let github = FakeGithub::start(vec![release]).await;
-    let err = fetch(&github, &running("1.2.0")).await.unwrap_err();
-    assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
-    assert!(err.to_string().contains("`..`"), "{err}");
+    let mut config = github.config();
+    config.binary = "bin/{name}".into();
+    let artifact = GithubFetcher::new(config)
+        .unwrap()
+        .fetch(&running("1.2.0"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(artifact.archive(), Some((ArchiveFormat::Zip, "bin/app")));
+    assert_eq!(artifact.claimed_sha256(), Some(&sha256(ARCHIVE)));
 }
 
 #[tokio::test]
@@ -353,11 +437,44 @@ async fn malformed_json_is_invalid() {
 }
 
 #[tokio::test]
-async fn no_release_yet_is_refused_with_a_hint() {
+async fn no_release_yet_is_not_published() {
     let github = FakeGithub::start(vec![]).await;
+    let err = fetch(&github, &running("1.2.0")).await.unwrap_err();
+    assert!(err.is_not_published(), "{err}");
+
+    let all = github.config().with_channel(Channel::All, true);
+    let err = GithubFetcher::new(all)
+        .unwrap()
+        .fetch(&running("1.2.0"))
+        .await
+        .unwrap_err();
+    assert!(err.is_not_published(), "{err}");
+}
+
+#[tokio::test]
+async fn no_release_matching_the_policy_is_not_published() {
+    let github = FakeGithub::start(vec![FakeRelease::new(15, "v1.5.0-rc.1")
+        .prerelease()
+        .asset(ASSET, binary("1.5.0-rc.1"))])
+    .await;
+    let all = github.config().with_channel(Channel::All, false);
+    let mut fetcher = GithubFetcher::new(all).unwrap();
+    let err = fetcher.fetch(&running("1.2.0")).await.unwrap_err();
+    assert!(err.is_not_published(), "{err}");
+    assert!(err.to_string().contains("prereleases skipped"), "{err}");
+}
+
+#[tokio::test]
+async fn no_such_repository_is_refused_with_a_hint() {
+    let github = FakeGithub::start(vec![]).await;
+    github.set(|s| s.no_repo = true);
     let err = fetch(&github, &running("1.2.0")).await.unwrap_err();
     assert!(matches!(err, FetchError::Refused { .. }), "{err}");
     assert!(err.to_string().contains("404"), "{err}");
+    assert!(
+        err.to_string().contains("private repository needs a token"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::archive::Format;
+use handover_fetcher::{ArchiveFormat, LegacyPolicy};
+
 use crate::{net, Error};
 
 /// The `[http]` table of `handover.toml`.
 ///
-/// Only `url` is required, but since `checksum_required` defaults to true, a `checksum_url` is
-/// needed too unless that is turned off:
+/// Only `url` is required; a `checksum_url` (and a `signature_url`) let the core verify the
+/// download. Whether a checksum or signature is required, the size limit and downgrades are
+/// upgrade policy, set in the core's `[upgrade]` table:
 ///
 /// ```toml
 /// [http]
@@ -19,7 +21,6 @@ use crate::{net, Error};
 /// checksum_url = "https://downloads.example.com/app/latest/SHA256SUMS"
 /// signature_url = "https://downloads.example.com/app/latest/app-x86_64-linux.minisig"
 /// timeout = "5m"
-/// max_size = "256MiB"
 /// ```
 ///
 /// Library users start from [`HttpConfig::new`] and change the fields they need.
@@ -32,8 +33,10 @@ pub struct HttpConfig {
     /// [`allow_insecure_loopback`](Self::allow_insecure_loopback).
     pub url: String,
     /// A checksum file for the download: a `SHA256SUMS`-style list (`<hex>  <name>` lines) or
-    /// a `<file>.sha256` holding a lone digest. Fetched on every poll (it is small); a digest
-    /// equal to the running binary's means nothing new, without downloading the binary.
+    /// a `<file>.sha256` holding a lone digest. Fetched on every poll (it is small); its entry
+    /// is handed to the core as the download's published SHA-256. A 404, or no entry for the
+    /// download, means "no published SHA-256"; the core's `[upgrade]` policy decides whether
+    /// that is acceptable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum_url: Option<String>,
     /// The name to look up in the checksum file. Default: the last segment of `url`'s path.
@@ -47,15 +50,16 @@ pub struct HttpConfig {
     pub signature_url: Option<String>,
     /// When set, the download is an archive (`.tar.gz`/`.tgz`, `.zip` or `.gz`, known by
     /// `url`'s file name, else by its first bytes) and this names the binary inside it: its path
-    /// in the archive, or a file name that occurs once. The checksum then covers the archive and
-    /// is verified here, before extracting. Required when `url` ends in `.tar.gz`, `.tgz` or
-    /// `.zip`.
+    /// in the archive, or a file name that occurs once. The checksum then covers the archive;
+    /// the core checks it and unpacks the binary. Required when `url` ends in `.tar.gz`, `.tgz`
+    /// or `.zip`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_member: Option<String>,
-    /// Refuse a candidate without a published SHA-256 (no `checksum_url`, or no entry for it).
-    /// Default: true.
-    #[serde(default = "yes")]
-    pub checksum_required: bool,
+    /// Deprecated: `checksum_required` belongs in the core's `[upgrade]` table. Still read, and
+    /// reported by [`legacy_policy`](Self::legacy_policy) for the core to apply; this fetcher
+    /// does not act on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_required: Option<bool>,
     /// Accept `http://` URLs (and redirects) to loopback hosts: 127.0.0.0/8, `::1`,
     /// `localhost`. For tests and a mirror on the same machine. Default: false.
     #[serde(default)]
@@ -71,15 +75,15 @@ pub struct HttpConfig {
     /// in it. Default: `5m`.
     #[serde(default = "crate::defaults::timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// The largest download accepted, in bytes or with a unit (`"256MiB"`, `"1GB"`): a larger
-    /// `Content-Length` is refused before the body is read. Also the limit for the binary inside
-    /// an archive. Default: 1 GiB.
-    #[serde(default = "crate::defaults::max_size", with = "crate::size")]
-    pub max_size: u64,
-}
-
-fn yes() -> bool {
-    true
+    /// Deprecated: `max_size` belongs in the core's `[upgrade]` table. Still read (in bytes or
+    /// with a unit, `"256MiB"`) and reported by [`legacy_policy`](Self::legacy_policy); this
+    /// fetcher does not act on it.
+    #[serde(
+        default,
+        with = "crate::size::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_size: Option<u64>,
 }
 
 impl fmt::Debug for HttpConfig {
@@ -109,13 +113,21 @@ impl HttpConfig {
             checksum_name: None,
             signature_url: None,
             archive_member: None,
-            checksum_required: true,
+            checksum_required: None,
             allow_insecure_loopback: false,
             token: None,
             connect_timeout: crate::defaults::connect_timeout(),
             timeout: crate::defaults::timeout(),
-            max_size: crate::defaults::max_size(),
+            max_size: None,
         }
+    }
+
+    /// The deprecated policy keys this table set, for the core to warn about and apply.
+    pub fn legacy_policy(&self) -> LegacyPolicy {
+        let mut legacy = LegacyPolicy::default();
+        legacy.checksum_required = self.checksum_required;
+        legacy.max_size = self.max_size;
+        legacy
     }
 
     /// Sets [`checksum_url`](Self::checksum_url).
@@ -142,12 +154,6 @@ impl HttpConfig {
         self
     }
 
-    /// Sets [`checksum_required`](Self::checksum_required).
-    pub fn checksum_required(mut self, required: bool) -> Self {
-        self.checksum_required = required;
-        self
-    }
-
     /// Sets [`allow_insecure_loopback`](Self::allow_insecure_loopback).
     pub fn allow_insecure_loopback(mut self, allow: bool) -> Self {
         self.allow_insecure_loopback = allow;
@@ -161,13 +167,7 @@ impl HttpConfig {
         self
     }
 
-    /// Sets [`max_size`](Self::max_size).
-    pub fn with_max_size(mut self, bytes: u64) -> Self {
-        self.max_size = bytes;
-        self
-    }
-
-    /// Checks what serde cannot: URLs and their schemes, positive limits, an archive member
+    /// Checks what serde cannot: URLs and their schemes, positive timeouts, an archive member
     /// where the URL names an archive.
     pub fn validate(&self) -> Result<(), Error> {
         self.urls().map(|_| ())
@@ -197,9 +197,6 @@ impl HttpConfig {
         if self.timeout.is_zero() {
             return bad("timeout", "must be greater than zero");
         }
-        if self.max_size == 0 {
-            return bad("max_size", "must be greater than zero");
-        }
         if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return bad("token", "must not be empty");
         }
@@ -210,12 +207,12 @@ impl HttpConfig {
                 "url has no file name to look up in the checksum file; set checksum_name",
             );
         }
-        let named = Format::from_name(&file_name);
-        let format = match (&self.archive_member, named) {
+        let (stem, named) = ArchiveFormat::split(&file_name);
+        let archive = match (&self.archive_member, named) {
             (Some(member), _) if member.trim().is_empty() => {
                 return bad("archive_member", "must not be empty");
             }
-            (None, Format::TarGz | Format::Zip) => {
+            (None, Some(named @ (ArchiveFormat::TarGz | ArchiveFormat::Zip))) => {
                 return Err(Error::Config {
                     field: "archive_member",
                     message: format!(
@@ -224,16 +221,18 @@ impl HttpConfig {
                     ),
                 });
             }
-            (None, named) => named,
-            // Raw here means "not known by name": sniffed from the bytes.
-            (Some(_), named) => named,
+            // A plain `.gz`: the member only names the binary in errors.
+            (None, Some(named)) => Some((named, stem.to_string())),
+            (None, None) => None,
+            // Not known by name: the core tells the format from the bytes.
+            (Some(member), named) => Some((named.unwrap_or(ArchiveFormat::Sniff), member.clone())),
         };
         Ok(Urls {
             checksum_name: self.checksum_name.clone().unwrap_or(file_name),
             url,
             checksum,
             signature,
-            format,
+            archive,
         })
     }
 }
@@ -244,7 +243,8 @@ pub(crate) struct Urls {
     pub(crate) checksum: Option<reqwest::Url>,
     pub(crate) signature: Option<reqwest::Url>,
     pub(crate) checksum_name: String,
-    pub(crate) format: Format,
+    /// How the download is packed and the binary's name in it; `None` for the binary itself.
+    pub(crate) archive: Option<(ArchiveFormat, String)>,
 }
 
 fn last_segment(url: &reqwest::Url) -> String {
@@ -266,12 +266,12 @@ mod tests {
     fn minimal_table_gets_defaults() {
         let config = parse("url = \"https://example.com/app\"").unwrap();
         assert_eq!(config, HttpConfig::new("https://example.com/app"));
-        assert!(config.checksum_required);
+        assert!(config.legacy_policy().is_empty());
         assert!(!config.allow_insecure_loopback);
         assert_eq!(config.connect_timeout, Duration::from_secs(10));
         assert_eq!(config.timeout, Duration::from_secs(300));
-        assert_eq!(config.max_size, 1 << 30);
         config.validate().unwrap();
+        assert_eq!(config.urls().unwrap().archive, None);
     }
 
     #[test]
@@ -294,10 +294,35 @@ mod tests {
         .unwrap();
         assert_eq!(config.connect_timeout, Duration::from_millis(1500));
         assert_eq!(config.timeout, Duration::from_secs(120));
-        assert_eq!(config.max_size, 256 << 20);
+        let legacy = config.legacy_policy();
+        assert_eq!(legacy.checksum_required, Some(false));
+        assert_eq!(legacy.max_size, Some(256 << 20));
+        assert_eq!(legacy.allow_downgrade, None);
         let urls = config.urls().unwrap();
-        assert_eq!(urls.format, Format::TarGz);
+        assert_eq!(urls.archive, Some((ArchiveFormat::TarGz, "app".into())));
         assert_eq!(urls.checksum_name, "dist/app.tar.gz");
+    }
+
+    #[test]
+    fn archive_formats_from_the_url_or_the_bytes() {
+        let archive = |url: &str, member: Option<&str>| {
+            let mut config = HttpConfig::new(url);
+            config.archive_member = member.map(str::to_string);
+            config.urls().unwrap().archive
+        };
+        assert_eq!(
+            archive("https://e.com/app.gz", None),
+            Some((ArchiveFormat::Gzip, "app".into()))
+        );
+        assert_eq!(
+            archive("https://e.com/download?id=7", Some("bin/app")),
+            Some((ArchiveFormat::Sniff, "bin/app".into()))
+        );
+        assert_eq!(
+            archive("https://e.com/app.zip", Some("app")),
+            Some((ArchiveFormat::Zip, "app".into()))
+        );
+        assert_eq!(archive("https://e.com/app", None), None);
     }
 
     #[test]
@@ -306,6 +331,12 @@ mod tests {
         assert!(err.to_string().contains("unknown field"), "{err}");
         assert!(parse("url = \"https://e.com/a\"\ntimeout = 5").is_err());
         assert!(parse("url = \"https://e.com/a\"\nmax_size = \"lots\"").is_err());
+        assert_eq!(
+            parse("url = \"https://e.com/a\"\nmax_size = 1024")
+                .unwrap()
+                .max_size,
+            Some(1024)
+        );
         assert!(parse("checksum_url = \"https://e.com/a\"").is_err());
     }
 
@@ -334,7 +365,6 @@ mod tests {
             "archive_member",
         );
         check(|c| c.timeout = Duration::ZERO, "timeout");
-        check(|c| c.max_size = 0, "max_size");
         check(|c| c.token = Some(" ".into()), "token");
     }
 

@@ -1,4 +1,4 @@
-//! Download limits shared by the fetchers that download over HTTP (this one and GitHub's).
+//! Timeouts shared by the fetchers that download over HTTP (this one and GitHub's).
 
 use std::time::Duration;
 
@@ -10,9 +10,4 @@ pub fn connect_timeout() -> Duration {
 /// How long one request may take, body included: 5 minutes.
 pub fn timeout() -> Duration {
     Duration::from_secs(300)
-}
-
-/// The largest download accepted: 1 GiB.
-pub fn max_size() -> u64 {
-    1 << 30
 }

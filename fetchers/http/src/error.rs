@@ -2,8 +2,8 @@
 
 /// A construction or configuration error.
 ///
-/// Fetch results use [`FetchError`](handover_fetcher::FetchError); archive extraction uses
-/// [`ArchiveError`](crate::archive::ArchiveError). This type is only about configuration.
+/// Fetch results use [`FetchError`](handover_fetcher::FetchError); this type is only about
+/// configuration.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -5,19 +5,23 @@
 //! `Last-Modified`), so an unchanged file costs a `304 Not Modified` and nothing else.
 //!
 //! What a poll does, in order:
-//! 1. fetch the checksum file (`checksum_url`) and find the download's entry; if it equals the
-//!    running binary's SHA-256, there is nothing new;
+//! 1. fetch the checksum file (`checksum_url`) and find the download's entry (none, or a 404,
+//!    means no published SHA-256);
 //! 2. `GET url`, conditional on what was last *settled*: the ETag and `Last-Modified` are
 //!    remembered only when the core reports the candidate installed or rejected
-//!    ([`Fetcher::settled`]), so a download that failed half-way is offered again;
-//! 3. refuse a `Content-Length` over `max_size`, fetch the signature (`signature_url`, if any),
-//!    and hand the body to the core as a stream, with the published SHA-256 and the size.
+//!    ([`Fetcher::settled`]), so a download that failed half-way is offered again, and one the
+//!    core found not ready (no checksum or signature yet) is offered again on every poll;
+//!    a 404 or 410 is [`FetchError::NotPublished`];
+//! 3. fetch the signature (`signature_url`; a 404 means "not signed"), and hand the body to
+//!    the core as a stream, with the published SHA-256 and the announced size.
 //!
-//! Hashing, the checksum and signature checks, the sanity run and the swap happen in the core.
-//! The one exception is an archive ([`HttpConfig::archive_member`]): the checksum covers the
-//! archive, so this fetcher verifies it before extracting the binary (see [`archive`]).
+//! This fetcher decides nothing: hashing, the checksum and signature checks and the policy
+//! around them (`checksum_required`, `max_size`, downgrades: the core's `[upgrade]` table), the
+//! sanity run and the swap happen in the core. An archive ([`HttpConfig::archive_member`]) is
+//! handed over as it is, marked with [`Artifact::with_archive`]: its checksum covers the
+//! archive, and the core takes the binary out.
 //!
-//! The [`net`] and [`archive`] modules are shared with the GitHub fetcher.
+//! The [`net`] module is shared with the GitHub fetcher.
 //!
 //! ```no_run
 //! use handover_fetcher::{Fetcher, Running};
@@ -35,15 +39,14 @@
 //! ```
 
 use std::fmt;
-use std::io::Cursor;
 
 use handover_fetcher::{
-    async_trait, find_in_checksum_file, Artifact, FetchError, Fetcher, Running, Settlement, Sha256,
+    async_trait, find_in_checksum_file, ArchiveFormat, Artifact, FetchError, Fetcher, Running,
+    Settlement, Sha256,
 };
 use reqwest::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
-use reqwest::{Client, RequestBuilder, Response, StatusCode, Url};
+use reqwest::{Client, RequestBuilder, StatusCode, Url};
 
-pub mod archive;
 mod config;
 pub mod defaults;
 mod error;
@@ -52,8 +55,6 @@ pub use handover_fetcher::size;
 
 pub use config::HttpConfig;
 pub use error::Error;
-
-use archive::Format;
 
 /// The largest checksum file read.
 const MAX_CHECKSUM_FILE: u64 = 1 << 20;
@@ -67,9 +68,9 @@ pub struct HttpFetcher {
     checksum_url: Option<Url>,
     signature_url: Option<Url>,
     checksum_name: String,
-    format: Format,
-    /// The binary inside an archive (for a plain `.gz`, only a name for errors).
-    member: String,
+    /// How the download is packed and the binary inside it (for a plain `.gz`, only a name for
+    /// errors); `None` for the binary itself.
+    archive: Option<(ArchiveFormat, String)>,
     client: Client,
     /// The validators of the last settled candidate.
     remembered: Option<Seen>,
@@ -106,7 +107,7 @@ impl fmt::Debug for HttpFetcher {
                 "signature_url",
                 &self.signature_url.as_ref().map(Url::as_str),
             )
-            .field("format", &self.format)
+            .field("archive", &self.archive)
             .field("token", &self.config.token.as_ref().map(|_| "<redacted>"))
             .field("remembered", &self.remembered)
             .finish_non_exhaustive()
@@ -120,17 +121,12 @@ impl HttpFetcher {
         let mut options = net::ClientOptions::new(config.connect_timeout, config.timeout);
         options.allow_insecure_loopback = config.allow_insecure_loopback;
         let client = net::client(&options)?;
-        let member = config
-            .archive_member
-            .clone()
-            .unwrap_or_else(|| Format::split(&urls.checksum_name).0.to_string());
         Ok(Self {
             url: urls.url,
             checksum_url: urls.checksum,
             signature_url: urls.signature,
             checksum_name: urls.checksum_name,
-            format: urls.format,
-            member,
+            archive: urls.archive,
             client,
             config,
             remembered: None,
@@ -151,43 +147,33 @@ impl HttpFetcher {
         }
     }
 
-    /// The SHA-256 published for the download, if a checksum file is configured.
+    /// The SHA-256 published for the download: `None` without a checksum file, when it is not
+    /// there (404, 410), or when it has no entry for the download.
     async fn published_checksum(&self) -> Result<Option<Sha256>, FetchError> {
         let Some(url) = &self.checksum_url else {
-            if self.config.checksum_required {
-                return Err(FetchError::invalid(
-                    self.url.as_str(),
-                    "no published SHA-256: checksum_required is true but no checksum_url is \
-                     set (set checksum_url, or checksum_required = false)",
-                ));
-            }
             return Ok(None);
         };
         let origin = url.as_str();
         let response = net::send(self.get(url), origin).await?;
-        if !response.status().is_success() {
-            return Err(net::status_error(origin, &response));
+        match response.status() {
+            StatusCode::NOT_FOUND | StatusCode::GONE => {
+                tracing::debug!(checksum_url = origin, "no checksum file published");
+                return Ok(None);
+            }
+            s if s.is_success() => {}
+            _ => return Err(net::status_error(origin, &response)),
         }
         let body = net::read_limited(response, MAX_CHECKSUM_FILE, origin).await?;
         let text = String::from_utf8_lossy(&body);
-        match find_in_checksum_file(&text, &self.checksum_name) {
-            Some(digest) => Ok(Some(digest)),
-            None if self.config.checksum_required => Err(FetchError::invalid(
-                origin,
-                format!(
-                    "no SHA-256 entry for {:?} (checksum_required is true)",
-                    self.checksum_name
-                ),
-            )),
-            None => {
-                tracing::warn!(
-                    checksum_url = origin,
-                    name = %self.checksum_name,
-                    "no SHA-256 entry; going on without one"
-                );
-                Ok(None)
-            }
+        let found = find_in_checksum_file(&text, &self.checksum_name);
+        if found.is_none() {
+            tracing::debug!(
+                checksum_url = origin,
+                name = %self.checksum_name,
+                "no SHA-256 entry for the download; offering it without one"
+            );
         }
+        Ok(found)
     }
 
     /// The signature bytes, if `signature_url` is set and exists.
@@ -208,30 +194,6 @@ impl HttpFetcher {
             _ => Err(net::status_error(origin, &response)),
         }
     }
-
-    /// Downloads an archive whole, checks it against `checksum` and takes the binary out.
-    async fn unpack(
-        &self,
-        response: Response,
-        checksum: Option<Sha256>,
-    ) -> Result<(Vec<u8>, Sha256), FetchError> {
-        let origin = self.url.as_str().to_string();
-        let bytes = net::read_limited(response, self.config.max_size, &origin).await?;
-        let member = self.member.clone();
-        let (format, max_size) = (self.format, self.config.max_size);
-        let source = self
-            .checksum_url
-            .as_ref()
-            .map_or_else(String::new, |url| format!(" (checksum from {url})"));
-        let task = tokio::task::spawn_blocking(move || {
-            archive::verify_and_extract(&bytes, format, &member, max_size, checksum)
-        });
-        match task.await {
-            Ok(Ok(unpacked)) => Ok(unpacked),
-            Ok(Err(e)) => Err(FetchError::invalid(origin, format!("{e}{source}"))),
-            Err(e) => Err(FetchError::io(origin, std::io::Error::other(e))),
-        }
-    }
 }
 
 #[async_trait]
@@ -240,14 +202,9 @@ impl Fetcher for HttpFetcher {
         "http"
     }
 
-    async fn fetch(&mut self, running: &Running) -> Result<Option<Artifact>, FetchError> {
+    async fn fetch(&mut self, _running: &Running) -> Result<Option<Artifact>, FetchError> {
         let origin = self.url.as_str().to_string();
         let checksum = self.published_checksum().await?;
-        let packed = self.config.archive_member.is_some() || self.format.is_packed();
-        if !packed && checksum == Some(running.sha256) {
-            tracing::debug!(url = %origin, "published SHA-256 is the running one's; nothing new");
-            return Ok(None);
-        }
 
         let mut request = self.get(&self.url);
         // Conditional only while the checksum file still says what it said then: a binary
@@ -267,11 +224,16 @@ impl Fetcher for HttpFetcher {
                 tracing::debug!(url = %origin, "not modified");
                 return Ok(None);
             }
+            StatusCode::NOT_FOUND | StatusCode::GONE => {
+                return Err(FetchError::not_published(
+                    origin,
+                    format!("HTTP {}", response.status()),
+                ));
+            }
             s if s.is_success() => {}
             _ => return Err(net::status_error(&origin, &response)),
         }
         let size = response.content_length();
-        net::check_size(&origin, size, self.config.max_size)?;
         let header = |name| {
             response
                 .headers()
@@ -287,27 +249,18 @@ impl Fetcher for HttpFetcher {
         let id = seen.id();
         let signature = self.signature().await?;
 
-        let mut artifact = if packed {
-            let (binary, digest) = self.unpack(response, checksum).await?;
-            let size = binary.len() as u64;
-            Artifact::new(origin.clone(), Cursor::new(binary))
-                .with_size(size)
-                .with_sha256(digest)
-        } else {
-            let mut artifact = Artifact::new(
-                origin.clone(),
-                net::into_reader(response, self.config.max_size),
-            );
-            if let Some(size) = size {
-                artifact = artifact.with_size(size);
-            }
-            if let Some(digest) = checksum {
-                artifact = artifact.with_sha256(digest);
-            }
-            artifact
-        };
+        let mut artifact = Artifact::new(origin.clone(), net::into_reader(response));
+        if let Some(size) = size {
+            artifact = artifact.with_size(size);
+        }
+        if let Some(digest) = checksum {
+            artifact = artifact.with_sha256(digest);
+        }
         if let Some(signature) = signature {
             artifact = artifact.with_signature(signature);
+        }
+        if let Some((format, member)) = &self.archive {
+            artifact = artifact.with_archive(*format, member.clone());
         }
         tracing::info!(
             url = %origin,
@@ -321,6 +274,13 @@ impl Fetcher for HttpFetcher {
 
     fn settled(&mut self, id: &str, settlement: Settlement) {
         match self.offered.take() {
+            // The signature URL's validators are not tracked: a candidate that is not ready
+            // (no signature yet, a checksum that does not match) is downloaded on every poll
+            // until it is.
+            Some((offered, seen)) if offered == id && settlement == Settlement::NotReady => {
+                tracing::debug!(url = %self.url, etag = ?seen.etag, "not ready; offering it again");
+                self.remembered = None;
+            }
             Some((offered, seen)) if offered == id => {
                 tracing::debug!(url = %self.url, ?settlement, etag = ?seen.etag, "settled");
                 self.remembered = Some(seen);

@@ -8,14 +8,13 @@
 //!   leaves the host (scheme, host or port change);
 //! - every transport failure is [`FetchError::Unreachable`] (the core retries with backoff), a
 //!   refusal by the server is [`FetchError::Refused`], a rate limit is
-//!   [`FetchError::RateLimited`], and anything larger than the configured limit is
-//!   [`FetchError::Invalid`].
+//!   [`FetchError::RateLimited`], and a small file (a checksum list, a signature) larger than
+//!   its limit is [`FetchError::Invalid`]. What a 404 means (nothing published yet, or no
+//!   signature) is for the caller to say.
 
 use std::fmt::Write as _;
 use std::io;
 use std::net::IpAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
@@ -23,7 +22,7 @@ use handover_fetcher::{FetchError, Sha256};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{redirect, Client, RequestBuilder, Response, StatusCode, Url};
 use sha2::Digest;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::AsyncRead;
 
 use crate::Error;
 
@@ -260,16 +259,12 @@ pub async fn read_limited(
     Ok(out)
 }
 
-/// The body as a byte stream for the core, failing with [`io::ErrorKind::InvalidData`] past
-/// `max_size` bytes. A transport failure half-way is an I/O error: the core treats it as
-/// transient and does not settle the candidate.
-pub fn into_reader(response: Response, max_size: u64) -> impl AsyncRead + Send + Unpin + 'static {
+/// The body as a byte stream for the core (which bounds it by its own `max_size`). A transport
+/// failure half-way is an I/O error: the core treats it as transient and does not settle the
+/// candidate.
+pub fn into_reader(response: Response) -> impl AsyncRead + Send + Unpin + 'static {
     let stream = response.bytes_stream().map_err(body_error);
-    Limited {
-        inner: Box::pin(tokio_util::io::StreamReader::new(stream)),
-        remaining: max_size,
-        max_size,
-    }
+    tokio_util::io::StreamReader::new(stream)
 }
 
 /// A failure half-way through the body, with its causes: reqwest's own message alone ("error
@@ -282,37 +277,6 @@ fn body_error(err: reqwest::Error) -> io::Error {
         )
     } else {
         io::Error::other(describe(&err))
-    }
-}
-
-struct Limited {
-    inner: Pin<Box<dyn AsyncRead + Send>>,
-    remaining: u64,
-    max_size: u64,
-}
-
-impl AsyncRead for Limited {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        match this.inner.as_mut().poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                let read = (buf.filled().len() - before) as u64;
-                if read > this.remaining {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("body is larger than max_size ({} bytes)", this.max_size),
-                    )));
-                }
-                this.remaining -= read;
-                Poll::Ready(Ok(()))
-            }
-            other => other,
-        }
     }
 }
 

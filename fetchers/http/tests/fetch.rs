@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use handover_fetcher::{Artifact, FetchError, Fetcher, Running, Settlement};
+use handover_fetcher::{ArchiveFormat, Artifact, FetchError, Fetcher, Running, Settlement};
 use handover_fetcher_http::net::{hex, sha256};
 use handover_fetcher_http::{Error, HttpConfig, HttpFetcher};
 use support::{dead_port, Reply, Request, Server};
@@ -162,16 +162,54 @@ async fn failed_downloads_offer_the_same_candidate_again() {
     assert!(polls.iter().all(|r| r.header("if-none-match").is_none()));
 }
 
+// regression guard: a checksum file that still names the running binary's digest (the new
+// binary was uploaded first) must not hide the new binary; only the core, having hashed the
+// download, knows what it is.
 #[tokio::test]
-async fn published_checksum_of_the_running_binary_means_nothing_new() {
+async fn published_checksum_of_the_running_binary_is_still_offered() {
     let server = Server::start(release).await;
     let mut fetcher = HttpFetcher::new(config(&server)).unwrap();
     let running = Running::new(sha256(BINARY), None);
+    let mut artifact = fetcher.fetch(&running).await.unwrap().expect("offered");
+    assert_eq!(artifact.claimed_sha256(), Some(&sha256(BINARY)));
+    assert_eq!(body(&mut artifact).await.unwrap(), BINARY);
+    // The core finds it identical to what runs and rejects it: a 304 from then on.
+    fetcher.settled(artifact.id().unwrap(), Settlement::Rejected);
     assert!(fetcher.fetch(&running).await.unwrap().is_none());
-    assert!(
-        server.requests_for("/app").is_empty(),
-        "binary not downloaded"
-    );
+}
+
+#[tokio::test]
+async fn not_ready_is_offered_again_on_the_next_poll() {
+    let signed = Arc::new(AtomicUsize::new(0));
+    let published = signed.clone();
+    let server = Server::start(move |request| match request.path.as_str() {
+        "/app.minisig" if published.load(Ordering::SeqCst) == 0 => Reply::status(404),
+        _ => release(request),
+    })
+    .await;
+    let config = config(&server).with_signature_url(server.url("/app.minisig"));
+    let mut fetcher = HttpFetcher::new(config).unwrap();
+    let artifact = fetcher.fetch(&not_running()).await.unwrap().unwrap();
+    assert!(artifact.signature().is_none());
+    // Unsigned, and the core wants a signature.
+    fetcher.settled(artifact.id().unwrap(), Settlement::NotReady);
+    let again = fetcher
+        .fetch(&not_running())
+        .await
+        .unwrap()
+        .expect("offered again");
+    assert!(again.signature().is_none());
+    fetcher.settled(again.id().unwrap(), Settlement::NotReady);
+
+    signed.store(1, Ordering::SeqCst);
+    let artifact = fetcher
+        .fetch(&not_running())
+        .await
+        .unwrap()
+        .expect("offered, signed");
+    assert!(artifact.signature().is_some());
+    let polls = server.requests_for("/app");
+    assert!(polls.iter().all(|r| r.header("if-none-match").is_none()));
 }
 
 #[tokio::test]
@@ -213,29 +251,31 @@ async fn checksum_mismatch_is_left_to_the_core() {
 }
 
 #[tokio::test]
-async fn missing_checksum_when_required_is_an_error() {
+async fn a_missing_checksum_is_no_sha256_not_an_error() {
     let server = Server::start(|request| match request.path.as_str() {
         "/SHA256SUMS" => Reply::ok(sums(BINARY, "another-app")),
+        "/missing/SHA256SUMS" => Reply::status(404),
+        "/missing/app" => release(&Request {
+            path: "/app".into(),
+            ..request.clone()
+        }),
         _ => release(request),
     })
     .await;
 
+    // No checksum_url at all.
     let no_url = HttpConfig::new(server.url("/app")).allow_insecure_loopback(true);
-    let err = fetch_once(no_url.clone()).await.unwrap_err();
-    assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
-    assert!(err.to_string().contains("checksum_url"), "{err}");
+    let artifact = fetch_once(no_url).await.unwrap().unwrap();
+    assert_eq!(artifact.claimed_sha256(), None);
 
-    let err = fetch_once(config(&server)).await.unwrap_err();
-    assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
-    assert!(
-        err.to_string().contains("no SHA-256 entry for \"app\""),
-        "{err}"
-    );
-    assert!(server.requests_for("/app").is_empty());
+    // A checksum file without an entry for the download.
+    let artifact = fetch_once(config(&server)).await.unwrap().unwrap();
+    assert_eq!(artifact.claimed_sha256(), None);
 
-    // Not required: offered without a digest.
-    let mut fetcher = HttpFetcher::new(no_url.checksum_required(false)).unwrap();
-    let artifact = fetcher.fetch(&not_running()).await.unwrap().unwrap();
+    // A checksum URL that answers 404.
+    let mut missing = at(&server, "/missing/app");
+    missing.checksum_url = Some(server.url("/missing/SHA256SUMS"));
+    let artifact = fetch_once(missing).await.unwrap().unwrap();
     assert_eq!(artifact.claimed_sha256(), None);
 }
 
@@ -248,18 +288,28 @@ async fn missing_signature_is_fine() {
 }
 
 #[tokio::test]
-async fn oversized_download_is_refused_before_reading() {
+async fn legacy_policy_is_reported_not_applied() {
     let server = Server::start(release).await;
-    let config = config(&server).with_max_size(10);
-    let err = fetch_once(config).await.unwrap_err();
-    assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
-    assert!(err.to_string().contains("max_size"), "{err}");
+    let config: HttpConfig = toml::from_str(&format!(
+        "url = {:?}\nallow_insecure_loopback = true\nchecksum_required = true\nmax_size = \"10B\"",
+        server.url("/app")
+    ))
+    .unwrap();
+    let legacy = config.legacy_policy();
+    assert_eq!(legacy.checksum_required, Some(true));
+    assert_eq!(legacy.max_size, Some(10));
+    // Neither the missing checksum nor the size is this fetcher's business.
+    let artifact = fetch_once(config).await.unwrap().unwrap();
+    assert_eq!(artifact.claimed_sha256(), None);
+    assert_eq!(artifact.claimed_size(), Some(BINARY.len() as u64));
 }
 
 #[tokio::test]
 async fn answers_map_to_errors() {
     let server = Server::start(|request| match request.path.as_str() {
         "/gone" => Reply::status(404),
+        "/removed" => Reply::status(410),
+        "/denied" => Reply::status(403),
         "/busy" => Reply::status(429).header("retry-after", "42"),
         _ => release(request),
     })
@@ -269,7 +319,11 @@ async fn answers_map_to_errors() {
         config.checksum_name = Some("app".into());
         fetch_once(config)
     };
-    let err = fetch("/gone").await.unwrap_err();
+    for path in ["/gone", "/removed"] {
+        let err = fetch(path).await.unwrap_err();
+        assert!(err.is_not_published(), "{path}: {err}");
+    }
+    let err = fetch("/denied").await.unwrap_err();
     assert!(matches!(err, FetchError::Refused { .. }), "{err}");
     let err = fetch("/busy").await.unwrap_err();
     assert_eq!(err.retry_after(), Some(Duration::from_secs(42)), "{err}");
@@ -278,9 +332,8 @@ async fn answers_map_to_errors() {
 #[tokio::test]
 async fn server_down_is_unreachable() {
     let port = dead_port().await;
-    let config = HttpConfig::new(format!("http://127.0.0.1:{port}/app"))
-        .checksum_required(false)
-        .allow_insecure_loopback(true);
+    let config =
+        HttpConfig::new(format!("http://127.0.0.1:{port}/app")).allow_insecure_loopback(true);
     let err = fetch_once(config).await.unwrap_err();
     assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
 }
@@ -306,7 +359,6 @@ async fn a_silent_server_hits_the_timeout_before_or_during_the_body() {
     });
     let config = |path: &str| {
         HttpConfig::new(format!("http://{addr}{path}"))
-            .checksum_required(false)
             .allow_insecure_loopback(true)
             .with_timeouts(Duration::from_secs(1), Duration::from_millis(500))
     };
@@ -378,49 +430,58 @@ async fn redirects_to_plain_http_elsewhere_are_refused() {
 mod archives {
     use super::*;
 
-    fn targz(path: &str, content: &[u8]) -> Vec<u8> {
-        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-            Vec::new(),
-            flate2::Compression::fast(),
-        ));
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o755);
-        builder.append_data(&mut header, path, content).unwrap();
-        builder.into_inner().unwrap().finish().unwrap()
-    }
+    /// Not a real archive: this fetcher hands the bytes over as they are.
+    const ARCHIVE: &[u8] = b"\x1f\x8b pretend tar.gz holding app-2.0/app";
 
-    #[tokio::test]
-    async fn archive_is_verified_then_unpacked() {
-        let archive = targz("app-2.0/app", BINARY);
-        let served = archive.clone();
-        let sums_for = sums(&archive, "app.tar.gz");
-        let server = Server::start(move |request| match request.path.as_str() {
-            "/app.tar.gz" => Reply::ok(served.clone()).header("etag", "\"a1\""),
+    fn archive_server(sums_for: String) -> impl Fn(&Request) -> Reply + Send + Sync + 'static {
+        move |request| match request.path.as_str() {
+            "/app.tar.gz" | "/download" => Reply::ok(ARCHIVE).header("etag", "\"a1\""),
             "/SHA256SUMS" => Reply::ok(sums_for.clone()),
+            "/app.minisig" => Reply::ok("untrusted comment: signature of the binary\n"),
             _ => Reply::status(404),
-        })
-        .await;
-        let config = at(&server, "/app.tar.gz").with_archive_member("app");
-        let mut artifact = fetch_once(config).await.unwrap().unwrap();
-        assert_eq!(artifact.claimed_sha256(), Some(&sha256(BINARY)));
-        assert_eq!(artifact.claimed_size(), Some(BINARY.len() as u64));
-        assert_eq!(body(&mut artifact).await.unwrap(), BINARY);
+        }
     }
 
     #[tokio::test]
-    async fn archive_with_a_wrong_checksum_is_not_unpacked() {
-        let archive = targz("app", BINARY);
-        let server = Server::start(move |request| match request.path.as_str() {
-            "/app.tar.gz" => Reply::ok(archive.clone()),
-            "/SHA256SUMS" => Reply::ok(sums(b"not the archive", "app.tar.gz")),
-            _ => Reply::status(404),
-        })
-        .await;
+    async fn archive_is_offered_as_is_for_the_core_to_unpack() {
+        let server = Server::start(archive_server(sums(ARCHIVE, "app.tar.gz"))).await;
+        let config = at(&server, "/app.tar.gz")
+            .with_archive_member("app")
+            .with_signature_url(server.url("/app.minisig"));
+        let mut artifact = fetch_once(config).await.unwrap().unwrap();
+        assert_eq!(artifact.archive(), Some((ArchiveFormat::TarGz, "app")));
+        assert_eq!(
+            artifact.claimed_sha256(),
+            Some(&sha256(ARCHIVE)),
+            "the archive's"
+        );
+        assert_eq!(artifact.claimed_size(), Some(ARCHIVE.len() as u64));
+        assert!(artifact.signature().is_some());
+        assert_eq!(body(&mut artifact).await.unwrap(), ARCHIVE);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_archive_checksum_is_left_to_the_core() {
+        let server = Server::start(archive_server(sums(b"not it", "app.tar.gz"))).await;
         let config = at(&server, "/app.tar.gz").with_archive_member("app");
-        let err = fetch_once(config).await.unwrap_err();
-        assert!(matches!(err, FetchError::Invalid { .. }), "{err}");
-        assert!(err.to_string().contains("does not match"), "{err}");
+        let artifact = fetch_once(config).await.unwrap().unwrap();
+        assert_eq!(artifact.claimed_sha256(), Some(&sha256(b"not it")));
+    }
+
+    #[tokio::test]
+    async fn an_archive_not_known_by_name_is_sniffed_by_the_core() {
+        let server = Server::start(archive_server(sums(ARCHIVE, "download"))).await;
+        let config = at(&server, "/download").with_archive_member("bin/app");
+        let artifact = fetch_once(config).await.unwrap().unwrap();
+        assert_eq!(artifact.archive(), Some((ArchiveFormat::Sniff, "bin/app")));
+        assert_eq!(artifact.claimed_sha256(), Some(&sha256(ARCHIVE)));
+    }
+
+    #[tokio::test]
+    async fn a_raw_download_is_no_archive() {
+        let server = Server::start(release).await;
+        let artifact = fetch_once(config(&server)).await.unwrap().unwrap();
+        assert_eq!(artifact.archive(), None);
     }
 
     #[test]

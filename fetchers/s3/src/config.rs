@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
+use handover_fetcher::LegacyPolicy;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
 /// The `[s3]` table of `handover.toml`.
 ///
-/// Only `bucket` and `key` are required:
+/// Only `bucket` and `key` are required. Whether a checksum or signature is required, the size
+/// limit and downgrades are upgrade policy, set in the core's `[upgrade]` table:
 ///
 /// ```toml
 /// [s3]
@@ -17,7 +19,6 @@ use crate::Error;
 /// # For MinIO, Garage, R2 or moto; path-style addressing is then the default.
 /// endpoint_url = "http://127.0.0.1:9000"
 /// operation_timeout = "30s"
-/// max_size = "256MiB"
 /// ```
 ///
 /// Library users start from [`S3Config::new`] and change the fields they need.
@@ -41,12 +42,13 @@ pub struct S3Config {
     /// when `endpoint_url` is set (what self-hosted stores expect), false for AWS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_path_style: Option<bool>,
-    /// Refuse a candidate that publishes no SHA-256, neither as the object's own checksum nor as
-    /// a sidecar object. Default: true.
-    #[serde(default = "yes")]
-    pub checksum_required: bool,
+    /// Deprecated: `checksum_required` belongs in the core's `[upgrade]` table. Still read, and
+    /// reported by [`legacy_policy`](Self::legacy_policy); this fetcher does not act on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_required: Option<bool>,
     /// The sidecar object holding the SHA-256 (`<hex>` or `<hex>  <name>`), named
     /// `<key><sidecar_suffix>`; read only when the object has no full-object SHA-256 checksum.
+    /// A missing sidecar, or one without an entry for the object, means no published SHA-256.
     /// Empty: no sidecar. Default: `.sha256`.
     #[serde(default = "default_sidecar_suffix")]
     pub sidecar_suffix: String,
@@ -59,9 +61,11 @@ pub struct S3Config {
     /// Default: `version`.
     #[serde(default = "default_version_metadata_key")]
     pub version_metadata_key: String,
-    /// Offer a candidate whose version is not greater than the running one. Default: false.
-    #[serde(default)]
-    pub allow_downgrade: bool,
+    /// Deprecated: `allow_downgrade` belongs in the core's `[upgrade]` table. Still read, and
+    /// reported by [`legacy_policy`](Self::legacy_policy); this fetcher offers any version
+    /// other than the running one, and the core refuses a downgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_downgrade: Option<bool>,
     /// How long to wait for a TCP (and TLS) connection. Default: `5s`.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -73,15 +77,17 @@ pub struct S3Config {
     /// Default: 3.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
-    /// The largest object accepted, in bytes or with a unit (`"256MiB"`, `"1GB"`).
-    /// Default: 1 GiB.
-    #[serde(default = "default_max_size", with = "handover_fetcher::size")]
-    pub max_size: u64,
+    /// Deprecated: `max_size` belongs in the core's `[upgrade]` table. Still read (in bytes or
+    /// with a unit, `"256MiB"`) and reported by [`legacy_policy`](Self::legacy_policy); this
+    /// fetcher does not act on it.
+    #[serde(
+        default,
+        with = "handover_fetcher::size::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_size: Option<u64>,
 }
 
-fn yes() -> bool {
-    true
-}
 fn default_sidecar_suffix() -> String {
     ".sha256".into()
 }
@@ -100,9 +106,6 @@ fn default_operation_timeout() -> Duration {
 fn default_max_attempts() -> u32 {
     3
 }
-fn default_max_size() -> u64 {
-    1 << 30
-}
 
 impl S3Config {
     /// The object `key` in `bucket`, every other field at its default.
@@ -113,16 +116,25 @@ impl S3Config {
             region: None,
             endpoint_url: None,
             force_path_style: None,
-            checksum_required: true,
+            checksum_required: None,
             sidecar_suffix: default_sidecar_suffix(),
             signature_suffix: default_signature_suffix(),
             version_metadata_key: default_version_metadata_key(),
-            allow_downgrade: false,
+            allow_downgrade: None,
             connect_timeout: default_connect_timeout(),
             operation_timeout: default_operation_timeout(),
             max_attempts: default_max_attempts(),
-            max_size: default_max_size(),
+            max_size: None,
         }
+    }
+
+    /// The deprecated policy keys this table set, for the core to warn about and apply.
+    pub fn legacy_policy(&self) -> LegacyPolicy {
+        let mut legacy = LegacyPolicy::default();
+        legacy.checksum_required = self.checksum_required;
+        legacy.max_size = self.max_size;
+        legacy.allow_downgrade = self.allow_downgrade;
+        legacy
     }
 
     /// Sets [`region`](Self::region).
@@ -156,7 +168,8 @@ impl S3Config {
         format!("s3://{}/{}", self.bucket, self.key)
     }
 
-    /// Checks what serde cannot: non-empty names, a usable endpoint, positive limits.
+    /// Checks what serde cannot: non-empty names, a usable endpoint, positive timeouts and
+    /// attempts.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |field: &'static str, message: String| Err(Error::Config { field, message });
         if self.bucket.trim().is_empty() || self.bucket.contains('/') {
@@ -188,9 +201,6 @@ impl S3Config {
         if self.operation_timeout.is_zero() {
             return bad("operation_timeout", "must be greater than zero".into());
         }
-        if self.max_size == 0 {
-            return bad("max_size", "must be greater than zero".into());
-        }
         Ok(())
     }
 }
@@ -207,15 +217,13 @@ mod tests {
     fn minimal_table_gets_defaults() {
         let config = parse("bucket = \"b\"\nkey = \"app\"").unwrap();
         assert_eq!(config, S3Config::new("b", "app"));
-        assert!(config.checksum_required);
+        assert!(config.legacy_policy().is_empty());
         assert_eq!(config.sidecar_suffix, ".sha256");
         assert_eq!(config.signature_suffix, ".minisig");
         assert_eq!(config.version_metadata_key, "version");
-        assert!(!config.allow_downgrade);
         assert_eq!(config.connect_timeout, Duration::from_secs(5));
         assert_eq!(config.operation_timeout, Duration::from_secs(30));
         assert_eq!(config.max_attempts, 3);
-        assert_eq!(config.max_size, 1 << 30);
         assert!(!config.path_style());
         assert_eq!(config.origin(), "s3://b/app");
         config.validate().unwrap();
@@ -245,7 +253,10 @@ mod tests {
         assert!(config.path_style(), "an endpoint implies path style");
         assert_eq!(config.connect_timeout, Duration::from_millis(1500));
         assert_eq!(config.operation_timeout, Duration::from_secs(120));
-        assert_eq!(config.max_size, 256 << 20);
+        let legacy = config.legacy_policy();
+        assert_eq!(legacy.checksum_required, Some(false));
+        assert_eq!(legacy.max_size, Some(256 << 20));
+        assert_eq!(legacy.allow_downgrade, Some(true));
         config.validate().unwrap();
 
         let virtual_hosted = parse(
@@ -266,7 +277,7 @@ mod tests {
             parse("bucket = \"b\"\nkey = \"k\"\nmax_size = 1024")
                 .unwrap()
                 .max_size,
-            1024
+            Some(1024)
         );
     }
 
@@ -291,7 +302,6 @@ mod tests {
             |c| c.operation_timeout = Duration::ZERO,
             "operation_timeout",
         );
-        check(|c| c.max_size = 0, "max_size");
     }
 
     #[test]

@@ -26,10 +26,12 @@ const RACE_RETRIES: usize = 3;
 ///
 /// Each poll is one `HEAD` with `If-None-Match: <ETag of the last settled candidate>`, so an
 /// unchanged object costs a 304 and no download. A changed object is offered with its size, the
-/// SHA-256 it publishes (its own full-object checksum, else the `<key>.sha256` sidecar), the
-/// version in its metadata, the `<key>.minisig` signature when there is one, and its ETag as
-/// [`Artifact::id`]. The ETag is remembered once the core [settles](Fetcher::settled) the
-/// candidate, so a download that failed half-way is offered again.
+/// SHA-256 it publishes (its own full-object checksum, else the `<key>.sha256` sidecar, else
+/// none), the version in its metadata, the `<key>.minisig` signature when there is one, and its
+/// ETag as [`Artifact::id`]. The ETag is remembered once the core [settles](Fetcher::settled)
+/// the candidate, so a download that failed half-way is offered again; after a rejection or a
+/// "not ready", the sidecars are watched, and one that appears or changes offers the object
+/// again.
 pub struct S3Fetcher {
     client: Client,
     config: S3Config,
@@ -44,17 +46,21 @@ pub struct S3Fetcher {
 #[derive(Debug, Clone)]
 struct Seen {
     etag: String,
-    /// The running binary's SHA-256 when this candidate was turned down (not newer, identical,
-    /// rejected by the core); `None` once installed. Another binary running since (a manual
-    /// deploy, a rollback) may change the answer, so the candidate is looked at again.
+    /// The running binary's SHA-256 when this candidate was turned down (the running version,
+    /// identical, rejected or not ready in the core); `None` once installed. Another binary
+    /// running since (a manual deploy, a rollback) may change the answer, so the candidate is
+    /// looked at again.
     turned_down_for: Option<Sha256>,
-    /// The sidecars the candidate was offered with, by ETag. Kept after a rejection: a wrong
-    /// `.sha256` or `.minisig` that is replaced later makes the same object worth offering again.
+    /// The sidecars the candidate was offered with: key, and ETag (`None`: it did not exist).
     sidecars: Vec<(String, Option<String>)>,
-    rejected: bool,
+    /// Whether a sidecar that appears or changes makes the same object worth offering again:
+    /// after a rejection or a "not ready" (a wrong or missing `.sha256` or `.minisig`).
+    watch_sidecars: bool,
 }
 
 /// The outcome of one pass of a poll.
+// One value per pass, on the stack and moved once: boxing the artifact would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Pass {
     Done(Option<Artifact>),
     /// The object changed between the HEAD and the GET: look again.
@@ -153,37 +159,41 @@ impl S3Fetcher {
             return self.unchanged().await;
         }
 
-        let head_size = self.checked_size(head.content_length())?;
+        let head_size = self.size(head.content_length())?;
 
+        // Any other version is offered; the core refuses a downgrade.
         let version = self.claimed_version(&head)?;
         if let (Some(candidate), Some(current)) = (&version, &running.version) {
-            if candidate <= current && !self.config.allow_downgrade {
-                tracing::debug!(origin = %self.origin, %etag, %candidate, running = %current,
-                    "s3 object is not newer than the running version; not offered");
+            if candidate == current {
+                tracing::debug!(origin = %self.origin, %etag, %candidate,
+                    "s3 object has the running version; not offered");
                 self.remember(etag, Vec::new(), false, Some(running.sha256));
                 return Ok(Pass::Done(None));
             }
         }
 
         let mut sidecars = Vec::new();
-        let (sha256, checksum_from) = match full_object_sha256(&head, &etag) {
+        // The store's own digest of the object may say it is the running binary; a sidecar may
+        // not (it may still describe the previous upload): the core hashes what it downloads.
+        let object_sha256 = full_object_sha256(&head, &etag);
+        if object_sha256 == Some(running.sha256) {
+            tracing::debug!(origin = %self.origin, %etag, "s3 object is the running binary; not offered");
+            self.remember(etag, Vec::new(), false, Some(running.sha256));
+            return Ok(Pass::Done(None));
+        }
+        let (sha256, checksum_from) = match object_sha256 {
             Some(digest) => (Some(digest), "object checksum"),
             None => match self.sidecar_sha256(&head, &etag, &mut sidecars).await? {
                 Some(digest) => (Some(digest), "sidecar"),
                 None => (None, "none"),
             },
         };
-        if sha256 == Some(running.sha256) {
-            tracing::debug!(origin = %self.origin, %etag, "s3 object is the running binary; not offered");
-            self.remember(etag, Vec::new(), false, Some(running.sha256));
-            return Ok(Pass::Done(None));
-        }
         let signature = self.signature(&mut sidecars).await?;
 
         let Some(object) = self.open(&head, &etag).await? else {
             return Ok(Pass::Raced);
         };
-        let size = match (head_size, self.checked_size(object.content_length())?) {
+        let size = match (head_size, self.size(object.content_length())?) {
             (Some(before), Some(now)) if before != now => return Ok(Pass::Raced),
             (before, now) => now.or(before),
         };
@@ -211,7 +221,7 @@ impl S3Fetcher {
             etag,
             turned_down_for: Some(running.sha256),
             sidecars,
-            rejected: false,
+            watch_sidecars: false,
         });
         Ok(Pass::Done(Some(artifact)))
     }
@@ -243,23 +253,23 @@ impl S3Fetcher {
         }
     }
 
-    /// The object still has the last settled ETag. After a rejection, a replaced sidecar makes
-    /// the object worth another look.
+    /// The object still has the last settled ETag. After a rejection or a "not ready", a
+    /// sidecar that appeared, changed or vanished makes the object worth another look.
     async fn unchanged(&mut self) -> Result<Pass, FetchError> {
         let Some(last) = self.last.clone() else {
             return Ok(Pass::Done(None));
         };
-        if last.rejected {
+        if last.watch_sidecars {
             for (key, etag) in &last.sidecars {
                 let now = match self.head(key, None).await {
-                    Ok(head) => head.e_tag().map(str::to_owned),
+                    Ok(head) => Some(head.e_tag().unwrap_or_default().to_owned()),
                     Err(Failure::NotFound) => None,
                     Err(Failure::Fetch(err)) => return Err(err),
                     Err(_) => continue,
                 };
                 if &now != etag {
                     tracing::info!(origin = %self.origin, sidecar = %key,
-                        "sidecar changed since the candidate was rejected; looking again");
+                        "sidecar changed since the candidate was settled; looking again");
                     self.last = None;
                     return Ok(Pass::Raced);
                 }
@@ -285,26 +295,18 @@ impl S3Fetcher {
             .map_err(|e| classify(&format!("s3://{}/{key}", self.config.bucket), e))
     }
 
-    /// The announced size, refused above `max_size`.
-    fn checked_size(&self, content_length: Option<i64>) -> Result<Option<u64>, FetchError> {
-        let Some(len) = content_length else {
-            return Ok(None);
-        };
-        let size = u64::try_from(len)
-            .map_err(|_| FetchError::invalid(&self.origin, format!("Content-Length {len}")))?;
-        if size > self.config.max_size {
-            return Err(FetchError::invalid(
-                &self.origin,
-                format!(
-                    "{size} bytes is more than max_size ({} bytes)",
-                    self.config.max_size
-                ),
-            ));
-        }
-        Ok(Some(size))
+    /// The announced size (the core applies its `max_size`).
+    fn size(&self, content_length: Option<i64>) -> Result<Option<u64>, FetchError> {
+        content_length
+            .map(|len| {
+                u64::try_from(len)
+                    .map_err(|_| FetchError::invalid(&self.origin, format!("Content-Length {len}")))
+            })
+            .transpose()
     }
 
-    /// A 404 to HEAD has no body to say whether the key or the bucket is missing: ask.
+    /// A 404 to HEAD has no body to say whether the key or the bucket is missing: ask. A
+    /// missing key is nothing published yet; a missing bucket is a configuration error.
     async fn not_found(&self) -> FetchError {
         let bucket = self
             .client
@@ -317,12 +319,11 @@ impl S3Fetcher {
             .err()
             .and_then(|e| e.raw_response())
             .is_some_and(|r| r.status().as_u16() == 404);
-        let what = if bucket_missing {
-            "no such bucket"
+        if bucket_missing {
+            FetchError::refused(&self.origin, "no such bucket")
         } else {
-            "no such key"
-        };
-        FetchError::refused(&self.origin, what)
+            FetchError::not_published(&self.origin, "no such key")
+        }
     }
 
     fn claimed_version(&self, head: &HeadObjectOutput) -> Result<Option<Version>, FetchError> {
@@ -343,7 +344,8 @@ impl S3Fetcher {
         })
     }
 
-    /// The digest in `<key><sidecar_suffix>`, when the object publishes none itself.
+    /// The digest in `<key><sidecar_suffix>`, when the object publishes none itself: `None`
+    /// without a sidecar, or when it holds no digest for the object.
     async fn sidecar_sha256(
         &self,
         head: &HeadObjectOutput,
@@ -357,15 +359,19 @@ impl S3Fetcher {
         };
         let suffix = &self.config.sidecar_suffix;
         if suffix.is_empty() {
-            return self.no_checksum(why_not_object, "no sidecar is configured", etag);
+            tracing::debug!(origin = %self.origin, %etag,
+                "no published SHA-256: {why_not_object}, and no sidecar is configured");
+            return Ok(None);
         }
         let key = format!("{}{suffix}", self.config.key);
         let Some((text, sidecar_etag)) = self.small_object(&key).await? else {
             sidecars.push((key.clone(), None));
-            let missing = format!("s3://{}/{key} does not exist", self.config.bucket);
-            return self.no_checksum(why_not_object, &missing, etag);
+            tracing::debug!(origin = %self.origin, %etag,
+                "no published SHA-256: {why_not_object}, and s3://{}/{key} does not exist",
+                self.config.bucket);
+            return Ok(None);
         };
-        sidecars.push((key.clone(), sidecar_etag));
+        sidecars.push((key.clone(), Some(sidecar_etag.unwrap_or_default())));
         let text = String::from_utf8_lossy(&text);
         let name = self
             .config
@@ -373,36 +379,13 @@ impl S3Fetcher {
             .rsplit('/')
             .next()
             .unwrap_or(&self.config.key);
-        match find_in_checksum_file(&text, name).or_else(|| lone_digest(&text)) {
-            Some(digest) => Ok(Some(digest)),
-            None => Err(FetchError::invalid(
-                &self.origin,
-                format!(
-                    "s3://{}/{key} holds no SHA-256 for {name:?}",
-                    self.config.bucket
-                ),
-            )),
+        let found = find_in_checksum_file(&text, name).or_else(|| lone_digest(&text));
+        if found.is_none() {
+            tracing::debug!(origin = %self.origin, %etag,
+                "s3://{}/{key} holds no SHA-256 for {name:?}; offering without one",
+                self.config.bucket);
         }
-    }
-
-    fn no_checksum(
-        &self,
-        why_not_object: &str,
-        why_not_sidecar: &str,
-        etag: &str,
-    ) -> Result<Option<Sha256>, FetchError> {
-        if !self.config.checksum_required {
-            tracing::debug!(origin = %self.origin, %etag, "no published SHA-256; offering without one");
-            return Ok(None);
-        }
-        Err(FetchError::invalid(
-            &self.origin,
-            format!(
-                "no SHA-256 published: the object's checksum is unusable ({why_not_object}; \
-                 upload with --checksum-algorithm SHA256) and {why_not_sidecar}; \
-                 checksum_required is on"
-            ),
-        ))
+        Ok(found)
     }
 
     /// The detached signature in `<key><signature_suffix>`, when there is one.
@@ -415,7 +398,10 @@ impl S3Fetcher {
         }
         let key = format!("{}{}", self.config.key, self.config.signature_suffix);
         let found = self.small_object(&key).await?;
-        sidecars.push((key, found.as_ref().and_then(|(_, etag)| etag.clone())));
+        let etag = found
+            .as_ref()
+            .map(|(_, etag)| etag.clone().unwrap_or_default());
+        sidecars.push((key, etag));
         Ok(found.map(|(bytes, _)| bytes))
     }
 
@@ -467,14 +453,14 @@ impl S3Fetcher {
         &mut self,
         etag: String,
         sidecars: Vec<(String, Option<String>)>,
-        rejected: bool,
+        watch_sidecars: bool,
         turned_down_for: Option<Sha256>,
     ) {
         self.last = Some(Seen {
             etag,
             turned_down_for,
             sidecars,
-            rejected,
+            watch_sidecars,
         });
     }
 }
@@ -497,15 +483,17 @@ impl Fetcher for S3Fetcher {
     }
 
     fn settled(&mut self, id: &str, settlement: Settlement) {
-        let rejected = settlement == Settlement::Rejected;
+        // Installed: nothing more to watch. Rejected or not ready: the same object is offered
+        // again once a sidecar appears or changes, or another binary runs.
+        let turned_down = settlement != Settlement::Installed;
         match self.pending.take() {
             Some(seen) if seen.etag == id => {
-                let against = seen.turned_down_for.filter(|_| rejected);
-                self.remember(seen.etag, seen.sidecars, rejected, against);
+                let against = seen.turned_down_for.filter(|_| turned_down);
+                self.remember(seen.etag, seen.sidecars, turned_down, against);
             }
             other => {
                 self.pending = other;
-                self.remember(id.to_owned(), Vec::new(), rejected, None);
+                self.remember(id.to_owned(), Vec::new(), turned_down, None);
             }
         }
     }

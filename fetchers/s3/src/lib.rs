@@ -12,18 +12,20 @@
 //! an unchanged object costs a 304 and no download. A changed object is offered to the core as
 //! an [`Artifact`](handover_fetcher::Artifact) carrying
 //!
-//! - its size (`Content-Length`, refused above [`S3Config::max_size`]);
+//! - its size (`Content-Length`);
 //! - the SHA-256 it publishes: the object's own full-object checksum
-//!   (`x-amz-checksum-sha256`), else the sidecar object `<key>.sha256`; a multipart
-//!   checksum-of-checksums is never used as the file's digest. With
-//!   [`checksum_required`](S3Config::checksum_required) (the default) a candidate without either
-//!   is an error;
-//! - the version in the object's metadata (`x-amz-meta-version`), offered only when greater than
-//!   the running version, unless [`allow_downgrade`](S3Config::allow_downgrade);
+//!   (`x-amz-checksum-sha256`), else the sidecar object `<key>.sha256`, else none; a multipart
+//!   checksum-of-checksums is never used as the file's digest;
+//! - the version in the object's metadata (`x-amz-meta-version`); an object with the running
+//!   version is not offered, any other is;
 //! - the detached minisign signature in `<key>.minisig`, when there is one;
 //! - its ETag as the artifact id, remembered once the core settles the candidate.
 //!
-//! The fetcher does not hash or verify anything itself: the core does, while it streams the body.
+//! A missing key is [`FetchError::NotPublished`](handover_fetcher::FetchError::NotPublished).
+//! The fetcher does not hash, verify or decide anything itself: the core does, while it streams
+//! the body, under its `[upgrade]` policy (whether a checksum or signature is required, the size
+//! limit, downgrades). The deprecated [`S3Config`] keys for that policy are only reported
+//! ([`S3Config::legacy_policy`]).
 //!
 //! Credentials come from the standard AWS chain (environment, shared profile, web identity,
 //! ECS, IMDS) through `aws-config`; none are logged. Library users with their own

@@ -77,11 +77,17 @@ async fn multipart_checksum_of_checksums_is_not_taken_for_the_file_digest() {
     assert!(etag.contains('-'), "a multipart ETag: {etag}");
 
     let mut fetcher = server.fetcher(&bucket, "app", |_| {});
-    let err = fetcher.fetch(&running("1.2.0")).await.unwrap_err();
-    assert!(
-        matches!(err, FetchError::Invalid { .. }) && err.to_string().contains("multipart"),
-        "{err}"
+    let artifact = fetcher
+        .fetch(&running("1.2.0"))
+        .await
+        .unwrap()
+        .expect("offered");
+    assert_eq!(
+        artifact.claimed_sha256(),
+        None,
+        "no usable digest, no sidecar"
     );
+    drop(artifact);
 
     let whole = [first.as_slice(), &last].concat();
     bucket
@@ -191,26 +197,27 @@ async fn rejected_candidate_is_offered_again_once_its_sidecar_changes() {
 }
 
 #[tokio::test]
-async fn missing_checksum_is_an_error_when_required() {
+async fn an_object_without_a_checksum_or_sidecar_is_offered_without_a_sha256() {
     let server = Server::start();
     let bucket = server.bucket("no-checksum").await;
     bucket.put("app", APP, false, Some("1.3.0")).await;
 
     let mut fetcher = server.fetcher(&bucket, "app", |_| {});
-    let err = fetcher.fetch(&running("1.2.0")).await.unwrap_err();
-    let text = err.to_string();
-    assert!(matches!(err, FetchError::Invalid { .. }), "{err:?}");
-    assert!(
-        text.contains("no SHA-256 checksum"),
-        "names the object checksum: {text}"
-    );
-    assert!(
-        text.contains(&format!("s3://{}/app.sha256 does not exist", bucket.name)),
-        "names the sidecar: {text}"
-    );
+    let mut artifact = fetcher
+        .fetch(&running("1.2.0"))
+        .await
+        .unwrap()
+        .expect("offered");
+    assert_eq!(artifact.claimed_sha256(), None);
+    assert_eq!(artifact.signature(), None);
+    assert_eq!(read_all(&mut artifact).await, APP);
 
-    let mut lenient = server.fetcher(&bucket, "app", |c| c.checksum_required = false);
-    let artifact = lenient
+    // A sidecar without an entry for the object: no SHA-256 either, and not an error.
+    let lines = format!("{0}  other\n{0}  another\n", hex(&sha256(APP)));
+    bucket
+        .put("app.sha256", lines.as_bytes(), false, None)
+        .await;
+    let artifact = fetcher
         .fetch(&running("1.2.0"))
         .await
         .unwrap()
@@ -218,16 +225,78 @@ async fn missing_checksum_is_an_error_when_required() {
     assert_eq!(artifact.claimed_sha256(), None);
 }
 
+// regression: a sidecar still holding the running binary's digest (the new object was uploaded
+// first) made the new object invisible; only the core, which hashes the download, may decide.
 #[tokio::test]
-async fn missing_key_is_refused() {
+async fn a_sidecar_with_the_running_digest_does_not_hide_a_new_object() {
+    let server = Server::start();
+    let bucket = server.bucket("stale-sidecar").await;
+    let old = b"the running binary";
+    bucket.put("app", APP, false, Some("1.3.0")).await;
+    bucket
+        .put("app.sha256", hex(&sha256(old)).as_bytes(), false, None)
+        .await;
+    let mut fetcher = server.fetcher(&bucket, "app", |_| {});
+    let running = Running::new(sha256(old), Some(Version::new(1, 2, 0)));
+    let mut artifact = fetcher.fetch(&running).await.unwrap().expect("offered");
+    assert_eq!(artifact.claimed_sha256(), Some(&sha256(old)));
+    assert_eq!(read_all(&mut artifact).await, APP);
+}
+
+#[tokio::test]
+async fn a_sidecar_that_appears_after_not_ready_offers_the_object_again() {
+    let server = Server::start();
+    let bucket = server.bucket("sidecar-late").await;
+    let etag = bucket.put("app", APP, false, Some("1.3.0")).await;
+    let mut fetcher = server.fetcher(&bucket, "app", |_| {});
+    let artifact = fetcher.fetch(&running("1.2.0")).await.unwrap().unwrap();
+    assert_eq!(artifact.claimed_sha256(), None);
+    // The core requires a checksum: not ready yet.
+    fetcher.settled(artifact.id().unwrap(), Settlement::NotReady);
+    assert_eq!(fetcher.last_etag(), Some(etag.as_str()));
+    assert!(fetcher.fetch(&running("1.2.0")).await.unwrap().is_none());
+
+    bucket
+        .put("app.sha256", hex(&sha256(APP)).as_bytes(), false, None)
+        .await;
+    let artifact = fetcher
+        .fetch(&running("1.2.0"))
+        .await
+        .unwrap()
+        .expect("offered again");
+    assert_eq!(artifact.claimed_sha256(), Some(&sha256(APP)));
+    fetcher.settled(artifact.id().unwrap(), Settlement::NotReady);
+
+    // Then the signature arrives: offered again, with it.
+    bucket
+        .put("app.minisig", b"untrusted comment: late\n", false, None)
+        .await;
+    let artifact = fetcher
+        .fetch(&running("1.2.0"))
+        .await
+        .unwrap()
+        .expect("offered again");
+    assert_eq!(
+        artifact.signature(),
+        Some(&b"untrusted comment: late\n"[..])
+    );
+    fetcher.settled(artifact.id().unwrap(), Settlement::Installed);
+    assert!(fetcher.fetch(&running("1.3.0")).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_missing_key_is_not_published_and_a_missing_bucket_refused() {
     let server = Server::start();
     let bucket = server.bucket("missing").await;
     let mut fetcher = server.fetcher(&bucket, "nothing/here", |_| {});
     let err = fetcher.fetch(&running("1.2.0")).await.unwrap_err();
-    assert!(matches!(err, FetchError::Refused { .. }), "{err:?}");
+    assert!(err.is_not_published(), "{err:?}");
     assert_eq!(
         err.to_string(),
-        format!("s3://{}/nothing/here: refused: no such key", bucket.name)
+        format!(
+            "s3://{}/nothing/here: not published yet: no such key",
+            bucket.name
+        )
     );
 
     let mut config =
@@ -235,6 +304,7 @@ async fn missing_key_is_refused() {
     config.max_attempts = 1;
     let mut fetcher = S3Fetcher::with_sdk_config(config, &server.sdk()).unwrap();
     let err = fetcher.fetch(&running("1.2.0")).await.unwrap_err();
+    assert!(matches!(err, FetchError::Refused { .. }), "{err:?}");
     assert!(
         err.to_string().ends_with("refused: no such bucket"),
         "{err}"
@@ -298,32 +368,34 @@ async fn silent_server_hits_the_operation_timeout() {
 }
 
 #[tokio::test]
-async fn older_or_equal_version_is_not_offered() {
+async fn the_running_version_is_not_offered_an_older_one_is() {
     let server = Server::start();
     let bucket = server.bucket("older").await;
     let etag = bucket.put("app", APP, true, Some("1.9.0")).await;
 
     let mut fetcher = server.fetcher(&bucket, "app", |_| {});
-    assert!(fetcher.fetch(&running("2.0.0")).await.unwrap().is_none());
+    assert!(fetcher.fetch(&running("1.9.0")).await.unwrap().is_none());
     assert_eq!(
         fetcher.last_etag(),
         Some(etag.as_str()),
         "remembered: nothing to offer"
     );
-    let mut same = server.fetcher(&bucket, "app", |_| {});
-    assert!(same.fetch(&running("1.9.0")).await.unwrap().is_none());
 
     // Another binary runs since (a manual deploy, a rollback): the object is looked at again.
     let rolled_back = Running::new([1; 32], Some(Version::new(1, 0, 0)));
     assert!(fetcher.fetch(&rolled_back).await.unwrap().is_some());
 
-    let mut downgrade = server.fetcher(&bucket, "app", |c| c.allow_downgrade = true);
-    let artifact = downgrade
+    // Older than the running version: offered anyway (and the legacy key ignored); the core
+    // refuses the downgrade and settles it rejected, after which it is not downloaded again.
+    let mut older = server.fetcher(&bucket, "app", |c| c.allow_downgrade = Some(false));
+    let artifact = older
         .fetch(&running("2.0.0"))
         .await
         .unwrap()
         .expect("offered");
     assert_eq!(artifact.claimed_version(), Some(&Version::new(1, 9, 0)));
+    older.settled(artifact.id().unwrap(), Settlement::Rejected);
+    assert!(older.fetch(&running("2.0.0")).await.unwrap().is_none());
 
     let unknown = Running::new([0; 32], None);
     assert!(server
@@ -335,21 +407,27 @@ async fn older_or_equal_version_is_not_offered() {
 }
 
 #[tokio::test]
-async fn running_binary_and_oversized_objects_are_not_offered() {
+async fn the_running_binary_is_not_offered_and_legacy_limits_are_not_applied() {
     let server = Server::start();
     let bucket = server.bucket("limits").await;
     bucket.put("app", APP, true, Some("1.3.0")).await;
 
+    // The store's own checksum says it is the running binary.
     let mut fetcher = server.fetcher(&bucket, "app", |_| {});
     let same_bytes = Running::new(sha256(APP), Some(Version::new(1, 2, 0)));
     assert!(fetcher.fetch(&same_bytes).await.unwrap().is_none());
 
-    let mut small = server.fetcher(&bucket, "app", |c| c.max_size = 16);
-    let err = small.fetch(&running("1.2.0")).await.unwrap_err();
-    assert!(
-        matches!(err, FetchError::Invalid { .. }) && err.to_string().contains("max_size"),
-        "{err}"
-    );
+    let mut legacy = server.fetcher(&bucket, "app", |c| {
+        c.max_size = Some(16);
+        c.checksum_required = Some(true);
+    });
+    assert_eq!(legacy.config().legacy_policy().max_size, Some(16));
+    let artifact = legacy
+        .fetch(&running("1.2.0"))
+        .await
+        .unwrap()
+        .expect("the core applies max_size, not the fetcher");
+    assert_eq!(artifact.claimed_size(), Some(APP.len() as u64));
 }
 
 #[tokio::test]

@@ -97,6 +97,8 @@ pub struct State {
     pub secondary_retry_after: Option<u64>,
     /// Answer release requests with a truncated JSON body.
     pub malformed: bool,
+    /// Answer 404 for the repository itself (a wrong name, or a token that cannot see it).
+    pub no_repo: bool,
     pub used: u32,
 }
 
@@ -165,6 +167,7 @@ impl FakeGithub {
     }
 }
 
+const REPO: &str = "/repos/acme/app";
 const LATEST: &str = "/repos/acme/app/releases/latest";
 const LIST: &str = "/repos/acme/app/releases?per_page=100";
 const ASSETS: &str = "/repos/acme/app/releases/assets/";
@@ -203,7 +206,20 @@ fn api(request: &Request, state: &mut State, base: &str, storage: &str) -> Reply
     }
 
     let path = request.path.as_str();
-    let body = if path == LATEST {
+    if state.no_repo {
+        return json_reply(
+            404,
+            &json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest", "status": "404"}),
+        );
+    }
+    let body = if path == REPO {
+        json!({
+            "id": 1296269, "node_id": "MDEwOlJlcG9zaXRvcnkxMjk2MjY5", "name": "app",
+            "full_name": "acme/app", "private": false, "owner": user(base),
+            "html_url": "https://github.com/acme/app", "url": format!("{base}{REPO}"),
+            "default_branch": "main"
+        })
+    } else if path == LATEST {
         match state.releases.iter().find(|r| !r.draft && !r.prerelease) {
             Some(release) => release_json(release, base),
             None => {

@@ -60,7 +60,9 @@ impl Fetcher for ReleaseDir {
         let size = file.metadata().await.map_err(io)?.len();
         let id = path.display().to_string();
         Ok(Some(
+            // A directory on this machine: no checksum is asked for by default.
             Artifact::new(id.clone(), file)
+                .local()
                 .with_id(id)
                 .with_version(version)
                 .with_size(size),

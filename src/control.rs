@@ -1,4 +1,5 @@
-//! The control socket: `handover status|restart|upgrade|rollback` talk to a running master.
+//! The control socket: `handover status|restart|upgrade|rollback|forget` talk to a running
+//! master and its upgrade pipeline.
 //!
 //! A Unix stream socket created with mode 0600, and a peer-credential check on every
 //! connection, so only the master's own user (or root) can use it. One request line, one
@@ -9,13 +10,13 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use super::MasterHandle;
+use crate::handle::MasterHandle;
 
 /// Binds the control socket; the returned guard removes the file when dropped.
 pub(crate) fn bind(path: &Path) -> io::Result<(tokio::net::UnixListener, SocketFile)> {
     use socket2::{Domain, SockAddr, Socket, Type};
     use std::os::unix::fs::PermissionsExt;
-    super::listeners::remove_stale_socket(path)?;
+    crate::master::listeners::remove_stale_socket(path)?;
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
     socket.bind(&SockAddr::unix(path)?)?;
     // Before listen(): nobody can connect until the mode is 0600.
@@ -40,8 +41,14 @@ impl Drop for SocketFile {
 /// Answers requests until the master stops.
 pub(crate) async fn serve(listener: tokio::net::UnixListener, master: MasterHandle) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: do not spin on an error that will repeat at once.
+                tracing::warn!(error = %e, "control socket: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let master = master.clone();
         tokio::spawn(async move {
@@ -74,17 +81,23 @@ async fn answer(mut stream: tokio::net::UnixStream, master: MasterHandle) -> io:
             Ok(()) => "ok\nhand-over requested\n".to_string(),
             Err(e) => format!("error: {e}\n"),
         },
-        "upgrade" => {
-            master.check_for_upgrade();
-            "ok\nasked the fetcher to check now\n".to_string()
-        }
+        "upgrade" => match master.upgrade_now().await {
+            Ok(what) => format!("ok\n{what}\n"),
+            Err(e) => format!("error: {e}\n"),
+        },
         "rollback" => match master.rollback().await {
             Ok(()) => "ok\nprevious binary restored; handing over to it\n".to_string(),
             Err(e) => format!("error: {e}\n"),
         },
+        forget if forget.starts_with("forget") => {
+            match master.forget(forget.trim_start_matches("forget")).await {
+                Ok(released) => format!("ok\nreleased from quarantine: {}\n", released.join(", ")),
+                Err(e) => format!("error: {e}\n"),
+            }
+        }
         "" => "error: empty request\n".to_string(),
         other => format!(
-            "error: unknown command {:?} (status, restart, upgrade, rollback)\n",
+            "error: unknown command {:?} (status, restart, upgrade, rollback, forget SHA256)\n",
             other.chars().take(40).collect::<String>()
         ),
     };
@@ -99,7 +112,7 @@ async fn answer(mut stream: tokio::net::UnixStream, master: MasterHandle) -> io:
 }
 
 /// The status as `key: value` lines.
-pub(crate) fn render(status: &crate::Status) -> String {
+pub(crate) fn render(status: &crate::master::Status) -> String {
     use std::fmt::Write;
     let since = |t: std::time::SystemTime| {
         humantime::format_duration(round(t.elapsed().unwrap_or_default())).to_string()
@@ -138,7 +151,8 @@ pub(crate) fn render(status: &crate::Status) -> String {
         "hand-overs: {} (failed {}, crashes {})",
         status.handovers, status.failed_handovers, status.crashes
     );
-    match &status.last_upgrade {
+    let upgrade = &status.upgrade;
+    match &upgrade.last {
         Some(u) => {
             let _ = writeln!(
                 out,
@@ -151,6 +165,40 @@ pub(crate) fn render(status: &crate::Status) -> String {
         }
         None => out.push_str("last upgrade: none\n"),
     }
+    if let Some(v) = &upgrade.highest_installed {
+        let _ = writeln!(out, "highest installed: {v}");
+    }
+    if let Some(p) = &upgrade.probation {
+        let until = match p.until {
+            Some(t) => format!(
+                "{} left",
+                humantime::format_duration(round(
+                    t.duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default()
+                ))
+            ),
+            None => "until a worker of it is ready".into(),
+        };
+        let _ = writeln!(
+            out,
+            "probation: sha256 {} version {} ({until})",
+            &p.sha256[..p.sha256.len().min(12)],
+            p.version.as_deref().unwrap_or("unknown")
+        );
+    }
+    if let Some(waiting) = &upgrade.waiting {
+        let _ = writeln!(out, "waiting: {waiting}");
+    }
+    let _ = writeln!(out, "quarantined: {}", upgrade.quarantine.len());
+    for q in &upgrade.quarantine {
+        let _ = writeln!(
+            out,
+            "quarantined: sha256 {} {} ago: {}",
+            q.sha256,
+            since(q.at),
+            q.reason
+        );
+    }
     out
 }
 
@@ -159,24 +207,24 @@ fn round(d: std::time::Duration) -> std::time::Duration {
 }
 
 /// Sends one request to a master's control socket and returns its answer (client side).
-pub fn request(socket: &Path, command: &str) -> crate::Result<String> {
+pub fn request(socket: &Path, command: &str) -> crate::error::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
-        crate::Error::io(
+        crate::error::Error::io(
             format!("connecting to the control socket {}", socket.display()),
             e,
         )
     })?;
     stream
         .write_all(format!("{command}\n").as_bytes())
-        .map_err(|e| crate::Error::io("sending the request", e))?;
+        .map_err(|e| crate::error::Error::io("sending the request", e))?;
     let mut answer = String::new();
     stream
         .read_to_string(&mut answer)
-        .map_err(|e| crate::Error::io("reading the answer", e))?;
+        .map_err(|e| crate::error::Error::io("reading the answer", e))?;
     match answer.split_once('\n') {
         Some(("ok", rest)) => Ok(rest.to_string()),
-        _ => Err(crate::Error::Master(
+        _ => Err(crate::error::Error::Master(
             answer.trim().trim_start_matches("error: ").to_string(),
         )),
     }

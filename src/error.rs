@@ -61,13 +61,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// An upgrade candidate was refused; the running worker was not touched.
-    #[error("rejected {origin}: {reason}; still serving {kept}")]
+    /// An upgrade candidate was refused (or is not ready yet); the running worker was not
+    /// touched. [`Refusal::disposition`](crate::refusal::Refusal::disposition) says what happens next.
+    #[error("{verb} {origin}: {refusal}; still serving {kept}", verb = match refusal.disposition() {
+        crate::refusal::Disposition::NotReady => "not installing yet",
+        crate::refusal::Disposition::Transient => "could not take",
+        _ => "rejected",
+    })]
     Rejected {
         /// Where the candidate came from.
         origin: String,
-        /// Why it was refused.
-        reason: String,
+        /// Why it was refused, with the facts.
+        refusal: crate::refusal::Refusal,
         /// What keeps running (a version or a hash).
         kept: String,
     },

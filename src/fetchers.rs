@@ -2,6 +2,12 @@
 //! `[http]`). Backends are cargo features, so a user who only watches a file never compiles an
 //! SDK; naming one that is not compiled in is an error that says which feature to enable.
 
+#[cfg(feature = "github")]
+use crate::config::tables::github_problem;
+#[cfg(feature = "http")]
+use crate::config::tables::http_problem;
+#[cfg(any(feature = "s3", feature = "github", feature = "http"))]
+use crate::config::tables::table;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -22,84 +28,9 @@ pub async fn build_fetcher(config: &Config) -> Result<Option<Box<dyn handover_fe
     }
 }
 
-/// Reads the fetcher tables of `text` with the backends' own types, so that their errors point
-/// at the line and field like the core's do.
-pub(crate) fn check_tables(text: &str, origin: &str) -> Result<()> {
-    #[derive(serde::Deserialize)]
-    struct Tables {
-        #[cfg(feature = "s3")]
-        s3: Option<handover_fetcher_s3::S3Config>,
-        #[cfg(feature = "github")]
-        github: Option<handover_fetcher_github::GithubConfig>,
-        #[cfg(feature = "http")]
-        http: Option<handover_fetcher_http::HttpConfig>,
-        #[serde(flatten)]
-        _rest: toml::Table,
-    }
-    let tables: Tables = toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|span| crate::config::line_of(text, span.start));
-        let where_ = line
-            .map(|l| format!("{origin}:{l}"))
-            .unwrap_or_else(|| origin.to_string());
-        Error::config(where_, e.message().trim().to_string())
-    })?;
-    #[cfg(feature = "s3")]
-    if let Some(s3) = &tables.s3 {
-        if let Err(handover_fetcher_s3::Error::Config { field, message }) = s3.validate() {
-            return Err(located(text, origin, &format!("s3.{field}"), &message));
-        }
-    }
-    #[cfg(feature = "github")]
-    if let Some(Err(e)) = tables.github.as_ref().map(|g| g.validate()) {
-        let (field, message) = github_problem(&e);
-        return Err(located(text, origin, &format!("github.{field}"), &message));
-    }
-    #[cfg(feature = "http")]
-    if let Some(Err(e)) = tables.http.as_ref().map(|h| h.validate()) {
-        let (field, message) = http_problem(&e);
-        return Err(located(text, origin, &format!("http.{field}"), &message));
-    }
-    let _ = tables;
-    Ok(())
-}
-
-/// An error about `field` (`s3.bucket`), at the line that sets it when it can be found.
-#[cfg_attr(
-    not(any(feature = "s3", feature = "github", feature = "http")),
-    allow(dead_code)
-)]
-fn located(text: &str, origin: &str, field: &str, message: &str) -> Error {
-    let line = crate::config::locate_field(text, field).map(|l| format!("{origin}:{l}"));
-    Error::config(
-        line.unwrap_or_else(|| origin.to_string()),
-        format!("{field} {message}"),
-    )
-}
-
-/// A table of the config as the backend's own config type.
-#[cfg_attr(
-    not(any(feature = "s3", feature = "github", feature = "http")),
-    allow(dead_code)
-)]
-fn table<T: serde::de::DeserializeOwned>(table: &Option<toml::Table>, name: &str) -> Result<T> {
-    let table = table.clone().ok_or_else(|| {
-        Error::config(
-            "config",
-            format!("fetcher = \"{name}\" needs a [{name}] table"),
-        )
-    })?;
-    toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| Error::config(format!("[{name}]"), e.message().trim()))
-}
-
 #[cfg(feature = "s3")]
 async fn s3(config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
-    let mut settings: handover_fetcher_s3::S3Config = table(&config.s3, "s3")?;
-    // One switch for the whole pipeline: the core refuses downgrades unless it is set.
-    settings.allow_downgrade |= config.upgrade.allow_downgrade;
+    let settings: handover_fetcher_s3::S3Config = table(&config.s3, "s3")?;
     let fetcher = handover_fetcher_s3::S3Fetcher::new(settings)
         .await
         .map_err(|e| match e {
@@ -119,40 +50,9 @@ async fn s3(_config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher
     })
 }
 
-/// The field an HTTP fetcher error is about, and what is wrong with it.
-#[cfg(feature = "http")]
-fn http_problem(error: &handover_fetcher_http::Error) -> (String, String) {
-    use handover_fetcher_http::Error as E;
-    match error {
-        E::Config { field, message } => (field.to_string(), message.clone()),
-        E::BadUrl { field, url, message } => (field.to_string(), format!("{url:?} is not a valid URL: {message}")),
-        E::InsecureScheme { field, url } => (
-            field.to_string(),
-            format!("{url:?} is not https (plain http only to loopback, with allow_insecure_loopback = true)"),
-        ),
-        other => (String::new(), other.to_string()),
-    }
-}
-
-/// The field a GitHub fetcher error is about, and what is wrong with it.
-#[cfg(feature = "github")]
-fn github_problem(error: &handover_fetcher_github::Error) -> (String, String) {
-    match error {
-        handover_fetcher_github::Error::Config { field, message } => {
-            (field.to_string(), message.clone())
-        }
-        handover_fetcher_github::Error::Http(inner) => {
-            let (field, message) = http_problem(inner);
-            (field, message)
-        }
-        other => (String::new(), other.to_string()),
-    }
-}
-
 #[cfg(feature = "github")]
 fn github(config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
-    let mut settings: handover_fetcher_github::GithubConfig = table(&config.github, "github")?;
-    settings.allow_downgrade |= config.upgrade.allow_downgrade;
+    let settings: handover_fetcher_github::GithubConfig = table(&config.github, "github")?;
     let fetcher = handover_fetcher_github::GithubFetcher::new(settings).map_err(|e| {
         let (field, message) = github_problem(&e);
         Error::config(format!("github.{field}"), message)
@@ -200,7 +100,8 @@ fn file(config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
     let path = match settings.path {
         Some(path) => path,
         None => {
-            let live = crate::master::spawn::resolve_binary(config.binary.as_deref())
+            let live = config
+                .live_binary()
                 .map_err(|e| Error::io("resolving the live binary's path", e))?;
             let mut name = live.file_name().unwrap_or_default().to_os_string();
             name.push(".next");

@@ -47,20 +47,32 @@
 #![warn(missing_docs)]
 
 mod config;
+mod control;
+mod digest;
 mod error;
 mod fetchers;
+mod handle;
+mod handoff;
 pub mod http;
 mod master;
 mod protocol;
+mod refusal;
+mod service;
 mod sys;
 mod upgrade;
 mod worker;
 
 use std::future::Future;
 
-pub use config::{Config, ConfigBuilder, FileFetcherConfig, Listen, Sanity, UpgradeConfig};
+pub use config::{
+    ChecksumPolicy, Config, ConfigBuilder, FileFetcherConfig, Listen, ProgramConfig, ReadyMode,
+    Sanity, UpgradeConfig,
+};
+pub use control::request as control_request;
 pub use error::{Error, Result};
 pub use fetchers::build_fetcher;
+pub use handle::MasterHandle;
+pub use handoff::{ProbationInfo, QuarantineEntry, UpgradeRecord, UpgradeStatus};
 pub use handover_fetcher as fetcher;
 #[cfg(feature = "file")]
 pub use handover_fetcher_file::FileFetcher;
@@ -73,11 +85,10 @@ pub use handover_fetcher_http as http_fetcher;
 /// The S3 fetcher (feature `s3`).
 #[cfg(feature = "s3")]
 pub use handover_fetcher_s3 as s3;
-pub use master::control::request as control_request;
 pub use master::program::exec_shim;
-pub use master::{
-    Master, MasterHandle, Phase, ProgramConfig, ReadyMode, Status, UpgradeRecord, WorkerInfo,
-};
+pub use master::{Phase, Status, WorkerInfo};
+pub use refusal::{Disposition, Refusal};
+pub use service::Master;
 pub use worker::{ListenerKind, Shutdown, Worker};
 
 /// The entry point of a program that runs under handover.
@@ -175,5 +186,39 @@ pub mod fuzzing {
         let mut input = std::io::Cursor::new(bytes);
         crate::upgrade::verify::elf_intact_in(&mut input, bytes.len() as u64)
             .map_err(|e| format!("{e:?}"))
+    }
+
+    /// Unpacks `bytes` as a downloaded release would be (format sniffed, member `app`).
+    pub fn unpack(bytes: &[u8]) -> Result<(), String> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        /// Small, so that oversize entries are exercised as often as ordinary ones.
+        const LIMIT: u64 = 64 * 1024;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("handover-fuzz-{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+        let (archive, dest) = (dir.join("download"), dir.join("binary"));
+        let result = std::fs::write(&archive, bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                crate::upgrade::archive::unpack(
+                    &archive,
+                    handover_fetcher::ArchiveFormat::Sniff,
+                    "app",
+                    &dest,
+                    LIMIT,
+                )
+                .map_err(|e| e.to_string())
+            });
+        match &result {
+            Ok(unpacked) => {
+                let written = std::fs::metadata(&dest).map(|m| m.len()).ok();
+                assert!(unpacked.size <= LIMIT, "unpacked more than the limit");
+                assert_eq!(written, Some(unpacked.size), "size is what was written");
+            }
+            Err(_) => assert!(!dest.exists(), "a failed unpack left its output behind"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        result.map(|_| ())
     }
 }

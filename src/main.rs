@@ -5,6 +5,7 @@
 //! handover run --config handover.toml -- ./my-server --port-from-systemd
 //! handover check --config handover.toml
 //! handover status|restart|upgrade|rollback --config handover.toml
+//! handover forget SHA256 --config handover.toml
 //! ```
 
 use std::ffi::OsString;
@@ -45,10 +46,19 @@ enum Command {
     Status(Control),
     /// Ask a running master for a hand-over to a new worker.
     Restart(Control),
-    /// Ask a running master's fetcher to look for a new binary now.
+    /// Ask a running master's fetcher to look for a new binary now, and say what came of it.
     Upgrade(Control),
     /// Put the previous binary back and hand over to it.
     Rollback(Control),
+    /// Release a quarantined binary (by its sha256 or a prefix of it; `all` for every one),
+    /// so that it may be installed again.
+    #[command(alias = "unquarantine")]
+    Forget {
+        /// The sha256 (or a prefix of at least 8 digits), or `all`.
+        sha256: String,
+        #[command(flatten)]
+        control: Control,
+    },
 }
 
 #[derive(Args)]
@@ -103,6 +113,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restart(control) => talk(&control, "restart"),
         Command::Upgrade(control) => talk(&control, "upgrade"),
         Command::Rollback(control) => talk(&control, "rollback"),
+        Command::Forget { sha256, control } => {
+            let sha256 = sha256.trim().to_ascii_lowercase();
+            let hex = sha256.chars().all(|c| c.is_ascii_hexdigit());
+            if sha256 != "all" && !(hex && sha256.len() >= 8) {
+                bail!("name a sha256 (at least its first 8 hex digits) or `all`, not {sha256:?}");
+            }
+            talk(&control, &format!("forget {sha256}"))
+        }
     }
 }
 
@@ -133,6 +151,7 @@ fn run_program(config_path: &Path, program: Vec<OsString>) -> anyhow::Result<Exi
         .build()?;
     let mut config = config;
     config.binary = Some(program.clone());
+    config.upgrade.progress_bar = true;
     let fetcher = runtime.block_on(handover::build_fetcher(&config))?;
     let mut master = handover::Master::for_program(config, program, args.to_vec())?;
     if let Some(fetcher) = fetcher {
@@ -162,6 +181,9 @@ fn resolve_program(program: &OsString) -> anyhow::Result<PathBuf> {
 fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = load(config_path)?;
     println!("{}: valid", config_path.display());
+    for warning in config.deprecations() {
+        println!("warning: {warning}");
+    }
     for listen in &config.listen {
         println!("listen {:?}: {}", listen.name, listen.describe());
     }
@@ -187,10 +209,10 @@ fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
                 "upgrades: fetcher {name}, every {} (probation {}, checksum {}, signature {})",
                 humantime::format_duration(config.upgrade.interval),
                 humantime::format_duration(config.upgrade.probation),
-                if config.upgrade.checksum_required {
-                    "required"
-                } else {
-                    "checked when published"
+                match config.upgrade.checksum_required {
+                    handover::ChecksumPolicy::Always => "required",
+                    handover::ChecksumPolicy::Never => "checked when published",
+                    _ => "required for remote fetchers",
                 },
                 if config.upgrade.public_keys.is_empty() {
                     "not required"

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 
 /// How a child is set up between fork and exec.
 pub(crate) struct ChildSetup {
@@ -221,4 +221,28 @@ pub(crate) fn signal_number(name: &str) -> Option<i32> {
         "KILL" => libc::SIGKILL,
         _ => return None,
     })
+}
+
+/// Describes an exit status for logs: `exit code 3`, `signal 9 (SIGKILL)`.
+pub(crate) fn describe_exit(status: Option<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        None => "unknown status".into(),
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exit code {code}"),
+            (_, Some(signal)) => format!("signal {signal}{}", signal_name(signal)),
+            _ => s.to_string(),
+        },
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGKILL => " (SIGKILL)",
+        libc::SIGTERM => " (SIGTERM)",
+        libc::SIGSEGV => " (SIGSEGV)",
+        libc::SIGABRT => " (SIGABRT)",
+        libc::SIGINT => " (SIGINT)",
+        _ => "",
+    }
 }

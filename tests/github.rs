@@ -91,7 +91,7 @@ fn a_published_release_upgrades_the_service_with_zero_failed_requests() {
 }
 
 #[test]
-fn a_release_whose_checksum_file_does_not_match_the_asset_is_refused() {
+fn a_release_whose_checksum_file_is_corrected_for_the_same_bytes_is_installed() {
     let (_runtime, github) = start(vec![]);
     let service = service_polling(&github);
     let live = std::fs::read(&service.bin).unwrap();
@@ -103,8 +103,80 @@ fn a_release_whose_checksum_file_does_not_match_the_asset_is_refused() {
         .asset("SHA256SUMS", format!("{}  {ASSET}\n", "ef".repeat(32)));
     github.set(|state| state.releases.insert(0, lying));
     service.wait_log(
-        "does not match the published efefefefefefefef",
+        "does not match the published efefefefefef",
         Duration::from_secs(20),
     );
     service.assert_untouched(&live, worker, "checksum mismatch");
+    assert!(
+        !service.log().contains("quarantined"),
+        "a wrong checksum is no reason to quarantine the bytes:\n{}",
+        service.log()
+    );
+
+    // regression: the same bytes, re-published with a correct SHA256SUMS, were refused as
+    // quarantined until the master restarted.
+    let binary = util::with_trailer(&util::example("testbed"), "version:0.4.0");
+    let digest = util::sha256_hex(&binary);
+    let fixed = FakeRelease::new(3, "v0.4.0")
+        .asset_without_digest(ASSET, binary)
+        .asset("SHA256SUMS", format!("{digest}  {ASSET}\n"));
+    github.set(|state| state.releases[0] = fixed);
+    service.wait_for_sha(&digest);
+}
+
+#[test]
+fn a_release_whose_checksum_asset_is_uploaded_last_is_installed_once_it_is_there() {
+    let (_runtime, github) = start(vec![]);
+    let service = service_polling(&github);
+    let worker = service.worker_pid();
+    let live = std::fs::read(&service.bin).unwrap();
+    // `gh release create` uploads one asset after the other: first the binary alone.
+    let binary = util::with_trailer(&util::example("testbed"), "version:0.5.0");
+    let digest = util::sha256_hex(&binary);
+    let half = FakeRelease::new(4, "v0.5.0").asset_without_digest(ASSET, binary.clone());
+    github.set(|state| state.releases.insert(0, half));
+    service.wait_log("waiting for the checksum", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    service.assert_untouched(&live, worker, "checksum not uploaded yet");
+    let whole = FakeRelease::new(4, "v0.5.0")
+        .asset_without_digest(ASSET, binary)
+        .asset("SHA256SUMS", format!("{digest}  {ASSET}\n"));
+    github.set(|state| state.releases[0] = whole);
+    service.wait_for_sha(&digest);
+}
+
+#[test]
+fn an_archive_release_is_checked_and_unpacked_by_the_core() {
+    let (_runtime, github) = start(vec![]);
+    let service = service_polling(&github);
+    // `app-<target>.tar.gz` holding `dist/app`, with SHA256SUMS naming the archive.
+    let binary = util::with_trailer(&util::example("testbed"), "version:0.6.0");
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir(work.path().join("dist")).unwrap();
+    std::fs::write(work.path().join("dist/app"), &binary).unwrap();
+    let tarball = work.path().join("app.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(work.path())
+        .arg("dist/app")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let archive = std::fs::read(&tarball).unwrap();
+    let name = format!("{ASSET}.tar.gz");
+    let release = FakeRelease::new(6, "v0.6.0")
+        .asset_without_digest(&name, archive.clone())
+        .asset(
+            "SHA256SUMS",
+            format!("{}  {name}\n", util::sha256_hex(&archive)),
+        );
+    github.set(|state| state.releases.insert(0, release));
+    service.wait_for_sha(&util::sha256_hex(&binary));
+    assert_eq!(std::fs::read(&service.bin).unwrap(), binary);
+    service.wait_log(
+        "unpacked the binary from the archive",
+        Duration::from_secs(5),
+    );
 }

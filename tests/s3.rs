@@ -95,7 +95,7 @@ fn a_corrupt_or_unreachable_s3_source_never_disturbs_the_running_worker() {
         Some("0.2.0"),
     ));
     service.wait_log(
-        "does not match the published cdcdcdcdcdcdcdcd",
+        "does not match the published cdcdcdcdcdcd",
         Duration::from_secs(20),
     );
     service.assert_untouched(&live, worker, "checksum mismatch");
@@ -104,4 +104,70 @@ fn a_corrupt_or_unreachable_s3_source_never_disturbs_the_running_worker() {
     drop(server);
     service.wait_log("fetch failed; still serving", Duration::from_secs(20));
     service.assert_untouched(&live, worker, "server down");
+}
+
+// regression: a missing sidecar was a fetch error with exponential back-off, so a sidecar
+// uploaded a minute late cost many minutes.
+#[test]
+fn an_object_whose_sidecar_is_uploaded_after_it_is_installed_once_the_sidecar_is_there() {
+    let rt = runtime();
+    let server = s3util::Server::start();
+    let bucket = rt.block_on(server.bucket("late"));
+    let service = service_polling(&server, &bucket.name);
+    let live = std::fs::read(&service.bin).unwrap();
+    let worker = service.worker_pid();
+    // `aws s3 cp app` first, without a checksum of its own...
+    let new = util::with_trailer(&service.bin, "s3-late-sidecar");
+    let digest = util::sha256_hex(&new);
+    rt.block_on(bucket.put("releases/testbed", &new, false, Some("0.2.0")));
+    service.wait_log("waiting for the checksum", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(3));
+    service.assert_untouched(&live, worker, "sidecar not uploaded yet");
+    assert!(
+        !service.log().contains("fetch failed"),
+        "a missing sidecar is not a fetch error:\n{}",
+        service.log()
+    );
+    // ...then `aws s3 cp app.sha256`.
+    rt.block_on(bucket.put(
+        "releases/testbed.sha256",
+        format!("{digest}  testbed\n").as_bytes(),
+        false,
+        None,
+    ));
+    let started = std::time::Instant::now();
+    service.wait_for_sha(&digest);
+    eprintln!(
+        "sidecar uploaded → new binary serving: {:?}",
+        started.elapsed()
+    );
+}
+
+// regression: a sidecar that still held the running binary's digest hid a new object.
+#[test]
+fn a_stale_sidecar_holding_the_running_digest_does_not_hide_a_new_object() {
+    let rt = runtime();
+    let server = s3util::Server::start();
+    let bucket = rt.block_on(server.bucket("stale"));
+    let service = service_polling(&server, &bucket.name);
+    let live = std::fs::read(&service.bin).unwrap();
+    rt.block_on(bucket.put(
+        "releases/testbed.sha256",
+        format!("{}  testbed\n", util::sha256_hex(&live)).as_bytes(),
+        false,
+        None,
+    ));
+    let new = util::with_trailer(&service.bin, "s3-stale-sidecar");
+    let digest = util::sha256_hex(&new);
+    rt.block_on(bucket.put("releases/testbed", &new, false, Some("0.2.0")));
+    // The new object is seen (and waits for a consistent checksum)...
+    service.wait_log("does not match the published", Duration::from_secs(20));
+    rt.block_on(bucket.put(
+        "releases/testbed.sha256",
+        format!("{digest}  testbed\n").as_bytes(),
+        false,
+        None,
+    ));
+    // ...and installed once the sidecar is updated.
+    service.wait_for_sha(&digest);
 }

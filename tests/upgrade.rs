@@ -104,9 +104,16 @@ fn bad_candidates_are_refused_and_the_old_worker_keeps_serving() {
         format!("{}  testbed.next\n", "ab".repeat(32)),
     )
     .unwrap();
-    service.offer(&good, "does not match the published abababababababab");
+    service.offer(&good, "does not match the published abababababab");
     service.assert_untouched(&live, worker, "published sha256 mismatch");
+    // The publication changes: without the checksum file (a local file needs none) the same
+    // binary is looked at again and installed.
     std::fs::remove_file(service.next_path().with_file_name("testbed.next.sha256")).unwrap();
+    service.wait_for_sha(&util::sha256_hex(&good));
+    let live = std::fs::read(&service.bin).unwrap();
+    assert_eq!(live, good);
+    let worker = service.worker_pid();
+    service.wait_log("upgrade passed probation", Duration::from_secs(15));
 
     // Crashes at start and hangs before ready pass the sanity run (it comes first) but fail
     // the hand-over: rolled back, the old worker untouched.

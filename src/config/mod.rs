@@ -11,6 +11,15 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+mod locate;
+pub(crate) mod program;
+pub(crate) mod tables;
+mod upgrade;
+
+pub(crate) use locate::{line_of, locate_field};
+pub use program::{ProgramConfig, ReadyMode};
+pub use upgrade::{ChecksumPolicy, Sanity, UpgradeConfig};
+
 /// The whole configuration of a master and its workers.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -57,11 +66,14 @@ pub struct Config {
     /// Settings of the HTTP fetcher (`fetcher = "http"`), read by that fetcher.
     pub http: Option<toml::Table>,
     /// How `handover run` treats a program not built on this library.
-    pub program: crate::master::ProgramConfig,
+    pub program: ProgramConfig,
     /// Unix socket for `handover status|restart|upgrade|rollback` (mode 0600). None: no socket.
     pub control_socket: Option<PathBuf>,
     /// Log filter (`info`, `handover=debug`), overridden by `RUST_LOG`.
     pub log: Option<String>,
+    /// Deprecation warnings found while reading the file, logged when the master starts.
+    #[serde(skip)]
+    pub(crate) deprecations: Vec<String>,
 }
 
 impl Default for Config {
@@ -86,6 +98,7 @@ impl Default for Config {
             program: Default::default(),
             control_socket: None,
             log: None,
+            deprecations: Vec::new(),
         }
     }
 }
@@ -164,84 +177,6 @@ impl Listen {
     }
 }
 
-/// How upgrades are fetched, checked and installed.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct UpgradeConfig {
-    /// How often the fetcher is asked for something new.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Up to this fraction of `interval` is added at random, so a fleet does not poll in step.
-    pub jitter: f64,
-    /// The longest wait after fetch errors (the wait doubles from `interval` on each error).
-    #[serde(with = "humantime_serde")]
-    pub max_backoff: Duration,
-    /// Candidates larger than this are refused while downloading: bytes, or `"512MiB"`.
-    #[serde(with = "handover_fetcher::size")]
-    pub max_size: u64,
-    /// Refuse candidates whose source published no SHA-256.
-    pub checksum_required: bool,
-    /// How a candidate is run before it is trusted: `handover` (it must answer handover's check
-    /// protocol: programs built on this library), `exit-zero` (run with `sanity_args`, must exit
-    /// 0: the default for `handover run`), or `none`.
-    pub sanity: Sanity,
-    /// Arguments of the `exit-zero` sanity run.
-    pub sanity_args: Vec<String>,
-    /// How long the candidate's sanity run may take.
-    #[serde(with = "humantime_serde")]
-    pub check_timeout: Duration,
-    /// After a new worker is ready, a crash within this window rolls back to the previous binary.
-    #[serde(with = "humantime_serde")]
-    pub probation: Duration,
-    /// Swap the binary on disk but do not hand over; the next restart runs it.
-    pub stage_only: bool,
-    /// Allow a candidate whose claimed version is lower than the running one.
-    pub allow_downgrade: bool,
-    /// Minisign public keys (the base64 line of a `.pub` file). When any is set, every candidate
-    /// must carry a valid signature by one of them.
-    pub public_keys: Vec<String>,
-    /// A command run before the swap with the candidate's path as its argument and
-    /// `HANDOVER_CANDIDATE_SHA256` in its environment; a non-zero exit vetoes the upgrade.
-    pub pre_upgrade: Option<Vec<String>>,
-    /// Refuse upgrades when the live binary's directory is writable by other users.
-    pub refuse_shared_directory: bool,
-}
-
-impl Default for UpgradeConfig {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(30),
-            jitter: 0.1,
-            max_backoff: Duration::from_secs(600),
-            max_size: 512 * 1024 * 1024,
-            checksum_required: false,
-            sanity: Sanity::Handover,
-            sanity_args: vec!["--version".into()],
-            check_timeout: Duration::from_secs(10),
-            probation: Duration::from_secs(30),
-            stage_only: false,
-            allow_downgrade: false,
-            public_keys: Vec::new(),
-            pre_upgrade: None,
-            refuse_shared_directory: true,
-        }
-    }
-}
-
-/// See [`UpgradeConfig::sanity`].
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum Sanity {
-    /// The candidate answers handover's check protocol (nonce, version, target).
-    Handover,
-    /// The candidate, run with `sanity_args`, exits 0.
-    ExitZero,
-    /// No sanity run.
-    None,
-}
-
 /// Settings of the file fetcher.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -266,7 +201,7 @@ impl Config {
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|span| line_of(text, span.start));
             let message = e.message().trim().to_string();
             match line {
@@ -281,8 +216,25 @@ impl Config {
                 format!("{field} {message}"),
             )
         })?;
-        crate::fetchers::check_tables(text, origin)?;
+        tables::check_tables(text, origin)?;
+        config.deprecations = tables::absorb_legacy_policy(&mut config);
         Ok(config)
+    }
+
+    /// Deprecation warnings about the file this configuration was read from (keys that still
+    /// work but will not in the next release).
+    pub fn deprecations(&self) -> &[String] {
+        &self.deprecations
+    }
+
+    /// The live binary's path, absolute: `binary`, or this executable. Resolved once when the
+    /// master starts: after a swap, `current_exe` may name a deleted file.
+    pub fn live_binary(&self) -> std::io::Result<PathBuf> {
+        match self.binary.as_deref() {
+            Some(path) if path.is_absolute() => Ok(path.to_path_buf()),
+            Some(path) => Ok(std::env::current_dir()?.join(path)),
+            None => std::env::current_exe(),
+        }
     }
 
     /// Starts a builder from the defaults.
@@ -359,44 +311,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// 1-based line of a byte offset.
-pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|b| *b == b'\n')
-        .count()
-        + 1
-}
-
-/// The line where a (possibly dotted) field is set, found by reading the TOML as text: the
-/// deserialiser's spans stop at values it accepted.
-pub(crate) fn locate_field(text: &str, field: &str) -> Option<usize> {
-    let (table, key) = match field.rsplit_once('.') {
-        Some((table, key)) => (Some(table), key),
-        None => (None, field),
-    };
-    let mut current: Option<String> = None;
-    for (index, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if let Some(header) = line.strip_prefix('[') {
-            let header = header.trim_start_matches('[');
-            let name = header.split(']').next().unwrap_or("").trim().to_string();
-            if table.is_none() && name == key {
-                return Some(index + 1);
-            }
-            current = Some(name);
-            continue;
-        }
-        let Some((lhs, _)) = line.split_once('=') else {
-            continue;
-        };
-        if lhs.trim() == key && current.as_deref() == table {
-            return Some(index + 1);
-        }
-    }
-    None
 }
 
 /// Builds a [`Config`] in code.
@@ -496,10 +410,11 @@ impl ConfigBuilder {
     }
 
     /// Validates and returns the configuration.
-    pub fn build(self) -> Result<Config> {
+    pub fn build(mut self) -> Result<Config> {
         self.config
             .validate()
             .map_err(|(field, message)| Error::config("builder", format!("{field} {message}")))?;
+        self.config.deprecations = tables::absorb_legacy_policy(&mut self.config);
         Ok(self.config)
     }
 }
@@ -572,7 +487,7 @@ mod example_file {
     /// The commented example in the repository must stay a valid, complete config.
     #[test]
     fn example_config_parses() {
-        let text = include_str!("../examples/handover.toml");
+        let text = include_str!("../../examples/handover.toml");
         let config = super::Config::from_toml(text, "examples/handover.toml").unwrap();
         assert_eq!(config.listen.len(), 1);
         assert_eq!(

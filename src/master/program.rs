@@ -15,51 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::Event;
 use crate::protocol::Message;
 
-/// How `handover run` decides a program is ready, and how it asks it to drain.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct ProgramConfig {
-    /// `auto` (sd_notify `READY=1`, or seen accepting connections), `notify` (only
-    /// `READY=1`), `accepting`, or `delay` (ready after `ready_delay`).
-    pub ready: ReadyMode,
-    /// With `ready = "delay"`: how long after start the program counts as ready.
-    #[serde(with = "humantime_serde")]
-    pub ready_delay: Duration,
-    /// The signal that asks an old program to finish and exit.
-    pub drain_signal: String,
-}
-
-impl Default for ProgramConfig {
-    fn default() -> Self {
-        Self {
-            ready: ReadyMode::Auto,
-            ready_delay: Duration::from_secs(2),
-            drain_signal: "SIGTERM".into(),
-        }
-    }
-}
-
-/// See [`ProgramConfig::ready`].
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum ReadyMode {
-    /// `READY=1` or accepting, whichever comes first.
-    Auto,
-    /// Only `READY=1` on `NOTIFY_SOCKET`.
-    Notify,
-    /// Only a thread waiting in `accept` (or an epoll set holding a listener).
-    Accepting,
-    /// A fixed delay after start.
-    Delay,
-}
+use crate::config::{ProgramConfig, ReadyMode};
 
 /// The any-program protocol, as the spawner uses it.
 #[derive(Debug, Clone)]
@@ -71,11 +32,11 @@ pub(crate) struct ProgramProtocol {
 }
 
 impl ProgramProtocol {
-    pub(crate) fn new(config: ProgramConfig) -> crate::Result<Self> {
+    pub(crate) fn new(config: ProgramConfig) -> crate::error::Result<Self> {
         let shim = std::env::current_exe()
-            .map_err(|e| crate::Error::io("locating the handover executable", e))?;
+            .map_err(|e| crate::error::Error::io("locating the handover executable", e))?;
         let drain_signal = crate::sys::signal_number(&config.drain_signal).ok_or_else(|| {
-            crate::Error::config(
+            crate::error::Error::config(
                 "program.drain_signal",
                 format!("unknown signal {:?}", config.drain_signal),
             )
@@ -84,8 +45,9 @@ impl ProgramProtocol {
             .map(PathBuf::from)
             .unwrap_or_else(std::env::temp_dir);
         let runtime_dir = base.join(format!("handover-{}", std::process::id()));
-        std::fs::create_dir_all(&runtime_dir)
-            .map_err(|e| crate::Error::io(format!("creating {}", runtime_dir.display()), e))?;
+        std::fs::create_dir_all(&runtime_dir).map_err(|e| {
+            crate::error::Error::io(format!("creating {}", runtime_dir.display()), e)
+        })?;
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700));

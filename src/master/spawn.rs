@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Instant, SystemTime};
 
@@ -54,8 +54,8 @@ pub(crate) struct WorkerProc {
 }
 
 impl WorkerProc {
-    pub(crate) fn info(&self) -> crate::WorkerInfo {
-        crate::WorkerInfo {
+    pub(crate) fn info(&self) -> super::status::WorkerInfo {
+        super::status::WorkerInfo {
             id: self.id,
             pid: self.pid,
             sha256: self.sha256.clone(),
@@ -220,38 +220,4 @@ pub(crate) fn spawn_worker(
         control,
         signals,
     })
-}
-
-/// Describes an exit status for logs: `exit code 3`, `signal 9 (SIGKILL)`.
-pub(crate) fn describe_exit(status: Option<ExitStatus>) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        None => "unknown status".into(),
-        Some(s) => match (s.code(), s.signal()) {
-            (Some(code), _) => format!("exit code {code}"),
-            (_, Some(signal)) => format!("signal {signal}{}", signal_name(signal)),
-            _ => s.to_string(),
-        },
-    }
-}
-
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        libc::SIGKILL => " (SIGKILL)",
-        libc::SIGTERM => " (SIGTERM)",
-        libc::SIGSEGV => " (SIGSEGV)",
-        libc::SIGABRT => " (SIGABRT)",
-        libc::SIGINT => " (SIGINT)",
-        _ => "",
-    }
-}
-
-/// The live binary's path, absolute, as recorded when the master starts: after a swap,
-/// `current_exe` may name a deleted file.
-pub(crate) fn resolve_binary(configured: Option<&Path>) -> io::Result<PathBuf> {
-    match configured {
-        Some(path) if path.is_absolute() => Ok(path.to_path_buf()),
-        Some(path) => Ok(std::env::current_dir()?.join(path)),
-        None => std::env::current_exe(),
-    }
 }

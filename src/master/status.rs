@@ -54,20 +54,6 @@ pub struct WorkerInfo {
     pub started_at: SystemTime,
 }
 
-/// How the last upgrade attempt ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct UpgradeRecord {
-    /// When it ended.
-    pub at: SystemTime,
-    /// Where the candidate came from.
-    pub origin: String,
-    /// SHA-256 (hex) of the candidate.
-    pub sha256: String,
-    /// `installed`, `staged`, `rolled back: …` or `rejected: …`.
-    pub outcome: String,
-}
-
 /// A snapshot of the master.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -94,6 +80,6 @@ pub struct Status {
     pub failed_handovers: u64,
     /// Workers that exited without being asked to.
     pub crashes: u64,
-    /// The last upgrade attempt.
-    pub last_upgrade: Option<UpgradeRecord>,
+    /// The upgrade pipeline: probation, quarantine, the last attempt.
+    pub upgrade: crate::handoff::UpgradeStatus,
 }

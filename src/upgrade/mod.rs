@@ -1,391 +1,401 @@
-//! The upgrade pipeline, the same for every fetcher: poll, download into a temporary file while
-//! hashing, verify the published checksum and signature, refuse downgrades, sanity-run the
-//! candidate, ask the user's hook, then hand it to the master, which swaps it in atomically,
-//! hands over and watches the new worker through a probation window.
+//! The upgrade pipeline, the same for every fetcher, and the owner of every upgrade decision:
+//! poll → download into a temporary file while hashing → unpack an archive → verify the
+//! published checksum and signature → refuse downgrades and quarantined hashes → sanity-run
+//! the candidate → ask the user's hook → swap it in atomically → ask the master to hand over →
+//! probation → settle, or roll back.
 //!
-//! A refused candidate never touches the running worker or the live binary.
+//! The master is reached through one narrow channel ([`crate::handoff`]): "hand over to the
+//! binary now on disk", and reports of what workers of each binary did. A refused candidate
+//! never touches the running worker or the live binary.
+//!
+//! What the pipeline learns that must outlive the master (quarantined hashes, the highest
+//! version installed, the upgrade in probation) is kept in a [state file](state).
 
+pub(crate) mod archive;
+mod attempt;
+mod probation;
+mod progress;
 mod sanity;
 mod stage;
+pub(crate) mod state;
 pub(crate) mod swap;
 pub(crate) mod verify;
 
-use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
-use handover_fetcher::{Artifact, Fetcher, Running, Settlement};
-use tokio::sync::{oneshot, Notify};
+use handover_fetcher::{Fetcher, Running, Settlement};
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 pub(crate) use sanity::answer as answer_check;
 
-use crate::config::{Sanity, UpgradeConfig};
-use crate::master::{Event, MasterHandle};
+use crate::config::UpgradeConfig;
+use crate::digest::{short, HashCache};
+use crate::error::Error;
+use crate::handoff::{
+    PipelineCommand, ProbationInfo, QuarantineEntry, ToMaster, UpgradeRecord, UpgradeStatus,
+    WorkerReport,
+};
+use crate::refusal::{Disposition, Refusal};
+use attempt::Outcome;
+use state::{State, StateFile};
 
-/// A checked candidate, waiting beside the live binary to be swapped in.
-#[derive(Debug)]
-pub(crate) struct Staged {
-    pub(crate) path: PathBuf,
-    pub(crate) sha256: [u8; 32],
-    pub(crate) origin: String,
-    pub(crate) version: Option<semver::Version>,
+/// The ends of the channels the pipeline talks through.
+pub(crate) struct Channels {
+    /// To the master: hand-over requests and status.
+    pub(crate) to_master: mpsc::UnboundedSender<ToMaster>,
+    /// From the master: what workers of each binary did.
+    pub(crate) reports: mpsc::UnboundedReceiver<WorkerReport>,
+    /// From the library handle and the control socket.
+    pub(crate) commands: mpsc::UnboundedReceiver<PipelineCommand>,
 }
 
-/// How the master finished with a staged candidate.
-#[derive(Debug)]
-pub(crate) enum InstallOutcome {
-    Installed,
-    Staged,
-    RolledBack(String),
-    Failed(String),
-}
-
-/// Why a candidate was not installed.
-#[derive(Debug)]
-pub(crate) enum Refusal {
-    /// The same candidate would be refused again: settle it, do not retry.
-    Permanent(String),
-    /// Something outside the candidate failed (network, disk): retry with back-off.
-    Transient(String),
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refusal::Permanent(why) | Refusal::Transient(why) => f.write_str(why),
-        }
-    }
-}
-
-/// Device, inode, size and mtime: changes whenever the file at a path does.
-type FileKey = (u64, u64, u64, i64, i64);
-
-/// Hashes of the live binary, cached by [`FileKey`].
-#[derive(Debug, Default)]
-pub(crate) struct HashCache {
-    entry: Option<(FileKey, [u8; 32])>,
-}
-
-impl HashCache {
-    pub(crate) fn digest(&mut self, path: &Path) -> std::io::Result<[u8; 32]> {
-        let meta = std::fs::metadata(path)?;
-        let key = (
-            meta.dev(),
-            meta.ino(),
-            meta.size(),
-            meta.mtime(),
-            meta.mtime_nsec(),
-        );
-        if let Some((cached, digest)) = self.entry {
-            if cached == key {
-                return Ok(digest);
-            }
-        }
-        let digest = sha256_file(path)?;
-        self.entry = Some((key, digest));
-        Ok(digest)
-    }
-
-    pub(crate) fn hex(&mut self, path: &Path) -> std::io::Result<String> {
-        self.digest(path).map(hex::encode)
-    }
-
-    pub(crate) fn forget(&mut self) {
-        self.entry = None;
-    }
-}
-
-/// SHA-256 of a file.
-pub(crate) fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buffer = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hasher.finalize().into())
-}
-
-/// The polling task: asks the fetcher on the configured cadence and drives candidates through
-/// the pipeline, one at a time.
-pub(crate) struct Updater {
-    fetcher: Box<dyn Fetcher>,
+/// The upgrade pipeline: one task, one candidate at a time.
+pub(crate) struct Pipeline {
+    fetcher: Option<Box<dyn Fetcher>>,
     config: UpgradeConfig,
     live: PathBuf,
-    quarantine: HashSet<[u8; 32]>,
+    /// The version now running: declared by the program, then the last one installed.
+    running_version: Option<semver::Version>,
+    state: State,
+    state_file: StateFile,
     hashes: HashCache,
-    check_now: Arc<Notify>,
+    probation: Option<probation::Active>,
+    channels: Channels,
+    /// The last "not ready yet" message, so that a publication waited for is logged once.
+    waiting: Option<String>,
+    last: Option<UpgradeRecord>,
+    failures: u32,
 }
 
-impl Updater {
-    /// `check_now` wakes the poller at once (`handover upgrade`).
+impl Pipeline {
+    /// Reads the state file and finishes what a master that died left half done (a rollback
+    /// whose file was not restored yet); a probation in progress is resumed when its binary
+    /// is the live one.
     pub(crate) fn new(
-        fetcher: Box<dyn Fetcher>,
+        fetcher: Option<Box<dyn Fetcher>>,
         config: UpgradeConfig,
         live: PathBuf,
-        check_now: Arc<Notify>,
+        declared_version: Option<semver::Version>,
+        channels: Channels,
     ) -> Self {
-        Self {
+        swap::clean_leftovers(&live);
+        let state_file = StateFile::new(&live, config.state_dir.as_deref());
+        let state = state_file.load();
+        let mut pipeline = Self {
             fetcher,
             config,
             live,
-            quarantine: HashSet::new(),
+            running_version: declared_version,
+            state,
+            state_file,
             hashes: HashCache::default(),
-            check_now,
-        }
+            probation: None,
+            channels,
+            waiting: None,
+            last: None,
+            failures: 0,
+        };
+        pipeline.resume();
+        pipeline
     }
 
-    pub(crate) async fn run(mut self, master: MasterHandle, mut version: Option<semver::Version>) {
-        let wake = self.fetcher.wake().unwrap_or_default();
-        let mut failures: u32 = 0;
-        let mut wait = Duration::ZERO;
-        tracing::info!(fetcher = self.fetcher.name(), interval = ?self.config.interval, "watching for upgrades");
+    /// Runs until every channel is closed (the master is gone).
+    pub(crate) async fn run(mut self) {
+        let wake = self
+            .fetcher
+            .as_ref()
+            .and_then(|f| f.wake())
+            .unwrap_or_default();
+        if let Some(fetcher) = &self.fetcher {
+            tracing::info!(fetcher = fetcher.name(), interval = ?self.config.interval, state = %self.state_file.path().display(), "watching for upgrades");
+        }
+        self.publish();
+        let mut next_poll = Instant::now();
         loop {
+            let polling = self.fetcher.is_some() && self.probation.is_none();
+            let deadline = self.probation.as_ref().and_then(|p| p.deadline);
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = wake.notified() => {}
-                _ = self.check_now.notified() => {}
-            }
-            wait = with_jitter(self.config.interval, self.config.jitter);
-            let sha256 = match self.hashes.digest(&self.live) {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(binary = %self.live.display(), error = %e, "cannot read the live binary; upgrades paused");
-                    continue;
+                _ = tokio::time::sleep_until(next_poll.into()), if polling => {
+                    next_poll = Instant::now() + self.poll(None).await;
                 }
-            };
-            let running = Running::new(sha256, version.clone());
-            let artifact = match self.fetcher.fetch(&running).await {
-                Ok(Some(artifact)) => artifact,
-                Ok(None) => {
-                    failures = 0;
-                    continue;
+                _ = wake.notified(), if polling => {
+                    next_poll = Instant::now() + self.poll(None).await;
                 }
-                Err(error) => {
-                    failures += 1;
-                    wait = backoff(self.config.interval, failures, self.config.max_backoff)
-                        .max(error.retry_after().unwrap_or_default());
-                    tracing::warn!(fetcher = self.fetcher.name(), %error, retry_in = ?wait, "fetch failed; still serving the running version");
-                    continue;
-                }
-            };
-            failures = 0;
-            let id = artifact.id().map(str::to_string);
-            let span = tracing::info_span!("upgrade", origin = %artifact.origin(), version = ?artifact.claimed_version().map(|v| v.to_string()));
-            let kept = describe_running(&running);
-            let outcome = self
-                .attempt(artifact, &running, &master)
-                .instrument(span.clone())
-                .await;
-            let _enter = span.enter();
-            let settlement = match outcome {
-                Attempt::Installed(new_version) => {
-                    if new_version.is_some() {
-                        version = new_version;
+                _ = sleep_until(deadline), if deadline.is_some() => self.probation_passed(),
+                report = self.channels.reports.recv() => match report {
+                    Some(report) => self.on_report(report),
+                    None => break,
+                },
+                command = self.channels.commands.recv() => match command {
+                    Some(PipelineCommand::CheckNow { reply }) => {
+                        if self.probation.is_some() {
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Ok("an upgrade is in probation; the next check follows it".into()));
+                            }
+                        } else if self.fetcher.is_none() {
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Err(Error::Master("no fetcher is configured".into())));
+                            }
+                        } else {
+                            next_poll = Instant::now() + self.poll(reply).await;
+                        }
                     }
-                    Some(Settlement::Installed)
-                }
-                Attempt::Unchanged => Some(Settlement::Rejected),
-                Attempt::Refused {
-                    origin,
-                    refusal: Refusal::Permanent(reason),
-                    sha256,
-                } => {
-                    tracing::error!("rejected {origin}: {reason}; still serving {kept}");
-                    if let Some(digest) = sha256 {
-                        self.quarantine.insert(digest);
+                    Some(PipelineCommand::Rollback { reply }) => {
+                        let _ = reply.send(self.rollback_on_request());
                     }
-                    Some(Settlement::Rejected)
-                }
-                Attempt::Refused {
-                    origin,
-                    refusal: Refusal::Transient(reason),
-                    ..
-                } => {
-                    failures += 1;
-                    wait = backoff(self.config.interval, failures, self.config.max_backoff);
-                    tracing::warn!(retry_in = ?wait, "could not take {origin}: {reason}; still serving {kept}");
-                    None
-                }
-            };
-            if let (Some(id), Some(settlement)) = (id, settlement) {
-                self.fetcher.settled(&id, settlement);
+                    Some(PipelineCommand::Forget { prefix, reply }) => {
+                        let _ = reply.send(self.forget(&prefix));
+                    }
+                    None => break,
+                },
             }
+            self.publish();
         }
     }
 
-    async fn attempt(
-        &mut self,
-        mut artifact: Artifact,
-        running: &Running,
-        master: &MasterHandle,
-    ) -> Attempt {
-        let origin = artifact.origin().to_string();
-        let refused = |refusal, sha256| Attempt::Refused {
-            origin: origin.clone(),
-            refusal,
-            sha256,
-        };
-        if self.config.refuse_shared_directory {
-            if let Err(why) = verify::directory_is_private(&self.live) {
-                return refused(Refusal::Permanent(why), None);
+    /// Asks the fetcher once and takes what it offers through the pipeline; returns how long
+    /// to wait before the next poll.
+    async fn poll(&mut self, reply: Option<oneshot::Sender<Result<String, Error>>>) -> Duration {
+        let interval = with_jitter(self.config.interval, self.config.jitter);
+        let answer = |result: Result<String, Error>| {
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
             }
-        }
-        let download = match stage::download(&mut artifact, &self.live, self.config.max_size).await
-        {
+        };
+        let sha256 = match self.hashes.digest(&self.live) {
             Ok(d) => d,
-            Err(refusal) => return refused(refusal, None),
-        };
-        let sha256 = download.sha256;
-        let hex = hex::encode(sha256);
-        tracing::info!(path = %download.path.display(), size = download.size, sha256 = %&hex[..12], "downloaded candidate");
-        if sha256 == running.sha256 {
-            tracing::info!(sha256 = %&hex[..12], "candidate is identical to the running binary; nothing to do");
-            swap::discard(&download.path);
-            return Attempt::Unchanged;
-        }
-        let claims = Claims {
-            sha256: artifact.claimed_sha256().copied(),
-            signature: artifact.signature().map(<[u8]>::to_vec),
-            version: artifact.claimed_version().cloned(),
-        };
-        drop(artifact);
-        let checked = self.check(claims, &download, running).await;
-        let version = match checked {
-            Ok(version) => version,
-            Err(refusal) => {
-                swap::discard(&download.path);
-                return refused(refusal, Some(sha256));
+            Err(e) => {
+                tracing::error!(binary = %self.live.display(), error = %e, "cannot read the live binary; upgrades paused");
+                answer(Err(Error::io("reading the live binary", e)));
+                return interval;
             }
         };
-        tracing::info!(sha256 = %&hex[..12], version = ?version.as_ref().map(|v| v.to_string()), "candidate passed every check; installing");
-        let (reply, outcome) = oneshot::channel();
-        let staged = Staged {
-            path: download.path.clone(),
-            sha256,
-            origin: origin.clone(),
-            version: version.clone(),
+        let running = Running::new(sha256, self.running_version.clone());
+        let Some(fetcher) = self.fetcher.as_mut() else {
+            return interval;
         };
-        if master
-            .events()
-            .send(Event::Install { staged, reply })
-            .is_err()
-        {
-            swap::discard(&download.path);
-            return refused(Refusal::Transient("the master is gone".into()), None);
-        }
-        match outcome.await {
-            Ok(InstallOutcome::Installed) => {
-                tracing::info!(sha256 = %&hex[..12], "upgrade installed and serving");
-                Attempt::Installed(version)
+        let name = fetcher.name().to_string();
+        let artifact = match fetcher.fetch(&running).await {
+            Ok(Some(artifact)) => artifact,
+            Ok(None) => {
+                self.failures = 0;
+                answer(Ok("nothing new".into()));
+                return interval;
             }
-            Ok(InstallOutcome::Staged) => {
-                tracing::info!(sha256 = %&hex[..12], "upgrade staged; the next restart runs it");
-                Attempt::Installed(version)
+            Err(error) if error.is_not_published() => {
+                self.failures = 0;
+                self.wait_for(error.to_string());
+                answer(Err(Error::Fetch(error)));
+                return interval;
             }
-            Ok(InstallOutcome::RolledBack(why)) => refused(
-                Refusal::Permanent(format!("rolled back: {why}")),
-                Some(sha256),
-            ),
-            Ok(InstallOutcome::Failed(why)) => refused(Refusal::Transient(why), None),
-            Err(_) => refused(Refusal::Transient("the master stopped".into()), None),
-        }
-    }
-
-    /// Every check that does not need the master; returns the candidate's version.
-    async fn check(
-        &mut self,
-        claims: Claims,
-        download: &stage::Download,
-        running: &Running,
-    ) -> Result<Option<semver::Version>, Refusal> {
-        let hex = hex::encode(download.sha256);
-        if self.quarantine.contains(&download.sha256) {
-            return Err(Refusal::Permanent(format!(
-                "sha256 {} was rolled back or rejected before (quarantined)",
-                &hex[..12]
-            )));
-        }
-        verify::checksum(
-            claims.sha256.as_ref(),
-            &download.sha256,
-            self.config.checksum_required,
-        )?;
-        verify::elf_intact(&download.path)?;
-        verify::signature(
-            &self.config.public_keys,
-            claims.signature.as_deref(),
-            &download.path,
-        )?;
-        stage::match_live_mode(&download.path, &self.live).map_err(|e| {
-            Refusal::Transient(format!(
-                "setting mode and owner of {}: {e}",
-                download.path.display()
-            ))
-        })?;
-        let answered = match self.config.sanity {
-            Sanity::Handover => {
-                sanity::check(&download.path, self.config.check_timeout)
-                    .await?
-                    .version
+            Err(error) => {
+                self.failures += 1;
+                let wait = backoff(self.config.interval, self.failures, self.config.max_backoff)
+                    .max(error.retry_after().unwrap_or_default());
+                tracing::warn!(fetcher = %name, %error, retry_in = ?wait, "fetch failed; still serving the running version");
+                answer(Err(Error::Fetch(error)));
+                return wait;
             }
-            Sanity::ExitZero => {
-                sanity::exits_zero(
-                    &download.path,
-                    &self.config.sanity_args,
-                    self.config.check_timeout,
+        };
+        self.failures = 0;
+        let id = artifact.id().map(str::to_string);
+        let origin = artifact.origin().to_string();
+        let span = tracing::info_span!(
+            "upgrade",
+            origin = %origin,
+            sha256 = tracing::field::Empty,
+            version = artifact.claimed_version().map(|v| v.to_string()),
+        );
+        let kept = self.describe_running(&running);
+        let outcome = self
+            .attempt(artifact, &running, span.clone())
+            .instrument(span.clone())
+            .await;
+        let _enter = span.enter();
+        let (settlement, wait, result) = match outcome {
+            Outcome::Installed { sha256, version } => {
+                self.waiting = None;
+                let what = match &version {
+                    Some(v) => format!("version {v} (sha256 {})", short(&sha256)),
+                    None => format!("sha256 {}", short(&sha256)),
+                };
+                let message = if self.probation.is_some() {
+                    format!("installed {what}; in probation")
+                } else {
+                    format!("staged {what}; the next restart runs it")
+                };
+                (Some(Settlement::Installed), interval, Ok(message))
+            }
+            Outcome::Unchanged => {
+                self.waiting = None;
+                (
+                    Some(Settlement::Rejected),
+                    interval,
+                    Ok("the candidate is what runs".into()),
                 )
-                .await?;
-                None
             }
-            Sanity::None => None,
+            Outcome::Refused { sha256, refusal } => {
+                let error = Error::Rejected {
+                    origin: origin.clone(),
+                    refusal: refusal.clone(),
+                    kept: kept.clone(),
+                };
+                self.record(
+                    &origin,
+                    sha256.as_deref().unwrap_or("-"),
+                    refusal_outcome(&refusal),
+                );
+                match refusal.disposition() {
+                    Disposition::NotReady => {
+                        self.wait_for(error.to_string());
+                        (Some(Settlement::NotReady), interval, Err(error))
+                    }
+                    Disposition::Rejected => {
+                        self.waiting = None;
+                        tracing::error!("{error}");
+                        (Some(Settlement::Rejected), interval, Err(error))
+                    }
+                    Disposition::Quarantine => {
+                        self.waiting = None;
+                        tracing::error!("{error}");
+                        if let Some(sha256) = &sha256 {
+                            self.quarantine(sha256, &refusal.to_string());
+                        }
+                        (Some(Settlement::Rejected), interval, Err(error))
+                    }
+                    _ => {
+                        self.failures += 1;
+                        let wait =
+                            backoff(self.config.interval, self.failures, self.config.max_backoff);
+                        tracing::warn!(retry_in = ?wait, "{error}");
+                        (None, wait, Err(error))
+                    }
+                }
+            }
         };
-        let version = answered
-            .as_deref()
-            .and_then(|v| semver::Version::parse(v).ok())
-            .or(claims.version);
-        verify::not_a_downgrade(
-            version.as_ref(),
-            running.version.as_ref(),
-            self.config.allow_downgrade,
-        )?;
-        if let Some(hook) = &self.config.pre_upgrade {
-            sanity::pre_upgrade_hook(hook, &download.path, &hex, self.config.check_timeout).await?;
+        if let (Some(id), Some(settlement), Some(fetcher)) = (id, settlement, self.fetcher.as_mut())
+        {
+            fetcher.settled(&id, settlement);
         }
-        Ok(version)
+        answer(result);
+        wait
+    }
+
+    /// Logs a publication that is not complete yet once (then at debug level until it changes).
+    fn wait_for(&mut self, message: String) {
+        if self.waiting.as_deref() == Some(message.as_str()) {
+            tracing::debug!("still not ready: {message}");
+        } else {
+            tracing::warn!(
+                "not ready yet, looking again every {}: {message}",
+                humantime::format_duration(self.config.interval)
+            );
+            self.waiting = Some(message);
+        }
+    }
+
+    fn quarantine(&mut self, sha256: &str, reason: &str) {
+        tracing::error!(sha256 = %short(sha256), %reason, "quarantined: this binary is not installed again until `handover forget {}`", short(sha256));
+        self.state.quarantine(sha256, reason);
+        self.save();
+    }
+
+    fn forget(&mut self, prefix: &str) -> Result<Vec<String>, String> {
+        let prefix = prefix.trim();
+        if prefix.is_empty() {
+            return Err("name a sha256 (or a prefix of one), or `all`".into());
+        }
+        let released = self.state.forget(prefix);
+        if released.is_empty() {
+            return Err(format!("no quarantined sha256 starts with {prefix:?}"));
+        }
+        for sha256 in &released {
+            tracing::info!(sha256 = %short(sha256), "released from quarantine");
+        }
+        self.save();
+        Ok(released)
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.state_file.save(&self.state) {
+            tracing::error!(path = %self.state_file.path().display(), error = %e, "cannot write the upgrade state file; the state is kept in memory only");
+        }
+    }
+
+    fn record(&mut self, origin: &str, sha256: &str, outcome: String) {
+        self.last = Some(UpgradeRecord {
+            at: SystemTime::now(),
+            origin: origin.into(),
+            sha256: sha256.into(),
+            outcome,
+        });
+    }
+
+    fn describe_running(&self, running: &Running) -> String {
+        match &running.version {
+            Some(v) => format!("version {v}"),
+            None => format!("sha256 {}", short(&hex::encode(running.sha256))),
+        }
+    }
+
+    /// The lowest version that may be installed: the running one or the highest ever installed.
+    fn floor(&self) -> Option<semver::Version> {
+        let highest = self
+            .state
+            .highest_installed
+            .as_deref()
+            .and_then(|v| semver::Version::parse(v).ok());
+        match (self.running_version.clone(), highest) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn publish(&self) {
+        let status = UpgradeStatus {
+            running_version: self.running_version.as_ref().map(|v| v.to_string()),
+            highest_installed: self.state.highest_installed.clone(),
+            probation: self.probation.as_ref().map(|p| ProbationInfo {
+                sha256: p.sha256.clone(),
+                version: p.version.as_ref().map(|v| v.to_string()),
+                until: p
+                    .deadline
+                    .map(|d| SystemTime::now() + d.saturating_duration_since(Instant::now())),
+            }),
+            quarantine: self
+                .state
+                .quarantine
+                .iter()
+                .map(|q| QuarantineEntry {
+                    sha256: q.sha256.clone(),
+                    reason: q.reason.clone(),
+                    at: state::from_unix(q.at),
+                })
+                .collect(),
+            waiting: self.waiting.clone(),
+            last: self.last.clone(),
+        };
+        let _ = self
+            .channels
+            .to_master
+            .send(ToMaster::Status(Box::new(status)));
     }
 }
 
-/// What the source claimed, kept once the byte stream is consumed.
-struct Claims {
-    sha256: Option<[u8; 32]>,
-    signature: Option<Vec<u8>>,
-    version: Option<semver::Version>,
+fn refusal_outcome(refusal: &Refusal) -> String {
+    match refusal.disposition() {
+        Disposition::NotReady => format!("not ready: {refusal}"),
+        Disposition::Quarantine => format!("quarantined: {refusal}"),
+        _ => format!("rejected: {refusal}"),
+    }
 }
 
-enum Attempt {
-    Installed(Option<semver::Version>),
-    Unchanged,
-    Refused {
-        origin: String,
-        refusal: Refusal,
-        sha256: Option<[u8; 32]>,
-    },
-}
-
-fn describe_running(running: &Running) -> String {
-    match &running.version {
-        Some(v) => format!("version {v}"),
-        None => format!("sha256 {}", &hex::encode(running.sha256)[..12]),
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use super::Refusal;
 use crate::protocol::{CHECK_REPLY, ENV_CHECK};
+use crate::refusal::Refusal;
 
 /// The target triple this crate was compiled for.
 pub(crate) const TARGET: &str = env!("HANDOVER_TARGET");
@@ -61,20 +61,20 @@ pub(crate) async fn check(candidate: &Path, timeout: Duration) -> Result<CheckRe
     let (out, err, status) = match tokio::time::timeout(timeout, run).await {
         Ok(result) => result,
         Err(_) => {
-            return Err(Refusal::Permanent(format!(
+            return Err(Refusal::sanity(format!(
                 "sanity run did not answer within {}",
                 humantime::format_duration(timeout)
             )))
         }
     };
     let status =
-        status.map_err(|e| Refusal::Transient(format!("waiting for the sanity run: {e}")))?;
+        status.map_err(|e| Refusal::transient(format!("waiting for the sanity run: {e}")))?;
     let stdout = String::from_utf8_lossy(&out);
     let stderr = String::from_utf8_lossy(&err);
     if !status.success() {
-        return Err(Refusal::Permanent(format!(
+        return Err(Refusal::sanity(format!(
             "sanity run failed ({}){}",
-            crate::master::spawn::describe_exit(Some(status)),
+            crate::sys::describe_exit(Some(status)),
             tail(&stderr)
         )));
     }
@@ -82,7 +82,7 @@ pub(crate) async fn check(candidate: &Path, timeout: Duration) -> Result<CheckRe
         .lines()
         .find(|l| l.starts_with(CHECK_REPLY))
         .ok_or_else(|| {
-            Refusal::Permanent(format!(
+            Refusal::sanity(format!(
                 "sanity run did not answer like a handover program (printed {:?})",
                 stdout.chars().take(80).collect::<String>()
             ))
@@ -93,9 +93,7 @@ pub(crate) async fn check(candidate: &Path, timeout: Duration) -> Result<CheckRe
 fn parse_reply(line: &str, nonce: &str) -> Result<CheckReply, Refusal> {
     let mut words = line.split_whitespace().skip(1);
     if words.next() != Some(nonce) {
-        return Err(Refusal::Permanent(
-            "sanity run answered with the wrong nonce".into(),
-        ));
+        return Err(Refusal::sanity("sanity run answered with the wrong nonce"));
     }
     let (mut version, mut target) = (None, None);
     for word in words {
@@ -105,10 +103,9 @@ fn parse_reply(line: &str, nonce: &str) -> Result<CheckReply, Refusal> {
             _ => {}
         }
     }
-    let target =
-        target.ok_or_else(|| Refusal::Permanent("sanity run did not say its target".into()))?;
+    let target = target.ok_or_else(|| Refusal::sanity("sanity run did not say its target"))?;
     if target != TARGET {
-        return Err(Refusal::Permanent(format!(
+        return Err(Refusal::sanity(format!(
             "built for {target}, this machine runs {TARGET}"
         )));
     }
@@ -130,17 +127,17 @@ pub(crate) async fn exits_zero(
         .kill_on_drop(true)
         .output();
     match tokio::time::timeout(timeout, output).await {
-        Err(_) => Err(Refusal::Permanent(format!(
+        Err(_) => Err(Refusal::sanity(format!(
             "sanity run did not finish within {}",
             humantime::format_duration(timeout)
         ))),
         Ok(Err(e)) => Err(exec_refusal(e)),
         Ok(Ok(out)) if out.status.success() => Ok(()),
-        Ok(Ok(out)) => Err(Refusal::Permanent(format!(
+        Ok(Ok(out)) => Err(Refusal::sanity(format!(
             "sanity run `{} {}` failed ({}){}",
             candidate.display(),
             args.join(" "),
-            crate::master::spawn::describe_exit(Some(out.status)),
+            crate::sys::describe_exit(Some(out.status)),
             tail(&String::from_utf8_lossy(&out.stderr))
         ))),
     }
@@ -165,16 +162,16 @@ pub(crate) async fn pre_upgrade_hook(
         .kill_on_drop(true)
         .output();
     match tokio::time::timeout(timeout, output).await {
-        Err(_) => Err(Refusal::Permanent(format!(
+        Err(_) => Err(Refusal::vetoed(format!(
             "pre_upgrade hook {program} did not finish in time"
         ))),
-        Ok(Err(e)) => Err(Refusal::Permanent(format!(
+        Ok(Err(e)) => Err(Refusal::vetoed(format!(
             "pre_upgrade hook {program} could not run: {e}"
         ))),
         Ok(Ok(out)) if out.status.success() => Ok(()),
-        Ok(Ok(out)) => Err(Refusal::Permanent(format!(
+        Ok(Ok(out)) => Err(Refusal::vetoed(format!(
             "vetoed by pre_upgrade hook {program} ({}){}",
-            crate::master::spawn::describe_exit(Some(out.status)),
+            crate::sys::describe_exit(Some(out.status)),
             tail(&String::from_utf8_lossy(&out.stderr))
         ))),
     }
@@ -185,13 +182,14 @@ pub(crate) async fn pre_upgrade_hook(
 fn exec_refusal(e: std::io::Error) -> Refusal {
     match e.raw_os_error() {
         Some(libc::ENOEXEC) => {
-            Refusal::Permanent("not an executable for this machine (exec format error)".into())
+            Refusal::sanity("not an executable for this machine (exec format error)")
         }
-        Some(libc::EACCES) => Refusal::Permanent("cannot be executed (permission denied)".into()),
+        // The file system or the mode, not the bytes: not a reason to quarantine them.
+        Some(libc::EACCES) => Refusal::transient("cannot be executed (permission denied)"),
         Some(libc::ETXTBSY) => {
-            Refusal::Transient("still open for writing somewhere (text file busy)".into())
+            Refusal::transient("still open for writing somewhere (text file busy)")
         }
-        _ => Refusal::Permanent(format!("cannot be executed: {e}")),
+        _ => Refusal::sanity(format!("cannot be executed: {e}")),
     }
 }
 
@@ -241,7 +239,7 @@ mod tests {
         let err =
             parse_reply("handover-check n1 version=- target=mips-unknown-none", "n1").unwrap_err();
         assert!(
-            matches!(err, Refusal::Permanent(ref m) if m.contains("built for mips")),
+            matches!(err, Refusal::SanityFailed { ref message } if message.contains("built for mips")),
             "{err:?}"
         );
     }

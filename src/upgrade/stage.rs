@@ -8,7 +8,8 @@ use handover_fetcher::Artifact;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::Refusal;
+use super::progress::Progress;
+use crate::refusal::Refusal;
 
 /// A candidate on disk, not yet checked.
 #[derive(Debug)]
@@ -23,25 +24,28 @@ pub(crate) async fn download(
     artifact: &mut Artifact,
     live: &Path,
     max_size: u64,
+    progress_bar: bool,
 ) -> Result<Download, Refusal> {
     let origin = artifact.origin().to_string();
     if let Some(claimed) = artifact.claimed_size() {
         if claimed > max_size {
-            return Err(Refusal::Permanent(format!(
-                "announced size {claimed} bytes exceeds upgrade.max_size {max_size}"
-            )));
+            return Err(Refusal::TooLarge {
+                size: claimed,
+                limit: max_size,
+            });
         }
     }
     let path = super::swap::temp_path(live);
-    let result = write_hashed(artifact, &path, max_size).await;
+    let result = write_hashed(artifact, &path, max_size, progress_bar).await;
     match result {
         Ok((sha256, size)) => {
             if let Some(claimed) = artifact.claimed_size() {
                 if size != claimed {
                     super::swap::discard(&path);
-                    return Err(Refusal::Permanent(format!(
-                        "truncated or padded: {size} bytes received, {claimed} announced"
-                    )));
+                    return Err(Refusal::SizeMismatch {
+                        announced: claimed,
+                        received: size,
+                    });
                 }
             }
             Ok(Download { path, sha256, size })
@@ -49,9 +53,10 @@ pub(crate) async fn download(
         Err(refusal) => {
             super::swap::discard(&path);
             Err(match refusal {
-                Refusal::Transient(why) => {
-                    Refusal::Transient(format!("downloading {origin} to {}: {why}", path.display()))
-                }
+                Refusal::Transient { message } => Refusal::transient(format!(
+                    "downloading {origin} to {}: {message}",
+                    path.display()
+                )),
                 other => other,
             })
         }
@@ -62,8 +67,9 @@ async fn write_hashed(
     artifact: &mut Artifact,
     path: &Path,
     max_size: u64,
+    progress_bar: bool,
 ) -> Result<([u8; 32], u64), Refusal> {
-    let io = |e: std::io::Error| Refusal::Transient(e.to_string());
+    let io = |e: std::io::Error| Refusal::transient(e);
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -75,25 +81,26 @@ async fn write_hashed(
     let mut size = 0u64;
     let mut buffer = vec![0u8; 64 * 1024];
     let claimed = artifact.claimed_size();
-    let mut progress = Progress::new(artifact.origin(), claimed);
+    let mut progress = Progress::new(artifact.origin(), claimed, progress_bar);
     loop {
         let n = artifact.reader().read(&mut buffer).await.map_err(|e| {
-            Refusal::Transient(format!("reading the source failed after {size} bytes: {e}"))
+            Refusal::transient(format!("reading the source failed after {size} bytes: {e}"))
         })?;
         if n == 0 {
             break;
         }
         size += n as u64;
         if size > max_size {
-            return Err(Refusal::Permanent(format!(
-                "larger than upgrade.max_size ({max_size} bytes)"
-            )));
+            return Err(Refusal::TooLarge {
+                size,
+                limit: max_size,
+            });
         }
-        if claimed.is_some_and(|c| size > c) {
-            return Err(Refusal::Permanent(format!(
-                "more bytes than the {} announced",
-                claimed.unwrap_or(0)
-            )));
+        if let Some(announced) = claimed.filter(|c| size > *c) {
+            return Err(Refusal::SizeMismatch {
+                announced,
+                received: size,
+            });
         }
         hasher.update(&buffer[..n]);
         file.write_all(&buffer[..n]).await.map_err(io)?;
@@ -125,86 +132,6 @@ pub(crate) fn match_live_mode(candidate: &Path, live: &Path) -> std::io::Result<
     Ok(())
 }
 
-/// Shows a long download: a bar on a terminal, a log line every few seconds otherwise.
-struct Progress {
-    origin: String,
-    total: Option<u64>,
-    started: std::time::Instant,
-    last: std::time::Instant,
-    terminal: bool,
-    shown: bool,
-}
-
-impl Progress {
-    /// Downloads shorter than this are not worth a progress display.
-    const QUIET_FOR: std::time::Duration = std::time::Duration::from_secs(1);
-
-    fn new(origin: &str, total: Option<u64>) -> Self {
-        use std::io::IsTerminal;
-        let now = std::time::Instant::now();
-        Self {
-            origin: origin.to_string(),
-            total,
-            started: now,
-            last: now,
-            terminal: std::io::stderr().is_terminal(),
-            shown: false,
-        }
-    }
-
-    fn advance(&mut self, done: u64) {
-        let every = if self.terminal {
-            std::time::Duration::from_millis(100)
-        } else {
-            std::time::Duration::from_secs(5)
-        };
-        if self.started.elapsed() < Self::QUIET_FOR || self.last.elapsed() < every {
-            return;
-        }
-        self.last = std::time::Instant::now();
-        self.shown = true;
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-        let rate = mib(done) / self.started.elapsed().as_secs_f64().max(0.001);
-        match self.total {
-            Some(total) if self.terminal => {
-                let fraction = (done as f64 / total.max(1) as f64).min(1.0);
-                let filled = (fraction * 30.0) as usize;
-                eprint!(
-                    "\r{} [{}{}] {:>3.0}% {:.1}/{:.1} MiB {:.1} MiB/s ",
-                    self.origin,
-                    "#".repeat(filled),
-                    " ".repeat(30 - filled),
-                    fraction * 100.0,
-                    mib(done),
-                    mib(total),
-                    rate
-                );
-            }
-            None if self.terminal => {
-                eprint!("\r{} {:.1} MiB {:.1} MiB/s ", self.origin, mib(done), rate)
-            }
-            total => tracing::info!(
-                origin = %self.origin,
-                done_mib = format!("{:.1}", mib(done)),
-                total_mib = total.map(|t| format!("{:.1}", mib(t))),
-                rate_mib_s = format!("{rate:.1}"),
-                "downloading"
-            ),
-        }
-    }
-
-    fn finish(&mut self, done: u64) {
-        if self.shown && self.terminal {
-            eprintln!(
-                "\r{} done: {:.1} MiB in {:.1?}",
-                self.origin,
-                done as f64 / (1024.0 * 1024.0),
-                self.started.elapsed()
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,11 +152,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("app");
         std::fs::write(&live, b"v1").unwrap();
-        let refusal = download(&mut artifact(b"0123456789", 5), &live, 1 << 20)
+        let refusal = download(&mut artifact(b"0123456789", 5), &live, 1 << 20, false)
             .await
             .unwrap_err();
         assert!(
-            matches!(&refusal, Refusal::Permanent(m) if m.contains("more bytes than the 5 announced")),
+            matches!(&refusal, Refusal::SizeMismatch { announced: 5, received } if *received > 5),
             "{refusal:?}"
         );
         assert_eq!(leftovers(dir.path()), 0);
@@ -240,13 +167,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("app");
         std::fs::write(&live, b"v1").unwrap();
-        let refusal = download(&mut artifact(b"0123", 10), &live, 1 << 20)
+        let refusal = download(&mut artifact(b"0123", 10), &live, 1 << 20, false)
             .await
             .unwrap_err();
-        assert!(
-            matches!(&refusal, Refusal::Permanent(m) if m.contains("4 bytes received, 10 announced")),
-            "{refusal:?}"
+        assert_eq!(
+            refusal,
+            Refusal::SizeMismatch {
+                announced: 10,
+                received: 4
+            }
         );
+        assert!(refusal
+            .to_string()
+            .contains("4 bytes received, 10 announced"));
         assert_eq!(leftovers(dir.path()), 0);
     }
 
@@ -255,18 +188,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("app");
         std::fs::write(&live, b"v1").unwrap();
-        let announced = download(&mut artifact(b"0123456789", 10), &live, 8)
+        let announced = download(&mut artifact(b"0123456789", 10), &live, 8, false)
+            .await
+            .unwrap_err();
+        assert_eq!(announced, Refusal::TooLarge { size: 10, limit: 8 });
+        let mut unannounced =
+            Artifact::new("test source", std::io::Cursor::new(&b"0123456789"[..]));
+        let streamed = download(&mut unannounced, &live, 8, false)
             .await
             .unwrap_err();
         assert!(
-            matches!(&announced, Refusal::Permanent(m) if m.contains("exceeds upgrade.max_size 8")),
-            "{announced:?}"
-        );
-        let mut unannounced =
-            Artifact::new("test source", std::io::Cursor::new(&b"0123456789"[..]));
-        let streamed = download(&mut unannounced, &live, 8).await.unwrap_err();
-        assert!(
-            matches!(&streamed, Refusal::Permanent(m) if m.contains("larger than upgrade.max_size")),
+            matches!(&streamed, Refusal::TooLarge { limit: 8, .. }),
             "{streamed:?}"
         );
         assert_eq!(leftovers(dir.path()), 0);
@@ -277,7 +209,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let live = dir.path().join("app");
         std::fs::write(&live, b"v1").unwrap();
-        let done = download(&mut artifact(b"hello", 5), &live, 1 << 20)
+        let done = download(&mut artifact(b"hello", 5), &live, 1 << 20, false)
             .await
             .unwrap();
         assert_eq!(done.path.parent(), Some(dir.path()));

@@ -4,7 +4,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::Refusal;
+use crate::refusal::Refusal;
 
 /// The bytes must match the SHA-256 the source published; with `required`, one must exist.
 pub(crate) fn checksum(
@@ -13,14 +13,11 @@ pub(crate) fn checksum(
     required: bool,
 ) -> Result<(), Refusal> {
     match published {
-        Some(published) if published != actual => Err(Refusal::Permanent(format!(
-            "sha256 {} does not match the published {}",
-            &hex::encode(actual)[..16],
-            &hex::encode(published)[..16]
-        ))),
-        None if required => Err(Refusal::Permanent(
-            "the source published no sha256 and a checksum is required".into(),
-        )),
+        Some(published) if published != actual => Err(Refusal::ChecksumMismatch {
+            published: hex::encode(published),
+            actual: hex::encode(actual),
+        }),
+        None if required => Err(Refusal::ChecksumMissing),
         _ => Ok(()),
     }
 }
@@ -35,24 +32,28 @@ pub(crate) fn signature(
         return Ok(());
     }
     let Some(signature) = signature else {
-        return Err(Refusal::Permanent(
-            "unsigned, and a public key is configured (expected a .minisig signature)".into(),
-        ));
+        return Err(Refusal::SignatureMissing);
     };
-    let text = std::str::from_utf8(signature)
-        .map_err(|_| Refusal::Permanent("signature is not minisign text".into()))?;
+    let text =
+        std::str::from_utf8(signature).map_err(|_| invalid("signature is not minisign text"))?;
     let signature = minisign_verify::Signature::decode(text)
-        .map_err(|e| Refusal::Permanent(format!("signature cannot be read: {e}")))?;
+        .map_err(|e| invalid(format!("signature cannot be read: {e}")))?;
     let mut last_error = String::from("no key matched");
     for key in keys {
         let key = minisign_verify::PublicKey::from_base64(key.trim())
-            .map_err(|e| Refusal::Permanent(format!("configured public key is invalid: {e}")))?;
+            .map_err(|e| invalid(format!("configured public key is invalid: {e}")))?;
         match verify_file(&key, &signature, file) {
             Ok(()) => return Ok(()),
             Err(e) => last_error = e,
         }
     }
-    Err(Refusal::Permanent(format!("bad signature: {last_error}")))
+    Err(invalid(format!("bad signature: {last_error}")))
+}
+
+fn invalid(message: impl Into<String>) -> Refusal {
+    Refusal::SignatureInvalid {
+        message: message.into(),
+    }
 }
 
 fn verify_file(
@@ -78,11 +79,11 @@ fn verify_file(
 /// interrupted copy, a truncated download with no published size) can still start, because the
 /// part that is lost is often debug information, and fail later. Other files pass.
 pub(crate) fn elf_intact(file: &Path) -> Result<(), Refusal> {
-    let io = |e: std::io::Error| Refusal::Transient(format!("reading {}: {e}", file.display()));
+    let io = |e: std::io::Error| Refusal::transient(format!("reading {}: {e}", file.display()));
     let mut input = std::fs::File::open(file).map_err(io)?;
     let length = input.metadata().map_err(io)?.len();
     elf_intact_in(&mut input, length).map_err(|e| match e {
-        ElfCheck::Truncated(why) => Refusal::Permanent(why),
+        ElfCheck::Truncated(why) => Refusal::malformed(why),
         ElfCheck::Io(e) => io(e),
     })
 }
@@ -207,16 +208,20 @@ impl Elf {
     }
 }
 
-/// A candidate older than what runs is refused unless downgrades are allowed.
+/// A candidate older than the floor (the running version, or the highest ever installed) is
+/// refused unless downgrades are allowed.
 pub(crate) fn not_a_downgrade(
     candidate: Option<&semver::Version>,
-    running: Option<&semver::Version>,
+    floor: Option<&semver::Version>,
     allowed: bool,
 ) -> Result<(), Refusal> {
-    match (candidate, running) {
-        (Some(candidate), Some(running)) if candidate < running && !allowed => Err(Refusal::Permanent(format!(
-            "version {candidate} is older than the running {running} (set upgrade.allow_downgrade to allow)"
-        ))),
+    match (candidate, floor) {
+        (Some(candidate), Some(floor)) if candidate < floor && !allowed => {
+            Err(Refusal::Downgrade {
+                candidate: candidate.to_string(),
+                floor: floor.to_string(),
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -313,10 +318,10 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let key = vec!["RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3".to_string()];
         assert!(signature(&[], None, &file).is_ok());
-        assert!(signature(&key, None, &file)
-            .unwrap_err()
-            .to_string()
-            .contains("unsigned"));
+        assert_eq!(
+            signature(&key, None, &file).unwrap_err(),
+            Refusal::SignatureMissing
+        );
         assert!(signature(&key, Some(b"garbage"), &file)
             .unwrap_err()
             .to_string()

@@ -298,7 +298,8 @@ impl Service {
         }
     }
 
-    /// The live binary is `live`, `worker` still serves, and no temporary file is left.
+    /// The live binary is `live`, `worker` still serves, and no temporary file is left once
+    /// an attempt in flight (a sidecar that changed is looked at again) has ended.
     pub fn assert_untouched(&self, live: &[u8], worker: u32, what: &str) {
         assert_eq!(
             std::fs::read(&self.bin).unwrap(),
@@ -310,8 +311,18 @@ impl Service {
             worker,
             "{what}: the running worker was disturbed"
         );
-        let tmp = self.temporary_files();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut tmp = self.temporary_files();
+        while !tmp.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            tmp = self.temporary_files();
+        }
         assert!(tmp.is_empty(), "{what}: temporary files left: {tmp:?}");
+        assert_eq!(
+            std::fs::read(&self.bin).unwrap(),
+            live,
+            "{what}: the live binary changed"
+        );
     }
 
     /// Upgrade temporary files beside the live binary.
@@ -319,7 +330,10 @@ impl Service {
         std::fs::read_dir(self.dir.path())
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().contains(".handover-"))
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.contains(".handover-") && !name.ends_with(".handover-state")
+            })
             .map(|e| e.path())
             .collect()
     }
@@ -478,4 +492,23 @@ pub fn with_trailer(bin: &Path, trailer: &str) -> Vec<u8> {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A minisign key pair without a password.
+pub fn keypair() -> (minisign::PublicKey, minisign::SecretKey) {
+    let pair = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+    (pair.pk, pair.sk)
+}
+
+/// A detached minisign signature of `bytes`, as `minisign -S` writes it.
+pub fn sign(bytes: &[u8], public: &minisign::PublicKey, secret: &minisign::SecretKey) -> String {
+    minisign::sign(
+        Some(public),
+        secret,
+        std::io::Cursor::new(bytes),
+        Some("handover test release"),
+        None,
+    )
+    .unwrap()
+    .into_string()
 }

@@ -1,0 +1,315 @@
+//! Workers through their lives: start, readiness, hand-over, drain, crash and back-off, stop.
+//! Every worker that becomes ready, fails to, or crashes is reported to the upgrade pipeline
+//! with the hash of the binary it runs.
+
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::spawn::{self, Launch, WorkerProc};
+use super::{Event, Master, Pending, Protocol, Reason};
+use crate::digest::short;
+use crate::error::Error;
+use crate::handoff::{HandoverOutcome, WorkerReport};
+use crate::protocol::Message;
+
+impl Master {
+    fn report(&self, report: WorkerReport) {
+        if let Some(reports) = &self.reports {
+            let _ = reports.send(report);
+        }
+    }
+
+    pub(super) async fn request_handover(&mut self, reason: Reason) {
+        if self.stopping {
+            tracing::info!("hand-over ignored: the master is stopping");
+        } else if self.pending.is_some() {
+            tracing::info!("hand-over already under way; one more will follow it");
+            self.again = true;
+        } else {
+            if self.current.is_none() {
+                // A manual request while recovering starts at once instead of after the back-off.
+                self.respawn_scheduled = false;
+                self.respawn_generation += 1;
+            }
+            self.start_worker(reason).await;
+        }
+    }
+
+    /// The pipeline swapped a binary in (or put one back): hand over to it, and answer.
+    pub(super) async fn hand_over_for_pipeline(
+        &mut self,
+        sha256: String,
+        reply: oneshot::Sender<HandoverOutcome>,
+    ) {
+        if self.stopping {
+            let _ = reply.send(HandoverOutcome::Stopping);
+            return;
+        }
+        tracing::info!(sha256 = %short(&sha256), "hand-over to a new binary requested by the upgrade pipeline");
+        self.next_replies.push(reply);
+        self.request_handover(Reason::Upgrade).await;
+    }
+
+    pub(super) async fn start_worker(&mut self, reason: Reason) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let sha256 = self.hash_cache.hex(&self.binary).unwrap_or_else(|e| {
+            tracing::warn!(binary = %self.binary.display(), error = %e, "cannot hash the live binary");
+            String::from("unknown")
+        });
+        let launch = Launch {
+            binary: &self.binary,
+            args: &self.args,
+            listeners: &self.listeners,
+            protocol: &self.protocol,
+            idle_grace_ms: self.config.idle_grace.as_millis(),
+            parent_death_signal: crate::sys::signal_number(&self.config.parent_death_signal)
+                .unwrap_or(libc::SIGTERM),
+            listener_inodes: &self.listener_inodes,
+        };
+        match spawn::spawn_worker(id, sha256.clone(), &launch, &self.events_tx) {
+            Ok(worker) => {
+                tracing::info!(worker = id, pid = worker.pid, reason = reason.as_str(), sha256 = %short(&sha256), "worker started");
+                self.handover_started = Some(Instant::now());
+                let events = self.events_tx.clone();
+                let timeout = self.config.ready_timeout;
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    let _ = events.send(Event::ReadyTimeout { worker: id });
+                });
+                let replies = std::mem::take(&mut self.next_replies);
+                self.pending = Some(Pending {
+                    worker,
+                    reason,
+                    replies,
+                });
+            }
+            Err(source) => {
+                let error = Error::Spawn {
+                    binary: self.binary.clone(),
+                    source,
+                };
+                tracing::error!(%error, "worker could not be started");
+                self.counters.1 += u64::from(self.current.is_some());
+                let why = format!("could not be started: {error}");
+                for reply in std::mem::take(&mut self.next_replies) {
+                    let _ = reply.send(HandoverOutcome::Failed(why.clone()));
+                }
+                self.report(WorkerReport::Failed { sha256, why });
+                if self.current.is_none() {
+                    self.schedule_respawn();
+                }
+            }
+        }
+    }
+
+    pub(super) async fn on_control(&mut self, worker: u64, message: Message) {
+        match message {
+            Message::Ready => self.on_ready(worker).await,
+            Message::Restart => {
+                tracing::info!(worker, "hand-over requested by the worker");
+                self.request_handover(Reason::Restart).await;
+            }
+            Message::Released => {
+                if self.exclusive_holder == Some(worker) {
+                    tracing::debug!(worker, "exclusive jobs released");
+                    self.exclusive_holder = None;
+                    self.grant_exclusive().await;
+                }
+            }
+            Message::Drain | Message::Grant => {
+                tracing::warn!(worker, ?message, "unexpected message from a worker")
+            }
+        }
+    }
+
+    /// The pending worker is ready: it becomes current and the old one drains.
+    pub(super) async fn on_ready(&mut self, worker: u64) {
+        let Some(pending) = self.pending.take_if(|p| p.worker.id == worker) else {
+            return;
+        };
+        let Pending {
+            worker: mut new,
+            reason,
+            replies,
+        } = pending;
+        for reply in replies {
+            let _ = reply.send(HandoverOutcome::Ready);
+        }
+        self.report(WorkerReport::Ready {
+            sha256: new.sha256.clone(),
+        });
+        new.ready = true;
+        let took = self
+            .handover_started
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        if let Some(mut old) = self.current.take() {
+            tracing::info!(
+                old = old.id,
+                old_pid = old.pid,
+                new = new.id,
+                new_pid = new.pid,
+                ?took,
+                "hand-over complete; old worker drains"
+            );
+            self.counters.0 += 1;
+            self.drain(&mut old).await;
+            self.draining.push(old);
+        } else {
+            tracing::info!(
+                worker = new.id,
+                pid = new.pid,
+                reason = reason.as_str(),
+                ?took,
+                "worker ready; serving"
+            );
+        }
+        self.ever_ready = true;
+        self.current = Some(new);
+        if self.stopping {
+            self.begin_stop().await;
+            return;
+        }
+        self.grant_exclusive().await;
+        self.after_handover().await;
+    }
+
+    pub(super) async fn drain(&mut self, worker: &mut WorkerProc) {
+        worker.draining_since = Some(Instant::now());
+        match &self.protocol {
+            Protocol::Library => worker.send(Message::Drain).await,
+            Protocol::Program(program) => worker.signal(program.drain_signal),
+        }
+        let events = self.events_tx.clone();
+        let (id, timeout) = (worker.id, self.config.drain_timeout);
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let _ = events.send(Event::DrainTimeout { worker: id });
+        });
+    }
+
+    pub(super) async fn grant_exclusive(&mut self) {
+        if self.exclusive_holder.is_some() || self.stopping {
+            return;
+        }
+        if let Some(current) = self.current.as_mut().filter(|c| c.ready && c.has_control()) {
+            current.send(Message::Grant).await;
+            self.exclusive_holder = Some(current.id);
+        }
+    }
+
+    /// After a hand-over ends (either way): a queued upgrade or a coalesced request runs next.
+    pub(super) async fn after_handover(&mut self) {
+        if self.pending.is_some() || self.stopping {
+            return;
+        }
+        if std::mem::take(&mut self.again) {
+            self.start_worker(Reason::Restart).await;
+        }
+    }
+
+    pub(super) async fn on_exit(&mut self, worker: u64, status: Option<ExitStatus>) {
+        let how = crate::sys::describe_exit(status);
+        if self.exclusive_holder == Some(worker) {
+            self.exclusive_holder = None;
+        }
+        if let Some(index) = self.draining.iter().position(|w| w.id == worker) {
+            let old = self.draining.remove(index);
+            let drained_in = old.draining_since.map(|t| t.elapsed()).unwrap_or_default();
+            tracing::info!(worker, pid = old.pid, status = %how, ?drained_in, "old worker exited");
+            self.grant_exclusive().await;
+            return;
+        }
+        if self.pending.as_ref().is_some_and(|p| p.worker.id == worker) {
+            let pending = self.pending.take().expect("checked above");
+            tracing::error!(worker, pid = pending.worker.pid, status = %how, "new worker exited before it was ready");
+            self.handover_failed(pending, format!("exited before it was ready ({how})"))
+                .await;
+            return;
+        }
+        if self.current.as_ref().is_some_and(|c| c.id == worker) {
+            let current = self.current.take().expect("checked above");
+            if self.stopping {
+                tracing::info!(worker, pid = current.pid, status = %how, "worker exited");
+                return;
+            }
+            self.counters.2 += 1;
+            let lived = current.started.elapsed();
+            tracing::error!(worker, pid = current.pid, status = %how, ?lived, "worker crashed; sockets stay open");
+            self.report(WorkerReport::Crashed {
+                sha256: current.sha256.clone(),
+                lived,
+                how: how.clone(),
+            });
+            if lived > Duration::from_secs(10) {
+                self.crash_streak = 0;
+            }
+            if self.pending.is_none() {
+                self.schedule_respawn();
+            }
+        }
+    }
+
+    pub(super) async fn handover_failed(&mut self, pending: Pending, why: String) {
+        if self.current.is_some() {
+            self.counters.1 += 1;
+            tracing::error!(worker = pending.worker.id, reason = %why, "hand-over failed; the old worker keeps serving");
+        }
+        for reply in pending.replies {
+            let _ = reply.send(HandoverOutcome::Failed(why.clone()));
+        }
+        self.report(WorkerReport::Failed {
+            sha256: pending.worker.sha256.clone(),
+            why,
+        });
+        if self.current.is_none() && !self.stopping {
+            self.schedule_respawn();
+        }
+        self.after_handover().await;
+    }
+
+    pub(super) fn schedule_respawn(&mut self) {
+        if self.stopping || self.respawn_scheduled {
+            return;
+        }
+        let base = self.config.restart_backoff.as_millis() as u64;
+        let delay = Duration::from_millis(base.saturating_mul(1 << self.crash_streak.min(16)))
+            .min(self.config.restart_backoff_max);
+        self.crash_streak += 1;
+        self.respawn_generation += 1;
+        self.respawn_scheduled = true;
+        tracing::info!(
+            ?delay,
+            attempt = self.crash_streak,
+            "next worker starts after back-off"
+        );
+        let (events, generation) = (self.events_tx.clone(), self.respawn_generation);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(Event::Respawn { generation });
+        });
+    }
+
+    pub(super) async fn begin_stop(&mut self) {
+        self.stopping = true;
+        self.respawn_scheduled = false;
+        if let Some(mut current) = self.current.take() {
+            tracing::info!(worker = current.id, pid = current.pid, "draining for stop");
+            self.drain(&mut current).await;
+            self.draining.push(current);
+        }
+        if let Some(mut pending) = self.pending.take() {
+            for reply in std::mem::take(&mut pending.replies) {
+                let _ = reply.send(HandoverOutcome::Stopping);
+            }
+            self.drain(&mut pending.worker).await;
+            self.draining.push(pending.worker);
+        }
+        for reply in std::mem::take(&mut self.next_replies) {
+            let _ = reply.send(HandoverOutcome::Stopping);
+        }
+    }
+}

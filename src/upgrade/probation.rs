@@ -1,0 +1,316 @@
+//! The end of the pipeline: the swap, the hand-over, probation, and the rollback.
+//!
+//! Probation follows the upgraded *binary*, not a worker: any worker started from it (the one
+//! the upgrade started, one a restart signal started during probation, the first one after a
+//! master restart) that fails to become ready or crashes within the window puts the previous
+//! binary back and quarantines the hash. The probation in progress is in the state file, so a
+//! master killed mid-probation resumes it when it starts again.
+//!
+//! Order of writes, so that a SIGKILL at any point leaves something the next start can finish:
+//! install writes the probation to the state file *before* the swap (a master killed between
+//! the two finds the probation's binary not live and drops it); rollback writes the
+//! quarantine *before* putting the previous binary back (a master killed between the two
+//! finds a quarantined live binary and finishes the rollback).
+
+use std::time::{Duration, Instant};
+
+use handover_fetcher::Running;
+use tokio::sync::oneshot;
+
+use super::attempt::{Checked, Outcome};
+use super::state::{self, Probation};
+use super::{swap, Pipeline};
+use crate::digest::short;
+use crate::handoff::{HandoverOutcome, ToMaster, WorkerReport};
+use crate::refusal::Refusal;
+
+/// The upgrade in probation.
+pub(super) struct Active {
+    pub(super) sha256: String,
+    pub(super) version: Option<semver::Version>,
+    /// The version that ran before, put back on a rollback.
+    previous_version: Option<semver::Version>,
+    origin: String,
+    /// When the window ends; `None` until a worker of the binary is ready.
+    pub(super) deadline: Option<Instant>,
+    span: tracing::Span,
+}
+
+impl Pipeline {
+    /// Swaps `checked` in and hands over to it; probation starts once its worker is ready.
+    pub(super) async fn install(
+        &mut self,
+        checked: Checked,
+        running: &Running,
+        span: tracing::Span,
+    ) -> Outcome {
+        let Checked {
+            download,
+            sha256,
+            version,
+            origin,
+        } = checked;
+        let hand_over = !self.config.stage_only;
+        if hand_over {
+            self.state.probation = Some(Probation {
+                sha256: sha256.clone(),
+                previous_sha256: Some(hex::encode(running.sha256)),
+                version: version.as_ref().map(|v| v.to_string()),
+                origin: origin.clone(),
+                started: state::unix_now(),
+            });
+            self.save();
+        }
+        if let Err(error) = swap::install(&self.live, &download.path) {
+            swap::discard(&download.path);
+            self.state.probation = None;
+            self.save();
+            return Outcome::Refused {
+                sha256: Some(sha256),
+                refusal: Refusal::transient(format!(
+                    "swapping {} in: {error}; the live binary is unchanged",
+                    self.live.display()
+                )),
+            };
+        }
+        tracing::info!(binary = %self.live.display(), "new binary swapped in; previous kept");
+        if !hand_over {
+            tracing::info!("upgrade staged; the next restart runs it");
+            self.record(&origin, &sha256, "staged".into());
+            return Outcome::Installed { sha256, version };
+        }
+        self.probation = Some(Active {
+            sha256: sha256.clone(),
+            version: version.clone(),
+            previous_version: self.running_version.clone(),
+            origin: origin.clone(),
+            deadline: None,
+            span,
+        });
+        match self.hand_over(&sha256).await {
+            HandoverOutcome::Ready => {
+                tracing::info!("upgrade installed and serving");
+                self.start_window();
+                self.running_version = version.clone().or(self.running_version.take());
+                self.record(&origin, &sha256, "installed; in probation".into());
+                Outcome::Installed { sha256, version }
+            }
+            HandoverOutcome::Stopping => {
+                // Swapped in, not proven either way: the probation stays in the state file and
+                // the next start of the master resumes it.
+                self.probation = None;
+                Outcome::Refused {
+                    sha256: Some(sha256),
+                    refusal: Refusal::transient(
+                        "the master is stopping; the next start resumes the probation",
+                    ),
+                }
+            }
+            HandoverOutcome::Failed(why) => {
+                let reason = format!("the new worker {why}");
+                self.roll_back(&reason, false);
+                Outcome::Refused {
+                    sha256: Some(sha256),
+                    refusal: Refusal::RolledBack { reason },
+                }
+            }
+        }
+    }
+
+    /// Asks the master to hand over to the live binary and waits for the outcome.
+    async fn hand_over(&mut self, sha256: &str) -> HandoverOutcome {
+        let (reply, outcome) = oneshot::channel();
+        let request = ToMaster::HandOver {
+            sha256: sha256.to_string(),
+            reply,
+        };
+        if self.channels.to_master.send(request).is_err() {
+            return HandoverOutcome::Stopping;
+        }
+        outcome.await.unwrap_or(HandoverOutcome::Stopping)
+    }
+
+    /// Asks for a hand-over without waiting for it (after a rollback).
+    fn hand_over_later(&self, sha256: String) {
+        let (reply, outcome) = oneshot::channel();
+        if self
+            .channels
+            .to_master
+            .send(ToMaster::HandOver { sha256, reply })
+            .is_ok()
+        {
+            tokio::spawn(async move {
+                if let Ok(HandoverOutcome::Failed(why)) = outcome.await {
+                    tracing::error!("the worker started from the previous binary {why}");
+                }
+            });
+        }
+    }
+
+    fn start_window(&mut self) {
+        let window = self.config.probation;
+        if let Some(p) = self.probation.as_mut().filter(|p| p.deadline.is_none()) {
+            p.deadline = Some(Instant::now() + window);
+            p.span.in_scope(|| {
+                tracing::info!(window = %humantime::format_duration(window), "worker of the new binary is ready; probation runs");
+            });
+        }
+    }
+
+    /// What the master says about workers: probation follows the binary.
+    pub(super) fn on_report(&mut self, report: WorkerReport) {
+        let Some(active) = &self.probation else {
+            return;
+        };
+        match report {
+            WorkerReport::Ready { sha256 } if sha256 == active.sha256 => self.start_window(),
+            WorkerReport::Failed { sha256, why } if sha256 == active.sha256 => {
+                self.roll_back(&format!("a worker of the new binary {why}"), true);
+            }
+            WorkerReport::Crashed { sha256, lived, how } if sha256 == active.sha256 => {
+                let within = active.deadline.is_none_or(|d| Instant::now() < d);
+                if within {
+                    let lived = Duration::from_millis(lived.as_millis() as u64);
+                    self.roll_back(
+                        &format!(
+                            "the new worker crashed {} after it was started ({how})",
+                            humantime::format_duration(lived)
+                        ),
+                        true,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn probation_passed(&mut self) {
+        let Some(active) = self.probation.take() else {
+            return;
+        };
+        let _enter = active.span.enter();
+        tracing::info!("upgrade passed probation");
+        if let Some(version) = &active.version {
+            let higher = self
+                .state
+                .highest_installed
+                .as_deref()
+                .and_then(|v| semver::Version::parse(v).ok())
+                .is_none_or(|h| *version > h);
+            if higher {
+                self.state.highest_installed = Some(version.to_string());
+            }
+            self.running_version = Some(version.clone());
+        }
+        self.state.probation = None;
+        self.save();
+        self.record(&active.origin, &active.sha256, "installed".into());
+    }
+
+    /// Puts the previous binary back after the probation's binary failed when run, and
+    /// quarantines it. `restart`: no worker of the previous binary serves any more, so ask
+    /// for one.
+    fn roll_back(&mut self, reason: &str, restart: bool) {
+        let Some(active) = self.probation.take() else {
+            return;
+        };
+        let _enter = active.span.enter();
+        self.state.probation = None;
+        self.state.quarantine(&active.sha256, reason);
+        self.save();
+        match swap::restore_previous(&self.live) {
+            Ok(()) => {
+                tracing::error!(%reason, "upgrade rolled back; previous binary restored and the new one quarantined")
+            }
+            Err(e) => {
+                tracing::error!(%reason, error = %e, "upgrade failed and the previous binary could not be restored")
+            }
+        }
+        self.running_version = active.previous_version;
+        self.record(
+            &active.origin,
+            &active.sha256,
+            format!("rolled back: {reason}"),
+        );
+        if restart {
+            match self.hashes.hex(&self.live) {
+                Ok(sha256) => self.hand_over_later(sha256),
+                Err(e) => tracing::error!(error = %e, "cannot read the restored binary"),
+            }
+        }
+    }
+
+    pub(super) fn rollback_on_request(&mut self) -> Result<(), String> {
+        swap::restore_previous(&self.live).map_err(|e| e.to_string())?;
+        // The version that ran before is known only for an upgrade still in probation.
+        self.running_version = match self.probation.take() {
+            Some(active) => {
+                self.record(
+                    &active.origin,
+                    &active.sha256,
+                    "rolled back by request".into(),
+                );
+                active.previous_version
+            }
+            None => None,
+        };
+        self.state.probation = None;
+        self.save();
+        tracing::info!("previous binary restored by request; handing over to it");
+        let sha256 = self.hashes.hex(&self.live).map_err(|e| e.to_string())?;
+        self.hand_over_later(sha256);
+        Ok(())
+    }
+
+    /// At start: resume a probation whose binary is live, finish a rollback a dead master left
+    /// half done, drop a probation whose swap never happened.
+    pub(super) fn resume(&mut self) {
+        let live = match self.hashes.hex(&self.live) {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(binary = %self.live.display(), error = %e, "cannot hash the live binary at start");
+                return;
+            }
+        };
+        if let Some(q) = self.state.quarantined(&live) {
+            let reason = q.reason.clone();
+            match swap::restore_previous(&self.live) {
+                Ok(()) => {
+                    tracing::warn!(sha256 = %short(&live), %reason, "the live binary is quarantined (a rollback was interrupted); previous binary restored")
+                }
+                Err(e) => {
+                    tracing::error!(sha256 = %short(&live), %reason, error = %e, "the live binary is quarantined and the previous one cannot be restored; running it")
+                }
+            }
+            self.state.probation = None;
+            self.save();
+            return;
+        }
+        let Some(saved) = self.state.probation.clone() else {
+            return;
+        };
+        if saved.sha256 != live {
+            tracing::warn!(probation = %short(&saved.sha256), live = %short(&live), "the binary that was in probation is not the live one; probation dropped");
+            self.state.probation = None;
+            self.save();
+            return;
+        }
+        let version = saved
+            .version
+            .as_deref()
+            .and_then(|v| semver::Version::parse(v).ok());
+        let span = tracing::info_span!("upgrade", origin = %saved.origin, sha256 = short(&saved.sha256), version = saved.version.as_deref());
+        span.in_scope(|| tracing::info!("resuming the probation a previous master started"));
+        self.probation = Some(Active {
+            sha256: saved.sha256,
+            previous_version: None,
+            version: version.clone(),
+            origin: saved.origin,
+            deadline: None,
+            span,
+        });
+        if version.is_some() {
+            self.running_version = version;
+        }
+    }
+}

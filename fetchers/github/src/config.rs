@@ -189,11 +189,7 @@ impl GithubConfig {
 
     /// The deprecated policy keys this table set, for the core to warn about and apply.
     pub fn legacy_policy(&self) -> LegacyPolicy {
-        let mut legacy = LegacyPolicy::default();
-        legacy.checksum_required = self.checksum_required;
-        legacy.max_size = self.max_size;
-        legacy.allow_downgrade = self.allow_downgrade;
-        legacy
+        LegacyPolicy::new(self.checksum_required, self.max_size, self.allow_downgrade)
     }
 
     /// Sets [`base_url`](Self::base_url).

@@ -124,10 +124,7 @@ impl HttpConfig {
 
     /// The deprecated policy keys this table set, for the core to warn about and apply.
     pub fn legacy_policy(&self) -> LegacyPolicy {
-        let mut legacy = LegacyPolicy::default();
-        legacy.checksum_required = self.checksum_required;
-        legacy.max_size = self.max_size;
-        legacy
+        LegacyPolicy::new(self.checksum_required, self.max_size, None)
     }
 
     /// Sets [`checksum_url`](Self::checksum_url).

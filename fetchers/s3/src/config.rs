@@ -130,11 +130,7 @@ impl S3Config {
 
     /// The deprecated policy keys this table set, for the core to warn about and apply.
     pub fn legacy_policy(&self) -> LegacyPolicy {
-        let mut legacy = LegacyPolicy::default();
-        legacy.checksum_required = self.checksum_required;
-        legacy.max_size = self.max_size;
-        legacy.allow_downgrade = self.allow_downgrade;
-        legacy
+        LegacyPolicy::new(self.checksum_required, self.max_size, self.allow_downgrade)
     }
 
     /// Sets [`region`](Self::region).

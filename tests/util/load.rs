@@ -87,6 +87,19 @@ impl Load {
         self.live.lock().unwrap().ok
     }
 
+    /// Waits until a request of the load was answered by the worker `pid`.
+    pub fn wait_served_by(&self, pid: u32) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !self.live.lock().unwrap().pids.contains(&pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the load never reached worker {pid}: {:?}",
+                self.live.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Waits until at least `n` more requests succeeded than now.
     pub fn wait_progress(&self, n: u64) {
         let target = self.ok() + n;

@@ -33,6 +33,16 @@ fn v130() -> FakeRelease {
     FakeRelease::new(13, "v1.3.0").asset(ASSET, binary("1.3.0"))
 }
 
+/// A fetcher built from `config` offers a candidate to `running`.
+async fn fetch_with(config: handover_fetcher_github::GithubConfig, running: &Running) -> Artifact {
+    GithubFetcher::new(config)
+        .unwrap()
+        .fetch(running)
+        .await
+        .unwrap()
+        .expect("a candidate")
+}
+
 async fn fetch(github: &FakeGithub, running: &Running) -> Result<Option<Artifact>, FetchError> {
     GithubFetcher::new(github.config())
         .unwrap()
@@ -274,12 +284,7 @@ async fn a_release_without_a_checksum_is_offered_without_a_sha256() {
     // The legacy key changes nothing here.
     let mut config = github.config();
     config.checksum_required = Some(true);
-    let artifact = GithubFetcher::new(config)
-        .unwrap()
-        .fetch(&running("1.2.0"))
-        .await
-        .unwrap()
-        .unwrap();
+    let artifact = fetch_with(config, &running("1.2.0")).await;
     assert_eq!(artifact.claimed_sha256(), None);
 }
 
@@ -384,12 +389,7 @@ async fn archive_checksum_from_sha256sums_is_the_archives() {
     let github = FakeGithub::start(vec![release]).await;
     let mut config = github.config();
     config.binary = "bin/{name}".into();
-    let artifact = GithubFetcher::new(config)
-        .unwrap()
-        .fetch(&running("1.2.0"))
-        .await
-        .unwrap()
-        .unwrap();
+    let artifact = fetch_with(config, &running("1.2.0")).await;
     assert_eq!(artifact.archive(), Some((ArchiveFormat::Zip, "bin/app")));
     assert_eq!(artifact.claimed_sha256(), Some(&sha256(ARCHIVE)));
 }

@@ -9,6 +9,15 @@ use handover_fetcher::{FetchError, Fetcher, Running, Settlement, Version};
 use handover_fetcher_s3::{S3Config, S3Fetcher};
 use util::{free_port, read_all, running, sdk_config, sha256, Server};
 
+/// The fetcher offers a candidate again (after a settlement that asks for it, or a change).
+async fn offered(fetcher: &mut S3Fetcher, running: &Running) -> handover_fetcher::Artifact {
+    fetcher
+        .fetch(running)
+        .await
+        .unwrap()
+        .expect("offered again")
+}
+
 const APP: &[u8] = b"#!/bin/sh\necho 'version 1.3.0'\n";
 
 #[tokio::test]
@@ -121,11 +130,7 @@ async fn unchanged_object_after_settle_costs_a_304_and_no_download() {
         .unwrap()
         .expect("offered");
     drop(first);
-    let again = fetcher
-        .fetch(&running("1.2.0"))
-        .await
-        .unwrap()
-        .expect("offered again");
+    let again = offered(&mut fetcher, &running("1.2.0")).await;
     assert_eq!(again.id(), Some(etag.as_str()));
     assert_eq!(fetcher.last_etag(), None);
 
@@ -188,11 +193,7 @@ async fn rejected_candidate_is_offered_again_once_its_sidecar_changes() {
     bucket
         .put("app.sha256", hex(&sha256(APP)).as_bytes(), false, None)
         .await;
-    let artifact = fetcher
-        .fetch(&running("1.2.0"))
-        .await
-        .unwrap()
-        .expect("offered again");
+    let artifact = offered(&mut fetcher, &running("1.2.0")).await;
     assert_eq!(artifact.claimed_sha256(), Some(&sha256(APP)));
 }
 
@@ -259,11 +260,7 @@ async fn a_sidecar_that_appears_after_not_ready_offers_the_object_again() {
     bucket
         .put("app.sha256", hex(&sha256(APP)).as_bytes(), false, None)
         .await;
-    let artifact = fetcher
-        .fetch(&running("1.2.0"))
-        .await
-        .unwrap()
-        .expect("offered again");
+    let artifact = offered(&mut fetcher, &running("1.2.0")).await;
     assert_eq!(artifact.claimed_sha256(), Some(&sha256(APP)));
     fetcher.settled(artifact.id().unwrap(), Settlement::NotReady);
 
@@ -271,11 +268,7 @@ async fn a_sidecar_that_appears_after_not_ready_offers_the_object_again() {
     bucket
         .put("app.minisig", b"untrusted comment: late\n", false, None)
         .await;
-    let artifact = fetcher
-        .fetch(&running("1.2.0"))
-        .await
-        .unwrap()
-        .expect("offered again");
+    let artifact = offered(&mut fetcher, &running("1.2.0")).await;
     assert_eq!(
         artifact.signature(),
         Some(&b"untrusted comment: late\n"[..])

@@ -168,6 +168,12 @@ pub(crate) fn render(status: &crate::master::Status) -> String {
     if let Some(v) = &upgrade.highest_installed {
         let _ = writeln!(out, "highest installed: {v}");
     }
+    if let Some(release) = &upgrade.newest_signed_release {
+        let _ = writeln!(out, "newest signed release: {release}");
+    }
+    for warning in &upgrade.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
     if let Some(p) = &upgrade.probation {
         let until = match p.until {
             Some(t) => format!(

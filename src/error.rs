@@ -76,6 +76,14 @@ pub enum Error {
         /// What keeps running (a version or a hash).
         kept: String,
     },
+    /// A release could not be described or signed (`handover sign`).
+    #[error("{}: {message}", file.display())]
+    Sign {
+        /// The binary or key file.
+        file: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// A fetcher failed.
     #[error(transparent)]
     Fetch(#[from] handover_fetcher::FetchError),

@@ -122,4 +122,9 @@ pub struct UpgradeStatus {
     pub waiting: Option<String>,
     /// The last upgrade attempt.
     pub last: Option<UpgradeRecord>,
+    /// The most recently signed release seen (its version and when it was signed), when
+    /// releases carry signed metadata.
+    pub newest_signed_release: Option<String>,
+    /// What needs a person's attention (a release source that serves only stale releases).
+    pub warnings: Vec<String>,
 }

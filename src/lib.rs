@@ -57,7 +57,9 @@ pub mod http;
 mod master;
 mod protocol;
 mod refusal;
+pub mod release;
 mod service;
+pub mod sign;
 mod sys;
 mod upgrade;
 mod worker;
@@ -87,7 +89,7 @@ pub use handover_fetcher_http as http_fetcher;
 pub use handover_fetcher_s3 as s3;
 pub use master::program::exec_shim;
 pub use master::{Phase, Status, WorkerInfo};
-pub use refusal::{Disposition, Refusal};
+pub use refusal::{Against, Disposition, Refusal};
 pub use service::Master;
 pub use worker::{ListenerKind, Shutdown, Worker};
 

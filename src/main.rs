@@ -6,6 +6,7 @@
 //! handover check --config handover.toml
 //! handover status|restart|upgrade|rollback --config handover.toml
 //! handover forget SHA256 --config handover.toml
+//! handover sign -s release.key target/release/app
 //! ```
 
 use std::ffi::OsString;
@@ -59,6 +60,40 @@ enum Command {
         #[command(flatten)]
         control: Control,
     },
+    /// Sign a release: write FILE.minisig (minisign's format) with handover's release metadata
+    /// in the trusted comment, read off the binary (its check-mode answer, size and sha256).
+    /// The password of an encrypted key comes from HANDOVER_SIGN_PASSWORD, else the terminal.
+    Sign(SignArgs),
+}
+
+#[derive(Args)]
+struct SignArgs {
+    /// The minisign secret key (`minisign -G`; `-W` for one without a password).
+    #[arg(short = 's', long = "secret-key", value_name = "KEY")]
+    secret_key: PathBuf,
+    /// Where to write the signature (default: FILE.minisig).
+    #[arg(short = 'x', long = "sig-file", value_name = "SIG")]
+    sig_file: Option<PathBuf>,
+    /// The untrusted comment (not covered by the signature).
+    #[arg(short = 'c', long = "comment")]
+    comment: Option<String>,
+    /// `name=` (default: FILE's name): the live binary's file name, or the service's
+    /// `upgrade.release_name`.
+    #[arg(long)]
+    name: Option<String>,
+    /// `version=` for a program that does not answer handover's check mode (it is not run).
+    #[arg(long = "version", value_name = "SEMVER")]
+    release_version: Option<String>,
+    /// `target=` (default: the binary's answer, or this machine's for an ELF binary of its
+    /// architecture).
+    #[arg(long)]
+    target: Option<String>,
+    /// `released=` as RFC 3339 (default: now).
+    #[arg(long, value_name = "TIME")]
+    released: Option<String>,
+    /// The release binary.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
 }
 
 #[derive(Args)]
@@ -113,6 +148,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restart(control) => talk(&control, "restart"),
         Command::Upgrade(control) => talk(&control, "upgrade"),
         Command::Rollback(control) => talk(&control, "rollback"),
+        Command::Sign(args) => sign(args),
         Command::Forget { sha256, control } => {
             let sha256 = sha256.trim().to_ascii_lowercase();
             let hex = sha256.chars().all(|c| c.is_ascii_hexdigit());
@@ -122,6 +158,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             talk(&control, &format!("forget {sha256}"))
         }
     }
+}
+
+fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
+    let mut describe = handover::sign::Describe::new(&args.file);
+    describe.name = args.name;
+    describe.target = args.target;
+    describe.version = args
+        .release_version
+        .as_deref()
+        .map(semver::Version::parse)
+        .transpose()
+        .context("--version")?;
+    describe.released = args
+        .released
+        .as_deref()
+        .map(humantime::parse_rfc3339)
+        .transpose()
+        .context("--released (want 2026-12-01T10:00:00Z)")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let metadata = runtime.block_on(describe.describe())?;
+    let password = std::env::var("HANDOVER_SIGN_PASSWORD").ok();
+    let key = handover::sign::read_secret_key(&args.secret_key, password)?;
+    let signature = handover::sign::sign(&args.file, &metadata, &key, args.comment.as_deref())?;
+    let out = args.sig_file.unwrap_or_else(|| {
+        let mut name = args.file.clone().into_os_string();
+        name.push(".minisig");
+        PathBuf::from(name)
+    });
+    // Whole or not at all: a watcher must never see half a signature.
+    let mut tmp = out.clone().into_os_string();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, &signature).with_context(|| format!("writing {}", out.display()))?;
+    std::fs::rename(&tmp, &out).with_context(|| format!("writing {}", out.display()))?;
+    println!("{}: {}", out.display(), metadata.to_comment());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load(path: &Path) -> anyhow::Result<handover::Config> {

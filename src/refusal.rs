@@ -44,6 +44,32 @@ pub enum Refusal {
         /// What the verifier said.
         message: String,
     },
+    /// Signed metadata is required and the signature's trusted comment carries none.
+    MetadataMissing,
+    /// The signature's trusted comment starts with `handover` but cannot be read.
+    MetadataMalformed {
+        /// Which field, and what is wrong with it.
+        message: String,
+    },
+    /// A field of the signed metadata disagrees with the bytes, this machine, the fetcher's
+    /// claim or the candidate's own answer.
+    MetadataMismatch {
+        /// The field (`sha256`, `size`, `target`, `name`, `version`).
+        field: &'static str,
+        /// What the signature says.
+        signed: String,
+        /// What was found instead.
+        found: String,
+        /// Where it was found.
+        by: Against,
+    },
+    /// The release was signed longer ago than `upgrade.max_signature_age`.
+    SignatureExpired {
+        /// When it was signed (RFC 3339).
+        released: String,
+        /// `upgrade.max_signature_age`.
+        limit: std::time::Duration,
+    },
     /// The candidate's version is lower than the floor (the running version, or the highest
     /// ever installed).
     Downgrade {
@@ -108,6 +134,34 @@ pub enum Refusal {
     },
 }
 
+/// What signed metadata was compared with (see [`Refusal::MetadataMismatch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Against {
+    /// The downloaded (or unpacked) binary: its sha256 and size.
+    Binary,
+    /// This machine's target triple.
+    Machine,
+    /// `upgrade.release_name`, by default the live binary's file name.
+    ReleaseName,
+    /// What the fetcher read from an unsigned place (a release tag, object metadata).
+    Fetcher,
+    /// What the candidate answered in its sanity run.
+    SanityRun,
+}
+
+impl fmt::Display for Against {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Binary => "the downloaded binary",
+            Self::Machine => "this machine",
+            Self::ReleaseName => "upgrade.release_name (default: the live binary's file name)",
+            Self::Fetcher => "the fetcher (an unsigned tag or object metadata)",
+            Self::SanityRun => "the candidate's sanity run",
+        })
+    }
+}
+
 impl Refusal {
     /// What the pipeline does next with this candidate.
     pub fn disposition(&self) -> Disposition {
@@ -117,9 +171,16 @@ impl Refusal {
             | Self::SignatureMissing
             | Self::SignatureInvalid { .. }
             | Self::SizeMismatch { .. }
+            | Self::MetadataMissing
+            | Self::MetadataMalformed { .. }
             | Self::Vetoed { .. }
             | Self::UnsafeDirectory { .. } => Disposition::NotReady,
+            // A release for another machine stays one; anything else a re-signed publication
+            // can put right.
+            Self::MetadataMismatch { field, .. } if *field == "target" => Disposition::Rejected,
+            Self::MetadataMismatch { .. } => Disposition::NotReady,
             Self::Downgrade { .. }
+            | Self::SignatureExpired { .. }
             | Self::Quarantined { .. }
             | Self::TooLarge { .. }
             | Self::Malformed { .. } => Disposition::Rejected,
@@ -170,6 +231,24 @@ impl fmt::Display for Refusal {
                 "no signature is published for it yet (upgrade.public_keys is set); waiting for the .minisig",
             ),
             Self::SignatureInvalid { message } => write!(f, "signature: {message}"),
+            Self::MetadataMissing => f.write_str(
+                "its signature carries no handover metadata (sign it with `handover sign`, or set upgrade.require_signed_metadata = false); waiting for a signature with metadata",
+            ),
+            Self::MetadataMalformed { message } => write!(f, "signed metadata: {message}"),
+            Self::MetadataMismatch {
+                field,
+                signed,
+                found,
+                by,
+            } => write!(
+                f,
+                "signed metadata says {field}={signed} but {by} says {field}={found}"
+            ),
+            Self::SignatureExpired { released, limit } => write!(
+                f,
+                "signed at {released}, longer ago than upgrade.max_signature_age ({}): a stale release",
+                humantime::format_duration(*limit)
+            ),
             Self::Downgrade { candidate, floor } => write!(
                 f,
                 "version {candidate} is older than {floor} (set upgrade.allow_downgrade to allow)"

@@ -290,23 +290,13 @@ impl Config {
         if self.ready_timeout.is_zero() {
             return Err(("ready_timeout", "must be more than zero".into()));
         }
-        if !(0.0..=1.0).contains(&self.upgrade.jitter) {
-            return Err(("upgrade.jitter", "must be between 0 and 1".into()));
-        }
-        if self.upgrade.interval.is_zero() {
-            return Err(("upgrade.interval", "must be more than zero".into()));
-        }
+        self.upgrade.validate()?;
         if let Some(name) = &self.fetcher {
             if !["file", "github", "s3", "http"].contains(&name.as_str()) {
                 return Err((
                     "fetcher",
                     format!("must be one of \"file\", \"github\", \"s3\", \"http\", not {name:?}"),
                 ));
-            }
-        }
-        if let Some(hook) = &self.upgrade.pre_upgrade {
-            if hook.is_empty() {
-                return Err(("upgrade.pre_upgrade", "must name a program".into()));
             }
         }
         Ok(())

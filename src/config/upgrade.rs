@@ -51,6 +51,19 @@ pub struct UpgradeConfig {
     /// Minisign public keys (the base64 line of a `.pub` file). When any is set, every candidate
     /// must carry a valid signature by one of them.
     pub public_keys: Vec<String>,
+    /// Whether the signature must carry handover's [release metadata](crate::release) (version,
+    /// target, name, size, sha256, release time) in its trusted comment. Default: `true` when
+    /// `public_keys` is set. With it, the *signed* version is the one downgrade protection
+    /// uses, and the highest signed version ever installed is the floor, across restarts.
+    /// `false` accepts signatures over the bytes alone (metadata present is still checked).
+    pub require_signed_metadata: Option<bool>,
+    /// Refuse a release signed longer ago than this (`"30d"`), and warn in `handover status`
+    /// when the newest release seen is older: a mirror that keeps serving a stale "latest" is
+    /// noticed. Needs `public_keys`. Default: no limit.
+    #[serde(with = "humantime_serde")]
+    pub max_signature_age: Option<Duration>,
+    /// The `name=` signed releases must carry. Default: the live binary's file name.
+    pub release_name: Option<String>,
     /// A command run before the swap with the candidate's path as its argument and
     /// `HANDOVER_CANDIDATE_SHA256` in its environment; a non-zero exit vetoes the upgrade.
     pub pre_upgrade: Option<Vec<String>>,
@@ -79,11 +92,69 @@ impl Default for UpgradeConfig {
             stage_only: false,
             allow_downgrade: false,
             public_keys: Vec::new(),
+            require_signed_metadata: None,
+            max_signature_age: None,
+            release_name: None,
             pre_upgrade: None,
             refuse_shared_directory: true,
             state_dir: None,
             progress_bar: false,
         }
+    }
+}
+
+impl UpgradeConfig {
+    /// Whether signed release metadata is required (see
+    /// [`require_signed_metadata`](Self::require_signed_metadata)).
+    pub fn signed_metadata_required(&self) -> bool {
+        self.require_signed_metadata
+            .unwrap_or(!self.public_keys.is_empty())
+    }
+
+    /// Checks what serde cannot; returns the offending field and what is wrong with it.
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(("upgrade.jitter", "must be between 0 and 1".into()));
+        }
+        if self.interval.is_zero() {
+            return Err(("upgrade.interval", "must be more than zero".into()));
+        }
+        if let Some(hook) = &self.pre_upgrade {
+            if hook.is_empty() {
+                return Err(("upgrade.pre_upgrade", "must name a program".into()));
+            }
+        }
+        for key in &self.public_keys {
+            if let Err(e) = minisign_verify::PublicKey::from_base64(key.trim()) {
+                return Err((
+                    "upgrade.public_keys",
+                    format!("{key:?} is not a minisign public key (the base64 line of a .pub file): {e}"),
+                ));
+            }
+        }
+        if self.public_keys.is_empty() {
+            if self.require_signed_metadata == Some(true) {
+                return Err((
+                    "upgrade.require_signed_metadata",
+                    "needs upgrade.public_keys (the keys that sign the metadata)".into(),
+                ));
+            }
+            if self.max_signature_age.is_some() {
+                return Err((
+                    "upgrade.max_signature_age",
+                    "needs upgrade.public_keys (the release time it checks is signed)".into(),
+                ));
+            }
+        }
+        if self.max_signature_age.is_some_and(|age| age.is_zero()) {
+            return Err(("upgrade.max_signature_age", "must be more than zero".into()));
+        }
+        if let Some(name) = &self.release_name {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(("upgrade.release_name", format!("{name:?} must be one word")));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@
 use handover_fetcher::{Artifact, Running};
 
 use super::stage::{self, Download};
-use super::{sanity, swap, verify, Pipeline};
+use super::{sanity, signed, swap, verify, Pipeline};
 use crate::config::Sanity;
 use crate::digest::short;
 use crate::refusal::Refusal;
@@ -38,6 +38,8 @@ struct Claims {
 pub(super) struct Checked {
     pub(super) download: Download,
     pub(super) sha256: String,
+    /// Its version as far as it can be trusted: signed, or answered by the binary itself;
+    /// never an unsigned claim of the fetcher's. This is what raises the floor.
     pub(super) version: Option<semver::Version>,
     pub(super) origin: String,
 }
@@ -164,11 +166,34 @@ impl Pipeline {
             });
         }
         verify::elf_intact(&download.path)?;
-        verify::signature(
+        let trusted_comment = verify::signature(
             &self.config.public_keys,
             claims.signature.as_deref(),
             &download.path,
         )?;
+        let signed = signed::read(&self.config, trusted_comment.as_deref())?;
+        if let Some(metadata) = &signed {
+            let name = self.release_name();
+            let expected = signed::Expected {
+                size: download.size,
+                sha256: &download.sha256,
+                target: sanity::TARGET,
+                name: &name,
+                claimed_version: claims.version.as_ref(),
+                now: std::time::SystemTime::now(),
+            };
+            let checked = signed::check(metadata, &expected, self.config.max_signature_age);
+            if matches!(checked, Ok(()) | Err(Refusal::SignatureExpired { .. })) {
+                self.saw_release(metadata);
+            }
+            checked?;
+            // Before the sanity run: a replayed older release is not even run.
+            verify::not_a_downgrade(
+                Some(&metadata.version),
+                self.floor().as_ref(),
+                self.config.allow_downgrade,
+            )?;
+        }
         stage::match_live_mode(&download.path, &self.live).map_err(|e| {
             Refusal::transient(format!(
                 "setting mode and owner of {}: {e}",
@@ -192,12 +217,17 @@ impl Pipeline {
             }
             Sanity::None => None,
         };
-        let version = answered
-            .as_deref()
-            .and_then(|v| semver::Version::parse(v).ok())
-            .or(claims.version);
+        if let Some(metadata) = &signed {
+            signed::check_answer(metadata, answered.as_deref())?;
+        }
+        let trusted = match signed {
+            Some(metadata) => Some(metadata.version),
+            None => answered
+                .as_deref()
+                .and_then(|v| semver::Version::parse(v).ok()),
+        };
         verify::not_a_downgrade(
-            version.as_ref(),
+            trusted.as_ref().or(claims.version.as_ref()),
             self.floor().as_ref(),
             self.config.allow_downgrade,
         )?;
@@ -205,7 +235,19 @@ impl Pipeline {
             sanity::pre_upgrade_hook(hook, &download.path, sha256, self.config.check_timeout)
                 .await?;
         }
-        Ok(version)
+        Ok(trusted)
+    }
+
+    /// The `name=` a signed release must carry.
+    fn release_name(&self) -> String {
+        match &self.config.release_name {
+            Some(name) => name.clone(),
+            None => self
+                .live
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
     }
 
     /// Takes the binary out of a downloaded archive (whose checksum was checked already).

@@ -16,6 +16,7 @@ mod attempt;
 mod probation;
 mod progress;
 mod sanity;
+mod signed;
 mod stage;
 pub(crate) mod state;
 pub(crate) mod swap;
@@ -28,7 +29,7 @@ use handover_fetcher::{Fetcher, Running, Settlement};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-pub(crate) use sanity::answer as answer_check;
+pub(crate) use sanity::{answer as answer_check, check as check_candidate, TARGET};
 
 use crate::config::UpgradeConfig;
 use crate::digest::{short, HashCache};
@@ -340,6 +341,27 @@ impl Pipeline {
         }
     }
 
+    /// Remembers the most recently signed release seen, for the staleness warning.
+    fn saw_release(&mut self, metadata: &crate::release::ReleaseMetadata) {
+        let released = metadata
+            .released
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        if self
+            .state
+            .newest_release
+            .as_ref()
+            .is_none_or(|seen| released > seen.released)
+        {
+            self.state.newest_release = Some(state::SeenRelease {
+                version: metadata.version.to_string(),
+                released,
+            });
+            self.save();
+        }
+    }
+
     /// The lowest version that may be installed: the running one or the highest ever installed.
     fn floor(&self) -> Option<semver::Version> {
         let highest = self
@@ -376,6 +398,23 @@ impl Pipeline {
                 .collect(),
             waiting: self.waiting.clone(),
             last: self.last.clone(),
+            newest_signed_release: self.state.newest_release.as_ref().map(|seen| {
+                format!(
+                    "{}, signed {}",
+                    seen.version,
+                    humantime::format_rfc3339_seconds(state::from_unix(seen.released))
+                )
+            }),
+            warnings: signed::staleness(
+                self.state
+                    .newest_release
+                    .as_ref()
+                    .map(|seen| (seen.version.as_str(), state::from_unix(seen.released))),
+                self.config.max_signature_age,
+                SystemTime::now(),
+            )
+            .into_iter()
+            .collect(),
         };
         let _ = self
             .channels

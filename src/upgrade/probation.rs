@@ -76,6 +76,10 @@ impl Pipeline {
         tracing::info!(binary = %self.live.display(), "new binary swapped in; previous kept");
         if !hand_over {
             tracing::info!("upgrade staged; the next restart runs it");
+            if let Some(version) = &version {
+                self.raise_floor(version);
+                self.save();
+            }
             self.record(&origin, &sha256, "staged".into());
             return Outcome::Installed { sha256, version };
         }
@@ -191,20 +195,26 @@ impl Pipeline {
         let _enter = active.span.enter();
         tracing::info!("upgrade passed probation");
         if let Some(version) = &active.version {
-            let higher = self
-                .state
-                .highest_installed
-                .as_deref()
-                .and_then(|v| semver::Version::parse(v).ok())
-                .is_none_or(|h| *version > h);
-            if higher {
-                self.state.highest_installed = Some(version.to_string());
-            }
-            self.running_version = Some(version.clone());
+            self.raise_floor(version);
         }
         self.state.probation = None;
         self.save();
         self.record(&active.origin, &active.sha256, "installed".into());
+    }
+
+    /// `version` runs now (a trusted one: signed, or the binary's own answer), and nothing
+    /// older is installed from now on, across restarts.
+    fn raise_floor(&mut self, version: &semver::Version) {
+        let higher = self
+            .state
+            .highest_installed
+            .as_deref()
+            .and_then(|v| semver::Version::parse(v).ok())
+            .is_none_or(|h| *version > h);
+        if higher {
+            self.state.highest_installed = Some(version.to_string());
+        }
+        self.running_version = Some(version.clone());
     }
 
     /// Puts the previous binary back after the probation's binary failed when run, and

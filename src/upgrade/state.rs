@@ -1,5 +1,5 @@
 //! The pipeline's memory across master restarts: quarantined hashes, the highest version ever
-//! installed, and the upgrade in probation.
+//! installed (the floor), the upgrade in probation, and the newest signed release seen.
 //!
 //! One small JSON file, by default beside the live binary as `<bin>.handover-state` (or in
 //! `upgrade.state_dir`), written atomically (a temporary file, fsync, rename, fsync of the
@@ -12,7 +12,8 @@
 //!   "highest_installed": "1.4.2",
 //!   "quarantine": [{"sha256": "3fa1…", "reason": "the new worker crashed …", "at": 1764583200}],
 //!   "probation": {"sha256": "9b0c…", "previous_sha256": "3fa1…", "version": "1.4.2",
-//!                 "origin": "/srv/app/app.next", "started": 1764583100}
+//!                 "origin": "/srv/app/app.next", "started": 1764583100},
+//!   "newest_release": {"version": "1.4.2", "released": 1764583000}
 //! }
 //! ```
 //!
@@ -37,6 +38,17 @@ pub(crate) struct State {
     pub(crate) quarantine: Vec<Quarantined>,
     #[serde(default)]
     pub(crate) probation: Option<Probation>,
+    /// The most recently signed release seen (installed or not), for the staleness warning.
+    #[serde(default)]
+    pub(crate) newest_release: Option<SeenRelease>,
+}
+
+/// A validly signed release, as its metadata said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SeenRelease {
+    pub(crate) version: String,
+    /// When it was signed, in seconds since the epoch.
+    pub(crate) released: u64,
 }
 
 /// A hash that failed when run.
@@ -203,6 +215,10 @@ mod tests {
             version: Some("1.4.2".into()),
             origin: "/srv/app.next".into(),
             started: 1,
+        });
+        state.newest_release = Some(SeenRelease {
+            version: "1.4.2".into(),
+            released: 1_764_583_000,
         });
         state
     }

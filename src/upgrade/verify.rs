@@ -23,13 +23,14 @@ pub(crate) fn checksum(
 }
 
 /// With public keys configured, the candidate must carry a minisign signature by one of them.
+/// Returns the signature's trusted comment (covered by the signature), `None` without keys.
 pub(crate) fn signature(
     keys: &[String],
     signature: Option<&[u8]>,
     file: &Path,
-) -> Result<(), Refusal> {
+) -> Result<Option<String>, Refusal> {
     if keys.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let Some(signature) = signature else {
         return Err(Refusal::SignatureMissing);
@@ -43,7 +44,7 @@ pub(crate) fn signature(
         let key = minisign_verify::PublicKey::from_base64(key.trim())
             .map_err(|e| invalid(format!("configured public key is invalid: {e}")))?;
         match verify_file(&key, &signature, file) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Some(signature.trusted_comment().to_string())),
             Err(e) => last_error = e,
         }
     }
@@ -317,7 +318,7 @@ mod tests {
         let file = dir.path().join("c");
         std::fs::write(&file, b"x").unwrap();
         let key = vec!["RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3".to_string()];
-        assert!(signature(&[], None, &file).is_ok());
+        assert_eq!(signature(&[], None, &file), Ok(None));
         assert_eq!(
             signature(&key, None, &file).unwrap_err(),
             Refusal::SignatureMissing

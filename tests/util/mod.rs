@@ -500,15 +500,55 @@ pub fn keypair() -> (minisign::PublicKey, minisign::SecretKey) {
     (pair.pk, pair.sk)
 }
 
-/// A detached minisign signature of `bytes`, as `minisign -S` writes it.
+/// A detached minisign signature of `bytes` with handover's release metadata for the
+/// `testbed` example: the version its fault trailer declares (`version:<semver>`), else the
+/// package's.
 pub fn sign(bytes: &[u8], public: &minisign::PublicKey, secret: &minisign::SecretKey) -> String {
+    let version = declared_version(bytes).unwrap_or_else(|| env!("CARGO_PKG_VERSION").into());
+    sign_with(
+        bytes,
+        &release_comment(bytes, &version, "testbed"),
+        public,
+        secret,
+    )
+}
+
+/// The trusted comment `handover sign` writes for `bytes` (this machine's target, now).
+pub fn release_comment(bytes: &[u8], version: &str, name: &str) -> String {
+    format!(
+        "handover version={version} target={} name={name} size={} sha256={} released={}",
+        env!("HANDOVER_TARGET"),
+        bytes.len(),
+        sha256_hex(bytes),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    )
+}
+
+/// A detached minisign signature of `bytes` with `trusted_comment`, as `minisign -S -t` writes.
+pub fn sign_with(
+    bytes: &[u8],
+    trusted_comment: &str,
+    public: &minisign::PublicKey,
+    secret: &minisign::SecretKey,
+) -> String {
     minisign::sign(
         Some(public),
         secret,
         std::io::Cursor::new(bytes),
-        Some("handover test release"),
+        Some(trusted_comment),
         None,
     )
     .unwrap()
     .into_string()
+}
+
+/// The `version:<semver>` of a testbed binary's fault trailer.
+fn declared_version(bytes: &[u8]) -> Option<String> {
+    let tail = &bytes[bytes.len().saturating_sub(512)..];
+    String::from_utf8_lossy(tail)
+        .lines()
+        .rev()
+        .filter_map(|l| l.strip_prefix("HANDOVER-FAULT:version:"))
+        .map(str::to_string)
+        .next()
 }

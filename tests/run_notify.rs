@@ -1,10 +1,12 @@
-//! `handover run`'s runtime directory: the master never puts the workers' notify sockets in a
-//! directory someone else could have prepared.
+//! `handover run`'s runtime directory and the workers' `NOTIFY_SOCKET`: the master never puts
+//! its notify sockets in a directory someone else could have prepared, and only the worker's own
+//! process tree can make the worker ready.
 
 mod util;
 
 use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -366,4 +368,88 @@ fn the_service_managers_runtime_directory_is_used_only_when_private() {
             );
         }
     }
+}
+
+// regression: the worker's NOTIFY_SOCKET took `READY=1` from any process that could reach it.
+#[test]
+fn a_foreign_process_cannot_make_a_worker_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let run = Run::start(&python_notifier(&go), &[]);
+    let (worker, socket) = run.worker();
+    assert_eq!(run.phase(), "starting");
+
+    // This test process is not in the worker's process tree.
+    let stranger = UnixDatagram::unbound().unwrap();
+    stranger.send_to(b"READY=1\n", &socket).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let warning = format!("sender_pid={} sender_uid={uid}", std::process::id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !run.log().contains(&warning) && run.phase() == "starting" {
+        assert!(Instant::now() < deadline, "no verdict:\n{}", run.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(run.phase(), "starting", "a stranger's READY=1 was taken");
+    stranger.send_to(b"READY=1", &socket).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(run.phase(), "starting", "a stranger's READY=1 was taken");
+    let warnings = run
+        .log()
+        .matches("outside the worker's process tree")
+        .count();
+    assert_eq!(warnings, 1, "once per sender:\n{}", run.log());
+    assert!(
+        run.log().contains(&format!("worker_pid={worker}")),
+        "{}",
+        run.log()
+    );
+
+    // The worker's own READY=1 still counts.
+    std::fs::write(&go, b"").unwrap();
+    run.wait_serving();
+}
+
+#[test]
+fn a_child_of_the_worker_can_make_it_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    // Not exec'd: python runs as the shell's child. It stays a moment after sending, as a helper
+    // must (see the docs of `handover run`): a sender that is gone cannot be placed in the tree.
+    let script = format!(
+        "#!/bin/sh\nwhile [ ! -e '{go}' ]; do sleep 0.02; done\n\
+         python3 -c 'import os, socket, time; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); \
+         s.sendto(b\"READY=1\", os.environ[\"NOTIFY_SOCKET\"]); time.sleep(2)'\nexec sleep 600\n",
+        go = go.display()
+    );
+    let run = Run::start(&script, &[]);
+    run.worker();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(run.phase(), "starting");
+    std::fs::write(&go, b"").unwrap();
+    run.wait_serving();
+    assert!(
+        !run.log().contains("outside the worker's process tree"),
+        "{}",
+        run.log()
+    );
+}
+
+#[test]
+fn systemd_notify_in_a_shell_script_makes_the_worker_ready() {
+    if Command::new("systemd-notify")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-notify is not installed; skipped");
+        return;
+    }
+    let run = Run::start("#!/bin/sh\nsystemd-notify --ready\nexec sleep 600\n", &[]);
+    run.wait_serving();
+    assert!(
+        !run.log().contains("outside the worker's process tree"),
+        "{}",
+        run.log()
+    );
 }

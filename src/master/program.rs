@@ -6,8 +6,9 @@
 //! (`handover __exec`) that sets it and then execs the program, keeping the PID.
 //!
 //! Readiness, the first that happens: `READY=1` on the `NOTIFY_SOCKET` the master gives each
-//! worker (the sd_notify protocol), or, in `auto` mode, a thread of the program seen waiting to
-//! accept on one of the listeners (from `/proc`), or the configured delay.
+//! worker (the sd_notify protocol, accepted only from the worker's own process tree: see
+//! [`super::notify`]), or, in `auto` mode, a thread of the program seen waiting to accept on
+//! one of the listeners (from `/proc`), or the configured delay.
 //!
 //! The notify sockets live in the runtime directory: `$RUNTIME_DIRECTORY` when the service
 //! manager made one (systemd's `RuntimeDirectory=`; the first of several), which must be owned
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::notify::NotifySocket;
 use super::Event;
 use crate::error::Error;
 use crate::protocol::Message;
@@ -76,22 +78,13 @@ impl ProgramProtocol {
     ) -> io::Result<NotifySocket> {
         // The master's PID in the name: a `$RUNTIME_DIRECTORY` may outlive one master.
         let name = format!("notify-{}-{id}.sock", std::process::id());
-        let path = self.runtime_dir.path.join(name);
-        let _ = std::fs::remove_file(&path);
-        let socket = std::os::unix::net::UnixDatagram::bind(&path)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let owner_only = std::fs::Permissions::from_mode(0o600);
-            if let Err(e) = std::fs::set_permissions(&path, owner_only) {
-                tracing::debug!(path = %path.display(), error = %e, "cannot make the notify socket owner-only");
-            }
-        }
+        let socket = NotifySocket::bind(self.runtime_dir.path.join(name))?;
         command
             .env("LISTEN_FDS", names.len().to_string())
             .env("LISTEN_FDNAMES", names.join(":"))
-            .env("NOTIFY_SOCKET", &path)
+            .env("NOTIFY_SOCKET", socket.path())
             .env("HANDOVER_WORKER_ID", id.to_string());
-        Ok(NotifySocket { socket, path })
+        Ok(socket)
     }
 
     /// Watches a started worker for readiness and reports it as a `ready` control message.
@@ -108,12 +101,12 @@ impl ProgramProtocol {
         tokio::spawn(async move {
             let ready = async {
                 match mode {
-                    ReadyMode::Notify => notify.ready().await,
+                    ReadyMode::Notify => notify.ready(pid).await,
                     ReadyMode::Accepting => accepting(pid, &listener_inodes).await,
                     ReadyMode::Delay => tokio::time::sleep(delay).await,
                     ReadyMode::Auto => {
                         tokio::select! {
-                            _ = notify.ready() => {}
+                            _ = notify.ready(pid) => {}
                             _ = accepting(pid, &listener_inodes) => {}
                         }
                     }
@@ -248,39 +241,6 @@ fn make_private_dir(base: &Path) -> crate::error::Result<PathBuf> {
             "32 random names were all taken",
         ),
     ))
-}
-
-/// A worker's private sd_notify socket; removed when dropped.
-pub(crate) struct NotifySocket {
-    socket: std::os::unix::net::UnixDatagram,
-    path: PathBuf,
-}
-
-impl NotifySocket {
-    async fn ready(&self) {
-        let Ok(socket) = self.socket.try_clone().and_then(|s| {
-            s.set_nonblocking(true)?;
-            tokio::net::UnixDatagram::from_std(s)
-        }) else {
-            return std::future::pending().await;
-        };
-        let mut buffer = vec![0u8; 4096];
-        loop {
-            let Ok(n) = socket.recv(&mut buffer).await else {
-                return std::future::pending().await;
-            };
-            let text = String::from_utf8_lossy(&buffer[..n]);
-            if text.lines().any(|line| line.trim() == "READY=1") {
-                return;
-            }
-        }
-    }
-}
-
-impl Drop for NotifySocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// Completes once a thread of `pid` waits in `accept`/`accept4` on a listener, or one of its

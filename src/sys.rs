@@ -246,3 +246,103 @@ fn signal_name(signal: i32) -> &'static str {
         _ => "",
     }
 }
+
+/// The sender of a datagram, as the kernel reports it (`SCM_CREDENTIALS`). `pid` is 0 when the
+/// sender's process is not visible in this process's PID namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Sender {
+    /// The sending process.
+    pub(crate) pid: u32,
+    /// Its user id.
+    pub(crate) uid: u32,
+}
+
+/// Receives one datagram from `socket` without blocking, with its sender's credentials (`None`
+/// when none are attached: the socket needs `SO_PASSCRED`).
+///
+/// By hand rather than through rustix: rustix's `UCred` holds a non-zero `Pid`, and the kernel
+/// reports pid 0 for a sender outside this PID namespace, which would make reading it undefined
+/// behaviour.
+pub(crate) fn receive_with_sender(
+    socket: std::os::fd::BorrowedFd<'_>,
+    buffer: &mut [u8],
+) -> io::Result<(usize, Option<Sender>)> {
+    const CREDENTIALS: libc::c_uint = std::mem::size_of::<libc::ucred>() as libc::c_uint;
+    // Room for the credentials and nothing else: descriptors a sender attaches do not fit, so
+    // the kernel closes them instead of installing them here. u64s align the buffer for cmsghdr.
+    // SAFETY: CMSG_SPACE only computes a size.
+    const SPACE: usize = unsafe { libc::CMSG_SPACE(CREDENTIALS) } as usize;
+    let mut control = [0u64; SPACE.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
+    };
+    // SAFETY: msghdr is plain data (integers and pointers); all zeroes is an empty header.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control.as_mut_ptr().cast();
+    header.msg_controllen = SPACE as _;
+    // SAFETY: `iov` points into `buffer` with its length and `msg_control` into `control` with
+    // SPACE bytes (no more than its size); both outlive the call.
+    let received = unsafe {
+        libc::recvmsg(
+            socket.as_raw_fd(),
+            &mut header,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    if received < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut sender = None;
+    // SAFETY: `header` was filled in by recvmsg; CMSG_FIRSTHDR and CMSG_NXTHDR return null or a
+    // header that lies whole inside `control` (which is aligned for cmsghdr).
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&header) };
+    while !cmsg.is_null() {
+        // SAFETY: see above: a valid, aligned header inside `control`.
+        let (level, kind, reported) =
+            unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
+        // `cmsg_len` is a usize with glibc and a u32 with musl.
+        #[allow(clippy::unnecessary_cast)]
+        let reported = reported as usize;
+        // What the kernel wrote from this header on: a length never reaches past it.
+        let offset = cmsg as usize - control.as_ptr() as usize;
+        #[allow(clippy::unnecessary_cast)]
+        let written = (header.msg_controllen as usize).min(SPACE);
+        let length = reported.min(written.saturating_sub(offset));
+        // SAFETY: CMSG_LEN only computes a size.
+        let wanted = unsafe { libc::CMSG_LEN(CREDENTIALS) } as usize;
+        if level == libc::SOL_SOCKET && kind == libc::SCM_CREDENTIALS && length >= wanted {
+            // SAFETY: the payload holds a whole ucred (`length`, bounded by what was written,
+            // covers it); read_unaligned has no alignment requirement, and any bit pattern is a
+            // valid ucred (three integers).
+            let credentials =
+                unsafe { libc::CMSG_DATA(cmsg).cast::<libc::ucred>().read_unaligned() };
+            sender = Some(Sender {
+                pid: u32::try_from(credentials.pid).unwrap_or(0),
+                uid: credentials.uid,
+            });
+        } else if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // Should a kernel ever fit descriptors in anyway: close them, never keep them.
+            // SAFETY: CMSG_LEN only computes a size.
+            let header_length = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = length.saturating_sub(header_length) / size_of::<RawFd>();
+            for index in 0..count {
+                // SAFETY: the payload holds `count` descriptors (within what was written), just
+                // installed in this process for this message and owned by nobody else; each is
+                // adopted once and closed on drop.
+                drop(unsafe {
+                    let fd = libc::CMSG_DATA(cmsg)
+                        .cast::<RawFd>()
+                        .add(index)
+                        .read_unaligned();
+                    OwnedFd::from_raw_fd(fd)
+                });
+            }
+        }
+        // SAFETY: as for CMSG_FIRSTHDR; `cmsg` is a header inside this message.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&header, cmsg) };
+    }
+    Ok((received as usize, sender))
+}

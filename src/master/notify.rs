@@ -1,10 +1,26 @@
-//! Tells systemd (`Type=notify`) what the master is doing: `READY=1` once the first worker is
-//! ready, `RELOADING=1` with `MONOTONIC_USEC` when a hand-over starts and `READY=1` when it
+//! The sd_notify protocol, both ways.
+//!
+//! Up: tells systemd (`Type=notify`) what the master is doing: `READY=1` once the first worker
+//! is ready, `RELOADING=1` with `MONOTONIC_USEC` when a hand-over starts and `READY=1` when it
 //! ends, `STOPPING=1`, and a `STATUS=` line with every change. `MAINPID` is the master.
+//!
+//! Down: each worker of `handover run` gets a `NOTIFY_SOCKET` of its own (mode 0600, in the
+//! runtime directory of [`super::program`]). A message counts only when the kernel says
+//! (`SO_PASSCRED`) it was sent by that worker's process or one of its descendants; anything else
+//! is logged once per sender and ignored. A sender that exits before the master has read its
+//! message cannot be placed in the tree any more, so its message is ignored too: a program that
+//! sends `READY=1` from a helper should keep the helper alive until it is read (`systemd-notify`
+//! does, it waits on `BARRIER=1`), or send from its own process.
 
+use std::collections::HashSet;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
 
+use tokio::io::Interest;
 use tokio::sync::watch;
+
+use crate::sys::Sender;
 
 use super::{Phase, Status};
 
@@ -87,4 +103,180 @@ fn status_line(status: &Status) -> String {
 fn monotonic_usec() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
+}
+
+/// A worker's private sd_notify socket; the socket file is removed when dropped.
+pub(crate) struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+/// How many foreign senders are named in the log, each once; more are ignored silently.
+const NAMED_SENDERS: usize = 64;
+
+/// How far up the parent chain a sender is followed to find the worker.
+const ANCESTRY_DEPTH: usize = 64;
+
+impl NotifySocket {
+    /// Binds a datagram socket at `path` (replacing a stale one), owner-only, that receives its
+    /// senders' credentials.
+    pub(crate) fn bind(path: PathBuf) -> std::io::Result<Self> {
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path)?;
+        let guard = Self { socket, path };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let owner_only = std::fs::Permissions::from_mode(0o600);
+            if let Err(e) = std::fs::set_permissions(&guard.path, owner_only) {
+                tracing::debug!(path = %guard.path.display(), error = %e, "cannot make the notify socket owner-only");
+            }
+        }
+        socket2::SockRef::from(&guard.socket).set_passcred(true)?;
+        guard.socket.set_nonblocking(true)?;
+        Ok(guard)
+    }
+
+    /// Where the socket is (the worker's `NOTIFY_SOCKET`).
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Completes on the first `READY=1` from `worker` or a process below it; never completes
+    /// when the socket fails.
+    pub(crate) async fn ready(&self, worker: u32) {
+        let Ok(socket) = self
+            .socket
+            .try_clone()
+            .and_then(tokio::net::UnixDatagram::from_std)
+        else {
+            return std::future::pending().await;
+        };
+        let mut named: HashSet<Sender> = HashSet::new();
+        let mut buffer = vec![0u8; 4096];
+        loop {
+            let received = socket
+                .async_io(Interest::READABLE, || {
+                    crate::sys::receive_with_sender(socket.as_fd(), &mut buffer)
+                })
+                .await;
+            let (length, sender) = match received {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot read the worker's notify socket");
+                    return std::future::pending().await;
+                }
+            };
+            let from_worker = sender.is_some_and(|s| in_process_tree(s.pid, worker));
+            if !from_worker {
+                let sender = sender.unwrap_or(Sender {
+                    pid: 0,
+                    uid: u32::MAX,
+                });
+                if named.len() < NAMED_SENDERS && named.insert(sender) {
+                    tracing::warn!(
+                        worker_pid = worker,
+                        sender_pid = sender.pid,
+                        sender_uid = sender.uid,
+                        path = %self.path.display(),
+                        "ignoring a notify message from a process outside the worker's process tree"
+                    );
+                }
+                continue;
+            }
+            let text = String::from_utf8_lossy(&buffer[..length]);
+            if text.lines().any(|line| line.trim() == "READY=1") {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether `pid` is `root` or a descendant of it, following parents through `/proc`. Unknown
+/// (pid 0: outside this PID namespace) and vanished processes are not.
+fn in_process_tree(pid: u32, root: u32) -> bool {
+    let mut current = pid;
+    for _ in 0..ANCESTRY_DEPTH {
+        if current == root {
+            return true;
+        }
+        match parent_of(current) {
+            Some(parent) if parent > 1 => current = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// The parent of `pid`, from the fourth field of `/proc/<pid>/stat` (after the command name,
+/// which may itself hold spaces and parentheses).
+fn parent_of(pid: u32) -> Option<u32> {
+    if pid == 0 {
+        return None;
+    }
+    parent_in_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parent_in_stat(stat: &str) -> Option<u32> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_in_its_own_tree_and_its_children_are_too() {
+        let me = std::process::id();
+        assert!(in_process_tree(me, me));
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let in_tree = in_process_tree(child.id(), me);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(in_tree);
+    }
+
+    #[test]
+    fn the_parent_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        assert_eq!(parent_in_stat("4242 (a) b (c)) S 17 4242 4242 0"), Some(17));
+        assert_eq!(parent_in_stat("4242 (sh"), None);
+    }
+
+    #[test]
+    fn a_datagram_carries_its_senders_pid_and_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = NotifySocket::bind(dir.path().join("n.sock")).unwrap();
+        let sender = UnixDatagram::unbound().unwrap();
+        sender.send_to(b"READY=1", socket.path()).unwrap();
+        let mut buffer = [0u8; 64];
+        let (length, from) =
+            crate::sys::receive_with_sender(socket.socket.as_fd(), &mut buffer).unwrap();
+        assert_eq!(&buffer[..length], b"READY=1");
+        let me = Sender {
+            pid: std::process::id(),
+            uid: crate::sys::effective_uid(),
+        };
+        assert_eq!(from, Some(me));
+        drop(socket);
+        assert!(!dir.path().join("n.sock").exists(), "removed on drop");
+    }
+
+    #[test]
+    fn parents_and_strangers_are_not_in_the_tree() {
+        let me = std::process::id();
+        let parent = parent_of(me).unwrap();
+        assert!(!in_process_tree(parent, me));
+        assert!(!in_process_tree(1, me));
+        assert!(!in_process_tree(0, me));
+        assert!(!in_process_tree(u32::MAX, me));
+    }
 }

@@ -6,18 +6,28 @@
 //! (`handover __exec`) that sets it and then execs the program, keeping the PID.
 //!
 //! Readiness, the first that happens: `READY=1` on the `NOTIFY_SOCKET` the master gives each
-//! worker (the sd_notify protocol), or, in `auto` mode, a thread of the program seen waiting to
-//! accept on one of the listeners (from `/proc`), or the configured delay.
+//! worker (the sd_notify protocol, accepted only from the worker's own process tree: see
+//! [`super::notify`]), or, in `auto` mode, a thread of the program seen waiting to accept on
+//! one of the listeners (from `/proc`), or the configured delay.
+//!
+//! The notify sockets live in the runtime directory: `$RUNTIME_DIRECTORY` when the service
+//! manager made one (systemd's `RuntimeDirectory=`; the first of several), which must be owned
+//! by the master's user and writable by nobody else, or else a fresh directory with a random
+//! name under `$XDG_RUNTIME_DIR` (or the temporary directory), mode 0700, created by the master
+//! (never one that already exists) and removed when it exits.
 
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::notify::NotifySocket;
 use super::Event;
+use crate::error::Error;
 use crate::protocol::Message;
 
 use crate::config::{ProgramConfig, ReadyMode};
@@ -28,7 +38,7 @@ pub(crate) struct ProgramProtocol {
     pub(crate) shim: PathBuf,
     pub(crate) config: ProgramConfig,
     pub(crate) drain_signal: i32,
-    pub(crate) runtime_dir: PathBuf,
+    pub(crate) runtime_dir: Arc<RuntimeDir>,
 }
 
 impl ProgramProtocol {
@@ -41,17 +51,8 @@ impl ProgramProtocol {
                 format!("unknown signal {:?}", config.drain_signal),
             )
         })?;
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        let runtime_dir = base.join(format!("handover-{}", std::process::id()));
-        std::fs::create_dir_all(&runtime_dir).map_err(|e| {
-            crate::error::Error::io(format!("creating {}", runtime_dir.display()), e)
-        })?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700));
-        }
+        let runtime_dir = Arc::new(RuntimeDir::new()?);
+        tracing::debug!(path = %runtime_dir.path.display(), "runtime directory");
         Ok(Self {
             shim,
             config,
@@ -75,15 +76,15 @@ impl ProgramProtocol {
         names: &[&str],
         id: u64,
     ) -> io::Result<NotifySocket> {
-        let path = self.runtime_dir.join(format!("notify-{id}.sock"));
-        let _ = std::fs::remove_file(&path);
-        let socket = std::os::unix::net::UnixDatagram::bind(&path)?;
+        // The master's PID in the name: a `$RUNTIME_DIRECTORY` may outlive one master.
+        let name = format!("notify-{}-{id}.sock", std::process::id());
+        let socket = NotifySocket::bind(self.runtime_dir.path.join(name))?;
         command
             .env("LISTEN_FDS", names.len().to_string())
             .env("LISTEN_FDNAMES", names.join(":"))
-            .env("NOTIFY_SOCKET", &path)
+            .env("NOTIFY_SOCKET", socket.path())
             .env("HANDOVER_WORKER_ID", id.to_string());
-        Ok(NotifySocket { socket, path })
+        Ok(socket)
     }
 
     /// Watches a started worker for readiness and reports it as a `ready` control message.
@@ -100,12 +101,12 @@ impl ProgramProtocol {
         tokio::spawn(async move {
             let ready = async {
                 match mode {
-                    ReadyMode::Notify => notify.ready().await,
+                    ReadyMode::Notify => notify.ready(pid).await,
                     ReadyMode::Accepting => accepting(pid, &listener_inodes).await,
                     ReadyMode::Delay => tokio::time::sleep(delay).await,
                     ReadyMode::Auto => {
                         tokio::select! {
-                            _ = notify.ready() => {}
+                            _ = notify.ready(pid) => {}
                             _ = accepting(pid, &listener_inodes) => {}
                         }
                     }
@@ -124,37 +125,122 @@ impl ProgramProtocol {
 /// The hidden subcommand of the exec shim.
 pub(crate) const EXEC_SHIM: &str = "__exec";
 
-/// A worker's private sd_notify socket; removed when dropped.
-pub(crate) struct NotifySocket {
-    socket: std::os::unix::net::UnixDatagram,
+/// Where the workers' notify sockets live (see the module docs).
+#[derive(Debug)]
+pub(crate) struct RuntimeDir {
     path: PathBuf,
+    /// Made by this master, which removes it; `$RUNTIME_DIRECTORY` belongs to the service.
+    made_here: bool,
 }
 
-impl NotifySocket {
-    async fn ready(&self) {
-        let Ok(socket) = self.socket.try_clone().and_then(|s| {
-            s.set_nonblocking(true)?;
-            tokio::net::UnixDatagram::from_std(s)
-        }) else {
-            return std::future::pending().await;
-        };
-        let mut buffer = vec![0u8; 4096];
-        loop {
-            let Ok(n) = socket.recv(&mut buffer).await else {
-                return std::future::pending().await;
-            };
-            let text = String::from_utf8_lossy(&buffer[..n]);
-            if text.lines().any(|line| line.trim() == "READY=1") {
-                return;
+impl RuntimeDir {
+    fn new() -> crate::error::Result<Self> {
+        if let Some(path) = service_runtime_directory() {
+            check_private(&path)?;
+            return Ok(Self {
+                path,
+                made_here: false,
+            });
+        }
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        Ok(Self {
+            path: make_private_dir(&base)?,
+            made_here: true,
+        })
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        if self.made_here {
+            if let Err(e) = std::fs::remove_dir_all(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the runtime directory");
             }
         }
     }
 }
 
-impl Drop for NotifySocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+/// The first path of `$RUNTIME_DIRECTORY` (systemd sets one per `RuntimeDirectory=` entry,
+/// separated by colons).
+fn service_runtime_directory() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let value = std::env::var_os("RUNTIME_DIRECTORY")?;
+    let first = value.as_bytes().split(|&b| b == b':').next()?;
+    (!first.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(first)))
+}
+
+/// Refuses a `$RUNTIME_DIRECTORY` that another user could reach into: not a directory, owned
+/// by another user, or writable by its group or by everyone.
+fn check_private(path: &Path) -> crate::error::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| {
+        Error::config(
+            "RUNTIME_DIRECTORY",
+            format!(
+                "refusing {}: {why}; the workers' notify sockets go there, so it must be owned by \
+                 this user and writable by nobody else",
+                path.display()
+            ),
+        )
+    };
+    if !path.is_absolute() {
+        return Err(refuse("not an absolute path".into()));
     }
+    let metadata = std::fs::metadata(path).map_err(|e| refuse(e.to_string()))?;
+    if !metadata.is_dir() {
+        return Err(refuse("not a directory".into()));
+    }
+    let me = crate::sys::effective_uid();
+    if metadata.uid() != me {
+        return Err(refuse(format!(
+            "owned by uid {}, not by uid {me} that handover runs as",
+            metadata.uid()
+        )));
+    }
+    let mode = metadata.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        let who = if mode & 0o002 != 0 {
+            "everyone"
+        } else {
+            "its group"
+        };
+        return Err(refuse(format!("mode {mode:04o} lets {who} write into it")));
+    }
+    Ok(())
+}
+
+/// Makes a new directory with a random name in `base`, mode 0700. `mkdir` fails on any existing
+/// entry (a directory, a file, a symlink), and then another name is drawn: a directory someone
+/// else prepared is never used.
+fn make_private_dir(base: &Path) -> crate::error::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let context = || format!("creating a private runtime directory in {}", base.display());
+    for _ in 0..32 {
+        let mut random = [0u8; 12];
+        getrandom::fill(&mut random)
+            .map_err(|e| Error::io(context(), io::Error::other(e.to_string())))?;
+        let path = base.join(format!("handover-{}", hex::encode(random)));
+        match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => {
+                // The umask may have taken bits from the owner; nobody else has any.
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| Error::io(context(), e))?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(context(), e)),
+        }
+    }
+    Err(Error::io(
+        context(),
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "32 random names were all taken",
+        ),
+    ))
 }
 
 /// Completes once a thread of `pid` waits in `accept`/`accept4` on a listener, or one of its

@@ -67,7 +67,10 @@ pub struct UpgradeConfig {
     /// A command run before the swap with the candidate's path as its argument and
     /// `HANDOVER_CANDIDATE_SHA256` in its environment; a non-zero exit vetoes the upgrade.
     pub pre_upgrade: Option<Vec<String>>,
-    /// Refuse upgrades when the live binary's directory is writable by other users.
+    /// Refuse upgrades while the watched file, the live binary or any directory above them
+    /// can be written by a user other than the service's and root (world-writable, owned by
+    /// another user, or group-writable with another member); the same candidate is taken
+    /// once the path is private.
     pub refuse_shared_directory: bool,
     /// Where the upgrade state file (`<bin>.handover-state`: quarantined hashes, the highest
     /// version installed, the upgrade in probation) is kept. Default: beside the live binary.

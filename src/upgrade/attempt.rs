@@ -4,7 +4,7 @@
 use handover_fetcher::{Artifact, Running};
 
 use super::stage::{self, Download};
-use super::{sanity, signed, swap, verify, Pipeline};
+use super::{perms, sanity, signed, swap, verify, Pipeline};
 use crate::config::Sanity;
 use crate::digest::short;
 use crate::refusal::Refusal;
@@ -57,7 +57,19 @@ impl Pipeline {
         };
         let origin = artifact.origin().to_string();
         if self.config.refuse_shared_directory {
-            if let Err(message) = verify::directory_is_private(&self.live) {
+            let watched = std::path::Path::new(&origin);
+            let watched = artifact.is_local()
+                && watched
+                    .parent()
+                    .is_some_and(|d| d.as_os_str().is_empty() || d.exists());
+            let private = perms::private_path(&self.live, "the live binary").and_then(|()| {
+                if watched {
+                    perms::private_path(std::path::Path::new(&origin), "the watched file")
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(message) = private {
                 return refused(Refusal::UnsafeDirectory { message });
             }
         }

@@ -13,6 +13,7 @@
 
 pub(crate) mod archive;
 mod attempt;
+mod perms;
 mod probation;
 mod progress;
 mod sanity;
@@ -251,7 +252,14 @@ impl Pipeline {
                 match refusal.disposition() {
                     Disposition::NotReady => {
                         self.wait_for(error.to_string());
-                        (Some(Settlement::NotReady), interval, Err(error))
+                        // Nothing about the publication is wrong with a shared directory: the
+                        // fetcher offers the same candidate again, and it is installed once
+                        // the directory is put right (checked before any download).
+                        let settlement = match refusal {
+                            Refusal::UnsafeDirectory { .. } => None,
+                            _ => Some(Settlement::NotReady),
+                        };
+                        (settlement, interval, Err(error))
                     }
                     Disposition::Rejected => {
                         self.waiting = None;

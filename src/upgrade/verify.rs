@@ -1,7 +1,6 @@
-//! Where a download is verified: published checksum, minisign signature, downgrade policy, and
-//! the safety of the directory the swap happens in.
+//! Where a download is verified: published checksum, minisign signature, complete ELF file,
+//! downgrade policy.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::refusal::Refusal;
@@ -227,40 +226,9 @@ pub(crate) fn not_a_downgrade(
     }
 }
 
-/// Refuses a live binary whose directory other users may write to: they could race the swap.
-pub(crate) fn directory_is_private(live: &Path) -> Result<(), String> {
-    let dir = live
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let meta =
-        std::fs::metadata(dir).map_err(|e| format!("cannot inspect {}: {e}", dir.display()))?;
-    let mode = meta.mode();
-    let others_write = mode & 0o002 != 0;
-    let group_write = mode & 0o020 != 0 && meta.gid() != 0 && !in_own_group(meta.gid());
-    let foreign_owner = meta.uid() != crate::sys::effective_uid() && meta.uid() != 0;
-    if others_write || group_write || foreign_owner {
-        return Err(format!(
-            "{} is writable by other users (mode {:o}, owner uid {}); refusing to swap binaries there (set upgrade.refuse_shared_directory = false to override)",
-            dir.display(),
-            mode & 0o7777,
-            meta.uid()
-        ));
-    }
-    Ok(())
-}
-
-fn in_own_group(gid: u32) -> bool {
-    // Group write for the user's own primary group is the common umask-002 setup.
-    std::fs::metadata("/proc/self")
-        .map(|m| m.gid() == gid)
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn checksum_rules() {
@@ -283,17 +251,6 @@ mod tests {
         assert!(not_a_downgrade(Some(&v("1.0.0")), Some(&v("1.1.0")), true).is_ok());
         assert!(not_a_downgrade(Some(&v("1.1.0")), Some(&v("1.1.0")), false).is_ok());
         assert!(not_a_downgrade(None, Some(&v("1.1.0")), false).is_ok());
-    }
-
-    #[test]
-    fn world_writable_directory_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let live = dir.path().join("app");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(directory_is_private(&live).is_ok());
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = directory_is_private(&live).unwrap_err();
-        assert!(err.contains("writable by other users"), "{err}");
     }
 
     #[test]

@@ -24,8 +24,13 @@ fn start(releases: Vec<FakeRelease>) -> (tokio::runtime::Runtime, FakeGithub) {
 }
 
 fn service_polling(github: &FakeGithub) -> Service {
+    service_polling_with(github, "")
+}
+
+/// [`service_polling`] with `extra` lines in `[upgrade]`.
+fn service_polling_with(github: &FakeGithub, extra: &str) -> Service {
     let config = format!(
-        "fetcher = \"github\"\n[upgrade]\ninterval = \"500ms\"\nmax_backoff = \"1s\"\nprobation = \"2s\"\n\
+        "fetcher = \"github\"\n[upgrade]\ninterval = \"500ms\"\nmax_backoff = \"1s\"\nprobation = \"2s\"\n{extra}\
          [github]\nrepo = \"acme/app\"\nbase_url = \"{}\"\ntarget = \"{}\"\nallow_insecure_loopback = true\ntoken = \"ghp_secret_for_tests\"\n",
         github.api.url(""),
         fake::TARGET
@@ -179,4 +184,105 @@ fn an_archive_release_is_checked_and_unpacked_by_the_core() {
         "unpacked the binary from the archive",
         Duration::from_secs(5),
     );
+}
+
+/// A `.tar.gz` of entries of zeros, written without inflating them: each MiB of zeros is one
+/// self-contained, byte-aligned deflate chunk (a fresh compressor ended by a sync flush),
+/// repeated; the gzip trailer's CRC is combined from the chunk's.
+fn zero_bomb(entries: &[(&str, u64)]) -> Vec<u8> {
+    use flate2::{Compress, Compression, Crc, FlushCompress};
+    const MIB: usize = 1 << 20;
+    let chunk = |data: &[u8], flush: FlushCompress| {
+        let mut compress = Compress::new(Compression::best(), false);
+        let mut out = Vec::with_capacity(data.len() + 64);
+        compress.compress_vec(data, &mut out, flush).unwrap();
+        assert_eq!(compress.total_in() as usize, data.len());
+        out
+    };
+    let zeros = vec![0u8; MIB];
+    let zero_chunk = chunk(&zeros, FlushCompress::Sync);
+    let mut zero_crc = Crc::new();
+    zero_crc.update(&zeros);
+    let mut crc = Crc::new();
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    let mut plain = |out: &mut Vec<u8>, crc: &mut Crc, bytes: &[u8]| {
+        out.extend(chunk(bytes, FlushCompress::Sync));
+        crc.update(bytes);
+    };
+    for (name, mib) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_path(name).unwrap();
+        header.set_size(mib * MIB as u64);
+        header.set_mode(0o755);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        plain(&mut out, &mut crc, header.as_bytes());
+        for _ in 0..*mib {
+            out.extend_from_slice(&zero_chunk);
+            crc.combine(&zero_crc);
+        }
+    }
+    plain(&mut out, &mut crc, &[0u8; 1024]);
+    out.extend(chunk(&[], FlushCompress::Finish));
+    out.extend(crc.sum().to_le_bytes());
+    out.extend((crc.amount()).to_le_bytes());
+    out
+}
+
+#[test]
+fn a_small_archive_of_huge_entries_is_refused_without_hurting_the_master() {
+    let (_runtime, github) = start(vec![]);
+    let service = service_polling_with(&github, "max_size = \"64MiB\"\n");
+    let live = std::fs::read(&service.bin).unwrap();
+    let worker = service.worker_pid();
+    let name = format!("{ASSET}.tar.gz");
+    let publish = |id: u64, archive: Vec<u8>| {
+        let digest = util::sha256_hex(&archive);
+        let release = FakeRelease::new(id, &format!("v0.{id}.0"))
+            .asset_without_digest(&name, archive)
+            .asset("SHA256SUMS", format!("{digest}  {name}\n"));
+        github.set(|state| state.releases.insert(0, release));
+    };
+
+    // Ten entries of 1 GiB of zeros in 10 MB, the member among them.
+    let names: Vec<String> = (0..9)
+        .map(|i| format!("junk{i}"))
+        .chain(["dist/app".into()])
+        .collect();
+    let entries: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), 1024)).collect();
+    let bomb = zero_bomb(&entries);
+    assert!(bomb.len() < 12 << 20, "{} bytes", bomb.len());
+    publish(7, bomb);
+    service.wait_log(
+        "archive entry \"junk0\" is larger than the limit (67108864 bytes)",
+        Duration::from_secs(30),
+    );
+    service.assert_untouched(&live, worker, "an archive of 1 GiB entries");
+
+    // Entries under the limit, but 9 × 60 MiB of them: bounded by what the whole inflates to.
+    let names: Vec<String> = (0..9).map(|i| format!("pad{i}")).collect();
+    let entries: Vec<(&str, u64)> = names.iter().map(|n| (n.as_str(), 60)).collect();
+    publish(8, zero_bomb(&entries));
+    service.wait_log(
+        "archive entry \"the whole archive\" is larger than the limit",
+        Duration::from_secs(60),
+    );
+    service.assert_untouched(&live, worker, "an archive inflating to 540 MiB");
+    assert!(
+        service.temporary_files().is_empty(),
+        "{:?}",
+        service.temporary_files()
+    );
+    // The master streamed all of it: its peak memory is far below one entry.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", service.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    eprintln!(
+        "master peak RSS after both archives: {} MiB",
+        peak_kib / 1024
+    );
+    assert!(peak_kib < 60 * 1024, "master peak RSS {peak_kib} KiB");
 }

@@ -205,7 +205,7 @@ fn zero_bomb(entries: &[(&str, u64)]) -> Vec<u8> {
     zero_crc.update(&zeros);
     let mut crc = Crc::new();
     let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-    let mut plain = |out: &mut Vec<u8>, crc: &mut Crc, bytes: &[u8]| {
+    let plain = |out: &mut Vec<u8>, crc: &mut Crc, bytes: &[u8]| {
         out.extend(chunk(bytes, FlushCompress::Sync));
         crc.update(bytes);
     };

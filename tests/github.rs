@@ -286,3 +286,42 @@ fn a_small_archive_of_huge_entries_is_refused_without_hurting_the_master() {
     );
     assert!(peak_kib < 60 * 1024, "master peak RSS {peak_kib} KiB");
 }
+
+#[test]
+fn a_tag_that_disagrees_with_the_signed_version_is_refused_naming_both() {
+    let (public, secret) = util::keypair();
+    let (_runtime, github) = start(vec![]);
+    let keys = format!("public_keys = [\"{}\"]\n", public.to_base64());
+    let service = service_polling_with(&github, &keys);
+    let live = std::fs::read(&service.bin).unwrap();
+    let worker = service.worker_pid();
+    let signed = |id: u64, tag: &str, binary: Vec<u8>, signed_version: &str| {
+        let comment = util::release_comment(&binary, signed_version, "testbed");
+        let signature = util::sign_with(&binary, &comment, &public, &secret);
+        FakeRelease::new(id, tag)
+            .asset(ASSET, binary)
+            .asset(&format!("{ASSET}.minisig"), signature)
+    };
+    // The tag says 0.9.0; the publisher signed 0.8.0 (a retagged old build, or a tag edited by
+    // someone who cannot sign).
+    let old_build = util::with_trailer(&util::example("testbed"), "version:0.8.0");
+    github.set(|state| {
+        state
+            .releases
+            .insert(0, signed(9, "v0.9.0", old_build, "0.8.0"))
+    });
+    service.wait_log(
+        "signed metadata says version=0.8.0 but the fetcher (an unsigned tag or object metadata) says version=0.9.0",
+        Duration::from_secs(20),
+    );
+    service.assert_untouched(&live, worker, "tag and signature disagree");
+
+    let fixed = util::with_trailer(&util::example("testbed"), "version:0.10.0");
+    let sha = util::sha256_hex(&fixed);
+    github.set(|state| {
+        state
+            .releases
+            .insert(0, signed(10, "v0.10.0", fixed, "0.10.0"))
+    });
+    service.wait_for_sha(&sha);
+}

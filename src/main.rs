@@ -287,10 +287,18 @@ fn check(config_path: &Path) -> anyhow::Result<ExitCode> {
                     handover::ChecksumPolicy::Never => "checked when published",
                     _ => "required for remote fetchers",
                 },
-                if config.upgrade.public_keys.is_empty() {
-                    "not required"
-                } else {
-                    "required"
+                match (
+                    config.upgrade.public_keys.is_empty(),
+                    config.upgrade.signed_metadata_required(),
+                    config.upgrade.max_signature_age,
+                ) {
+                    (true, _, _) => "not required".to_string(),
+                    (false, false, _) => "required, over the bytes".to_string(),
+                    (false, true, None) => "required, with signed metadata".to_string(),
+                    (false, true, Some(age)) => format!(
+                        "required, with signed metadata, at most {} old",
+                        humantime::format_duration(age)
+                    ),
                 },
             );
         }

@@ -232,11 +232,16 @@ impl Pipeline {
         if let Some(metadata) = &signed {
             signed::check_answer(metadata, answered.as_deref())?;
         }
+        let answered = answered
+            .as_deref()
+            .and_then(|v| semver::Version::parse(v).ok());
+        // With keys, only what is signed (or what the signed bytes say of themselves) may
+        // raise the floor: someone who can write the source's metadata but not sign must not
+        // lock real fixes out. Without keys the claim is as trustworthy as the bytes.
         let trusted = match signed {
             Some(metadata) => Some(metadata.version),
-            None => answered
-                .as_deref()
-                .and_then(|v| semver::Version::parse(v).ok()),
+            None if self.config.public_keys.is_empty() => answered.or(claims.version.clone()),
+            None => answered,
         };
         verify::not_a_downgrade(
             trusted.as_ref().or(claims.version.as_ref()),

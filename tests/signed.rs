@@ -563,3 +563,63 @@ fn handover_sign_writes_what_debian_minisign_verifies() {
         String::from_utf8_lossy(&verified.stderr)
     );
 }
+
+#[test]
+fn signing_settings_are_validated_and_reported_by_handover_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (public, _) = util::keypair();
+    let key = public.to_base64();
+    let check = |upgrade: &str| {
+        let path = dir.path().join("h.toml");
+        std::fs::write(
+            &path,
+            format!("fetcher = \"file\"\n[upgrade]\n{upgrade}\n[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:8080\"\n"),
+        )
+        .unwrap();
+        let out = Command::new(HANDOVER)
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("HANDOVER_BINARY", util::example("testbed"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    for (upgrade, expected) in [
+        (
+            "require_signed_metadata = true",
+            "h.toml:3: upgrade.require_signed_metadata needs upgrade.public_keys",
+        ),
+        (
+            "max_signature_age = \"30d\"",
+            "upgrade.max_signature_age needs upgrade.public_keys",
+        ),
+        (
+            "public_keys = [\"RWQnotakey\"]",
+            "is not a minisign public key",
+        ),
+        ("release_name = \"two words\"", "upgrade.release_name"),
+    ] {
+        let (ok, text) = check(upgrade);
+        assert!(!ok && text.contains(expected), "{upgrade}: {text}");
+    }
+    let (ok, text) = check(&format!(
+        "public_keys = [\"{key}\"]\nmax_signature_age = \"30d\""
+    ));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("signature required, with signed metadata, at most 30days old"),
+        "{text}"
+    );
+    let (ok, text) = check(&format!(
+        "public_keys = [\"{key}\"]\nrequire_signed_metadata = false"
+    ));
+    assert!(
+        ok && text.contains("signature required, over the bytes"),
+        "{text}"
+    );
+}

@@ -67,7 +67,9 @@ pub struct Config {
     pub http: Option<toml::Table>,
     /// How `handover run` treats a program not built on this library.
     pub program: ProgramConfig,
-    /// Unix socket for `handover status|restart|upgrade|rollback` (mode 0600). None: no socket.
+    /// Unix socket for `handover status|restart|upgrade|rollback` (mode 0600, and only the
+    /// master's user or root is answered). A client must send its request line within 5 s of
+    /// connecting or it is disconnected. None: no socket.
     pub control_socket: Option<PathBuf>,
     /// Log filter (`info`, `handover=debug`), overridden by `RUST_LOG`.
     pub log: Option<String>,

@@ -73,6 +73,12 @@ pub struct Config {
     pub control_socket: Option<PathBuf>,
     /// Log filter (`info`, `handover=debug`), overridden by `RUST_LOG`.
     pub log: Option<String>,
+    /// Secrets that the processes the master starts receive after all. The master keeps the
+    /// credentials its fetchers read ([`SECRET_ENV`](crate::SECRET_ENV): `GITHUB_TOKEN`,
+    /// `HANDOVER_HTTP_TOKEN` and every `AWS_*` variable) out of the environment of its workers,
+    /// of the sanity runs of candidates and of the `pre_upgrade` hook. Name here, one by one,
+    /// those your program needs: `pass_env = ["AWS_REGION"]`. Default: none.
+    pub pass_env: Vec<String>,
     /// Deprecation warnings found while reading the file, logged when the master starts.
     #[serde(skip)]
     pub(crate) deprecations: Vec<String>,
@@ -100,6 +106,7 @@ impl Default for Config {
             program: Default::default(),
             control_socket: None,
             log: None,
+            pass_env: Vec::new(),
             deprecations: Vec::new(),
         }
     }
@@ -306,6 +313,9 @@ impl Config {
                 ));
             }
         }
+        if let Err(message) = crate::child_env::check_pass_env(&self.pass_env) {
+            return Err(("pass_env", message));
+        }
         if let Some(hook) = &self.upgrade.pre_upgrade {
             if hook.is_empty() {
                 return Err(("upgrade.pre_upgrade", "must name a program".into()));
@@ -386,6 +396,12 @@ impl ConfigBuilder {
     /// See [`Config::control_socket`].
     pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.control_socket = Some(path.into());
+        self
+    }
+
+    /// See [`Config::pass_env`].
+    pub fn pass_env(mut self, names: &[&str]) -> Self {
+        self.config.pass_env = names.iter().map(|s| s.to_string()).collect();
         self
     }
 

@@ -4,7 +4,8 @@
 //! binary behaves like a different release: `\nHANDOVER-FAULT:<fault>\n` where fault is
 //! `exit-at-start`, `never-ready`, `slow-ready:<ms>`, `crash-after-ready:<ms>` or `version:<semver>` (answers that
 //! version in the sanity run). `HELLO_MARK` names a file the program closure appends its PID to,
-//! proving where it runs.
+//! proving where it runs; `HELLO_ENV_DUMP` names a file each worker writes its whole
+//! environment to (`NAME=VALUE` lines), showing what the master passed on.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -52,6 +53,16 @@ fn run() -> Result<(), handover::Error> {
                     .open(mark)
                     .expect("mark file");
                 writeln!(file, "{}", std::process::id()).expect("mark file");
+            }
+            if let Some(dump) = std::env::var_os("HELLO_ENV_DUMP") {
+                let text: String = std::env::vars_os()
+                    .map(|(k, v)| format!("{}={}\n", k.to_string_lossy(), v.to_string_lossy()))
+                    .collect();
+                // Whole or not at all: a test may be reading the previous worker's.
+                let dump = std::path::PathBuf::from(dump);
+                let partial = dump.with_extension("partial");
+                std::fs::write(&partial, text).expect("env dump");
+                std::fs::rename(&partial, &dump).expect("env dump");
             }
             for fault in &faults {
                 match fault.split_once(':').unwrap_or((fault.as_str(), "")) {

@@ -3,14 +3,24 @@
 //!
 //! A Unix stream socket created with mode 0600, and a peer-credential check on every
 //! connection, so only the master's own user (or root) can use it. One request line, one
-//! answer: `ok` or `error: …` on the first line, details after it.
+//! answer: `ok` or `error: …` on the first line, details after it. A client has
+//! [`REQUEST_TIMEOUT`] (5 s) after connecting to send its request line; one that sends nothing
+//! is disconnected, so it cannot hold a descriptor and a task of the master for ever.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::handle::MasterHandle;
+
+/// How long a client may take, once connected, to send its request line.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long to wait after a failed `accept` before trying again: the error (out of
+/// descriptors, say) would repeat at once.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds the control socket; the returned guard removes the file when dropped.
 pub(crate) fn bind(path: &Path) -> io::Result<(tokio::net::UnixListener, SocketFile)> {
@@ -40,16 +50,27 @@ impl Drop for SocketFile {
 
 /// Answers requests until the master stops.
 pub(crate) async fn serve(listener: tokio::net::UnixListener, master: MasterHandle) {
+    let mut failures = AcceptFailures::default();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                // Out of descriptors, say: do not spin on an error that will repeat at once.
-                tracing::warn!(error = %e, "control socket: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                if let Some(unreported) = failures.failed(&e, Instant::now()) {
+                    tracing::warn!(
+                        error = %e,
+                        unreported,
+                        "control socket: accept failed; retrying every {}ms (the same error is \
+                         logged at most once a minute)",
+                        ACCEPT_BACKOFF.as_millis()
+                    );
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
+        if let Some(count) = failures.recovered() {
+            tracing::info!(failures = count, "control socket: accepting again");
+        }
         let master = master.clone();
         tokio::spawn(async move {
             if let Err(e) = answer(stream, master).await {
@@ -59,23 +80,96 @@ pub(crate) async fn serve(listener: tokio::net::UnixListener, master: MasterHand
     }
 }
 
+/// How often the same accept error is logged while it lasts.
+const REPEAT_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Which failed accepts are logged. Out of descriptors lasts until one is freed, and at the
+/// limit accepts fail and work by turns (each one that works takes the last free descriptor):
+/// an error is logged the first time, and again only when it changes or a minute later; its end
+/// is logged once after each such line.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    /// The error last logged (its errno), and when.
+    logged: Option<(Option<i32>, Instant)>,
+    /// Failed accepts since the last line about them.
+    unreported: u64,
+    /// Whether a failure was logged and no accept has worked since.
+    open: bool,
+}
+
+impl AcceptFailures {
+    /// Counts a failed accept. When it is to be logged, returns how many failed since the last
+    /// line about them.
+    fn failed(&mut self, error: &io::Error, now: Instant) -> Option<u64> {
+        let errno = error.raw_os_error();
+        let repeat = self.logged.is_some_and(|(last, at)| {
+            last == errno && now.saturating_duration_since(at) < REPEAT_LOG_INTERVAL
+        });
+        if repeat {
+            self.unreported += 1;
+            return None;
+        }
+        self.logged = Some((errno, now));
+        self.open = true;
+        Some(std::mem::take(&mut self.unreported))
+    }
+
+    /// An accept worked. After a logged failure, returns how many failed since (it included).
+    fn recovered(&mut self) -> Option<u64> {
+        if !std::mem::take(&mut self.open) {
+            return None;
+        }
+        Some(std::mem::take(&mut self.unreported) + 1)
+    }
+}
+
 async fn answer(mut stream: tokio::net::UnixStream, master: MasterHandle) -> io::Result<()> {
     let peer = stream.peer_cred()?;
     let own = crate::sys::effective_uid();
-    if peer.uid() != own && peer.uid() != 0 {
-        tracing::warn!(
-            uid = peer.uid(),
-            "control socket: refused a connection from another user"
-        );
-        return stream.write_all(b"error: permission denied\n").await;
-    }
     let (read, mut write) = stream.split();
     let mut reader = BufReader::new(read);
-    let mut raw = Vec::new();
-    // A request is one short line; anything longer, or not text, is not one.
-    (&mut reader).take(256).read_until(b'\n', &mut raw).await?;
-    let line = String::from_utf8_lossy(&raw);
-    let reply = match line.trim() {
+    let reply = if peer.uid() != own && peer.uid() != 0 {
+        tracing::warn!(
+            uid = peer.uid(),
+            pid = ?peer.pid(),
+            "control socket: refused a connection from another user"
+        );
+        format!(
+            "error: permission denied: uid {} is neither the master's user ({own}) nor root\n",
+            peer.uid()
+        )
+    } else {
+        let mut raw = Vec::new();
+        // A request is one short line; anything longer, or not text, is not one.
+        let mut line = (&mut reader).take(256);
+        let request = tokio::time::timeout(REQUEST_TIMEOUT, line.read_until(b'\n', &mut raw));
+        let Ok(read) = request.await else {
+            tracing::debug!(
+                uid = peer.uid(),
+                pid = ?peer.pid(),
+                "control socket: no request within {}s; closing the connection",
+                REQUEST_TIMEOUT.as_secs()
+            );
+            let message = format!("error: no request within {}s\n", REQUEST_TIMEOUT.as_secs());
+            let _ = write.write_all(message.as_bytes()).await;
+            return Ok(());
+        };
+        read?;
+        execute(String::from_utf8_lossy(&raw).trim(), &master).await
+    };
+    write.write_all(reply.as_bytes()).await?;
+    write.shutdown().await?;
+    // Read what the client still sends before closing: closing a socket with unread input
+    // resets the connection, and the client would lose the answer.
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    Ok(())
+}
+
+/// Carries out one request line and phrases the answer.
+async fn execute(line: &str, master: &MasterHandle) -> String {
+    match line {
         "status" => format!("ok\n{}", render(&master.status())),
         "restart" => match master.restart() {
             Ok(()) => "ok\nhand-over requested\n".to_string(),
@@ -100,15 +194,7 @@ async fn answer(mut stream: tokio::net::UnixStream, master: MasterHandle) -> io:
             "error: unknown command {:?} (status, restart, upgrade, rollback, forget SHA256)\n",
             other.chars().take(40).collect::<String>()
         ),
-    };
-    write.write_all(reply.as_bytes()).await?;
-    write.shutdown().await?;
-    // Read what the client still sends before closing: closing a socket with unread input
-    // resets the connection, and the client would lose the answer.
-    let mut sink = [0u8; 4096];
-    let drain = async { while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {} };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
-    Ok(())
+    }
 }
 
 /// The status as `key: value` lines.
@@ -233,5 +319,54 @@ pub fn request(socket: &Path, command: &str) -> crate::error::Result<String> {
         _ => Err(crate::error::Error::Master(
             answer.trim().trim_start_matches("error: ").to_string(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AcceptFailures, REPEAT_LOG_INTERVAL};
+    use std::io;
+    use std::time::{Duration, Instant};
+
+    // regression: every failed accept (EMFILE, retried every 100 ms) was logged (issue 13).
+    #[test]
+    fn the_same_accept_error_is_logged_once_a_minute_at_most() {
+        let mut failures = AcceptFailures::default();
+        let emfile = || io::Error::from_raw_os_error(libc::EMFILE);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(
+            failures.failed(&emfile(), at(0)),
+            Some(0),
+            "the first is logged"
+        );
+        for i in 1..50 {
+            assert_eq!(
+                failures.failed(&emfile(), at(i * 100)),
+                None,
+                "a repeat is not"
+            );
+        }
+        assert_eq!(failures.recovered(), Some(50));
+        assert_eq!(failures.recovered(), None, "its end is logged once");
+        // At the limit, accepts fail and work by turns: still quiet.
+        for i in 50..100 {
+            assert_eq!(failures.failed(&emfile(), at(i * 100)), None);
+            assert_eq!(failures.recovered(), None);
+        }
+        let enfile = io::Error::from_raw_os_error(libc::ENFILE);
+        assert_eq!(
+            failures.failed(&enfile, at(10_000)),
+            Some(50),
+            "another error is"
+        );
+        assert_eq!(failures.failed(&emfile(), at(10_100)), Some(0));
+        let later = at(10_100) + REPEAT_LOG_INTERVAL;
+        assert_eq!(
+            failures.failed(&emfile(), later),
+            Some(0),
+            "and a minute later"
+        );
+        assert_eq!(failures.recovered(), Some(1));
     }
 }

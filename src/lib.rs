@@ -46,6 +46,7 @@
 
 #![warn(missing_docs)]
 
+mod child_env;
 mod config;
 mod control;
 mod digest;
@@ -66,6 +67,7 @@ mod worker;
 
 use std::future::Future;
 
+pub use child_env::SECRET_ENV;
 pub use config::{
     ChecksumPolicy, Config, ConfigBuilder, FileFetcherConfig, Listen, ProgramConfig, ReadyMode,
     Sanity, UpgradeConfig,

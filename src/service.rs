@@ -50,6 +50,7 @@ impl Master {
     }
 
     fn assemble(core: master::Master, config: Config) -> Self {
+        crate::child_env::pass(&config.pass_env);
         Self {
             core,
             config,

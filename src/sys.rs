@@ -78,7 +78,8 @@ pub(crate) fn die_with_master(command: &mut Command) {
 }
 
 /// A command that runs the candidate binary at `path` with `args`, and `env` added to this
-/// process's environment, and that dies with the master (a candidate that hangs in its sanity
+/// process's environment (less the secrets children never see, see [`crate::child_env`]), and
+/// that dies with the master (a candidate that hangs in its sanity
 /// run must not outlive it).
 ///
 /// The candidate is exec'd with `execve` from the pre-exec hook. With any hook, std starts the
@@ -98,7 +99,8 @@ pub(crate) fn candidate_command(
     for arg in args {
         argv.push(c_string(arg.as_bytes().to_vec())?);
     }
-    let mut variables: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    let mut variables: BTreeMap<OsString, OsString> =
+        crate::child_env::inherited().into_iter().collect();
     for (key, value) in env {
         variables.insert(OsString::from(key), OsString::from(value));
     }
@@ -119,6 +121,7 @@ pub(crate) fn candidate_command(
 
     let mut command = Command::new(path);
     command.args(args);
+    crate::child_env::scrub(&mut command);
     for (key, value) in env {
         command.env(key, value);
     }

@@ -1,8 +1,11 @@
 //! Hostile inputs and faults: signatures, downgrades, a full disk, the master killed at each
-//! step of an upgrade, workers killed under load, and resources over many hand-overs.
+//! step of an upgrade, workers killed under load, resources over many hand-overs, and the
+//! fetchers' credentials kept from the master's children.
 
 mod util;
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use util::load::{Load, Protocol};
@@ -323,4 +326,120 @@ fn resident_kib(pid: u32) -> u64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// The credentials the fetchers read, set in the master's environment.
+const SECRETS: [(&str, &str); 5] = [
+    ("GITHUB_TOKEN", "secret-github"),
+    ("HANDOVER_HTTP_TOKEN", "secret-http"),
+    ("AWS_ACCESS_KEY_ID", "secret-key-id"),
+    ("AWS_SECRET_ACCESS_KEY", "secret-access-key"),
+    ("AWS_SESSION_TOKEN", "secret-session"),
+];
+
+/// The master's extra environment: [`SECRETS`], `AWS_REGION` (which the tests' configs pass on
+/// with `pass_env`) and a harmless variable, plus `extra`.
+fn with_secrets(extra: &[(&str, &Path)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = SECRETS
+        .iter()
+        .chain(&[("AWS_REGION", "eu-test-1"), ("HELLO_PLAIN", "kept")])
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in extra {
+        env.push((k.to_string(), v.display().to_string()));
+    }
+    env
+}
+
+/// Waits for the `NAME=VALUE` lines a child wrote to `path`, and reads them.
+fn read_env(service: &Service, path: &Path) -> HashMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never written:\n{}",
+            path.display(),
+            service.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn assert_no_secrets(env: &HashMap<String, String>, who: &str) {
+    for (name, _) in SECRETS {
+        assert!(!env.contains_key(name), "{who} received {name}");
+    }
+    assert!(
+        !env.values().any(|v| v.starts_with("secret-")),
+        "{who} received a secret under another name: {env:?}"
+    );
+    assert_eq!(
+        env.get("AWS_REGION").map(String::as_str),
+        Some("eu-test-1"),
+        "{who}: pass_env lets AWS_REGION through"
+    );
+    assert_eq!(
+        env.get("HELLO_PLAIN").map(String::as_str),
+        Some("kept"),
+        "{who}"
+    );
+}
+
+// regression: GITHUB_TOKEN, HANDOVER_HTTP_TOKEN and the AWS keys reached every worker (issue 13).
+#[test]
+fn workers_do_not_receive_the_fetchers_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("worker.env");
+    let service = Service::serving(Options {
+        example: "testbed",
+        config: "pass_env = [\"AWS_REGION\"]\n",
+        env: with_secrets(&[("HELLO_ENV_DUMP", &dump)]),
+        ..Default::default()
+    });
+    assert_no_secrets(&read_env(&service, &dump), "the first worker");
+    std::fs::remove_file(&dump).unwrap();
+    service.restart();
+    assert_no_secrets(&read_env(&service, &dump), "the worker after a hand-over");
+}
+
+// regression: the same secrets reached the sanity run of every candidate and the pre_upgrade
+// hook (issue 13).
+#[test]
+fn sanity_runs_and_the_pre_upgrade_hook_do_not_receive_the_fetchers_credentials() {
+    // Both write their environment beside the live binary; the hook then vetoes, so nothing is
+    // installed. The hook is given the candidate's path last, which `sh -c` takes as $0.
+    let hook = r#"pre_upgrade = ["sh", "-c", 'd=$(dirname "$0"); env > "$d/hook.partial" && mv "$d/hook.partial" "$d/hook.env"; exit 1']"#;
+    let config = format!(
+        "pass_env = [\"AWS_REGION\"]\n{}",
+        WATCH.replace(
+            "check_timeout = \"3s\"\n",
+            &format!("check_timeout = \"10s\"\nsanity = \"exit-zero\"\n{hook}\n"),
+        )
+    );
+    let service = Service::serving(Options {
+        example: "testbed",
+        config: &config,
+        env: with_secrets(&[]),
+        ..Default::default()
+    });
+    let live = std::fs::read(&service.bin).unwrap();
+    let worker = service.worker_pid();
+    let candidate = b"#!/bin/sh\nd=$(dirname \"$0\")\nenv > \"$d/sanity.partial\" && mv \"$d/sanity.partial\" \"$d/sanity.env\"\n";
+    service.offer(candidate, "vetoed by pre_upgrade hook");
+    std::fs::remove_file(service.next_path()).unwrap();
+    assert_no_secrets(
+        &read_env(&service, &service.path("sanity.env")),
+        "the sanity run",
+    );
+    assert_no_secrets(
+        &read_env(&service, &service.path("hook.env")),
+        "the pre_upgrade hook",
+    );
+    service.assert_untouched(&live, worker, "vetoed");
 }

@@ -20,7 +20,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn service_polling(server: &s3util::Server, bucket: &str) -> Service {
     let config = format!(
-        "fetcher = \"s3\"\n[upgrade]\ninterval = \"500ms\"\nprobation = \"2s\"\n[s3]\nbucket = \"{bucket}\"\nkey = \"releases/testbed\"\nendpoint_url = \"{}\"\nregion = \"us-east-1\"\noperation_timeout = \"5s\"\n",
+        "fetcher = \"s3\"\n[upgrade]\ninterval = \"500ms\"\nprobation = \"2s\"\n[s3]\nbucket = \"{bucket}\"\nkey = \"releases/testbed\"\nendpoint_url = \"{}\"\nallow_insecure_loopback = true\nregion = \"us-east-1\"\noperation_timeout = \"5s\"\n",
         server.endpoint
     );
     let env = [

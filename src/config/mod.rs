@@ -67,10 +67,18 @@ pub struct Config {
     pub http: Option<toml::Table>,
     /// How `handover run` treats a program not built on this library.
     pub program: ProgramConfig,
-    /// Unix socket for `handover status|restart|upgrade|rollback` (mode 0600). None: no socket.
+    /// Unix socket for `handover status|restart|upgrade|rollback` (mode 0600, and only the
+    /// master's user or root is answered). A client must send its request line within 5 s of
+    /// connecting or it is disconnected. None: no socket.
     pub control_socket: Option<PathBuf>,
     /// Log filter (`info`, `handover=debug`), overridden by `RUST_LOG`.
     pub log: Option<String>,
+    /// Secrets that the processes the master starts receive after all. The master keeps the
+    /// credentials its fetchers read ([`SECRET_ENV`](crate::SECRET_ENV): `GITHUB_TOKEN`,
+    /// `HANDOVER_HTTP_TOKEN` and every `AWS_*` variable) out of the environment of its workers,
+    /// of the sanity runs of candidates and of the `pre_upgrade` hook. Name here, one by one,
+    /// those your program needs: `pass_env = ["AWS_REGION"]`. Default: none.
+    pub pass_env: Vec<String>,
     /// Deprecation warnings found while reading the file, logged when the master starts.
     #[serde(skip)]
     pub(crate) deprecations: Vec<String>,
@@ -98,6 +106,7 @@ impl Default for Config {
             program: Default::default(),
             control_socket: None,
             log: None,
+            pass_env: Vec::new(),
             deprecations: Vec::new(),
         }
     }
@@ -299,6 +308,9 @@ impl Config {
                 ));
             }
         }
+        if let Err(message) = crate::child_env::check_pass_env(&self.pass_env) {
+            return Err(("pass_env", message));
+        }
         Ok(())
     }
 }
@@ -374,6 +386,12 @@ impl ConfigBuilder {
     /// See [`Config::control_socket`].
     pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Self {
         self.config.control_socket = Some(path.into());
+        self
+    }
+
+    /// See [`Config::pass_env`].
+    pub fn pass_env(mut self, names: &[&str]) -> Self {
+        self.config.pass_env = names.iter().map(|s| s.to_string()).collect();
         self
     }
 

@@ -188,6 +188,24 @@ mod tests {
         assert!(err.contains("true, false or \"remote\""), "{err}");
     }
 
+    // regression: the S3 fetcher accepted plain http:// endpoints on any host (issue 13).
+    #[cfg(feature = "s3")]
+    #[test]
+    fn plain_http_s3_endpoints_are_refused_with_file_and_line() {
+        let table = "fetcher = \"s3\"\n[s3]\nbucket = \"b\"\nkey = \"app\"\n";
+        let text = format!("{table}endpoint_url = \"http://10.0.0.5:9000\"\n");
+        let err = Config::from_toml(&text, "h.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("h.toml:5: s3.endpoint_url \"http://10.0.0.5:9000\" is plain http to 10.0.0.5, which is not a loopback host"),
+            "{err}"
+        );
+        let text = format!("{table}endpoint_url = \"http://127.0.0.1:9000\"\n");
+        let err = Config::from_toml(&text, "h.toml").unwrap_err().to_string();
+        assert!(err.contains("set allow_insecure_loopback = true"), "{err}");
+        let text = format!("{text}allow_insecure_loopback = true\n");
+        Config::from_toml(&text, "h.toml").unwrap();
+    }
+
     #[cfg(feature = "github")]
     #[test]
     fn policy_keys_in_a_fetcher_table_are_applied_with_a_deprecation_warning() {

@@ -100,6 +100,7 @@ pub(crate) fn spawn_worker(
         Protocol::Program(program) => program.command(launch.binary),
     };
     command.args(launch.args).stdin(Stdio::null());
+    crate::child_env::scrub(&mut command);
     for var in protocol::ALL_ENV {
         command.env_remove(var);
     }

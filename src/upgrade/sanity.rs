@@ -153,6 +153,7 @@ pub(crate) async fn pre_upgrade_hook(
     let (program, args) = command.split_first().expect("validated non-empty");
     tracing::info!(hook = %program, "asking the pre_upgrade hook");
     let mut command = std::process::Command::new(program);
+    crate::child_env::scrub(&mut command);
     crate::sys::die_with_master(&mut command);
     let output = tokio::process::Command::from(command)
         .args(args)

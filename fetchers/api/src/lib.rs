@@ -39,9 +39,11 @@
 //! ```
 
 mod checksum;
+mod loopback;
 pub mod size;
 
 pub use checksum::{find_in_checksum_file, parse_sha256};
+pub use loopback::is_loopback_host;
 
 use std::fmt;
 use std::pin::Pin;

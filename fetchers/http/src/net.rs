@@ -14,7 +14,6 @@
 
 use std::fmt::Write as _;
 use std::io;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
@@ -72,17 +71,8 @@ pub fn check_url(
 /// Whether `url` names a loopback host: an address in 127.0.0.0/8, `::1` (also as
 /// `::ffff:127.x.y.z`), or `localhost`.
 pub fn is_loopback(url: &Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => ip.is_loopback(),
-        Ok(IpAddr::V6(ip)) => {
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-        Err(_) => host.eq_ignore_ascii_case("localhost"),
-    }
+    url.host_str()
+        .is_some_and(handover_fetcher::is_loopback_host)
 }
 
 /// Whether a redirect may lead to `url`: the same rule as [`check_url`].

@@ -16,9 +16,20 @@ use crate::Error;
 /// [s3]
 /// bucket = "releases"
 /// key = "myapp/linux-x86_64/myapp"
-/// # For MinIO, Garage, R2 or moto; path-style addressing is then the default.
-/// endpoint_url = "http://127.0.0.1:9000"
+/// # For MinIO, Garage or R2; path-style addressing is then the default.
+/// endpoint_url = "https://minio.internal:9000"
 /// operation_timeout = "30s"
+/// ```
+///
+/// Endpoints are `https://`. Plain `http://` is accepted only to a store on this machine (moto
+/// or MinIO in a test), and only when the table says so:
+///
+/// ```toml
+/// [s3]
+/// bucket = "releases"
+/// key = "myapp/linux-x86_64/myapp"
+/// endpoint_url = "http://127.0.0.1:9000"
+/// allow_insecure_loopback = true
 /// ```
 ///
 /// Library users start from [`S3Config::new`] and change the fields they need.
@@ -34,10 +45,18 @@ pub struct S3Config {
     /// profile, IMDS); when that finds none, `us-east-1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// An S3-compatible endpoint (`http://127.0.0.1:9000` for MinIO, an R2 account URL, moto)
-    /// instead of AWS.
+    /// An S3-compatible endpoint (MinIO, Garage, an R2 account URL, moto) instead of AWS.
+    /// `https://`; plain `http://` only to a loopback host with
+    /// [`allow_insecure_loopback`](Self::allow_insecure_loopback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_url: Option<String>,
+    /// Accept a plain `http://` [`endpoint_url`](Self::endpoint_url) to a loopback host
+    /// (127.0.0.0/8, `::1`, `localhost`): for tests and a store on the same machine. Plain http
+    /// to any other host is refused whatever this says: the binary, its checksum and its
+    /// signature object would travel unprotected, and the request signature with them.
+    /// Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_loopback: bool,
     /// Address buckets as `endpoint/bucket/key` rather than `bucket.endpoint/key`. Default: true
     /// when `endpoint_url` is set (what self-hosted stores expect), false for AWS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +134,7 @@ impl S3Config {
             key: key.into(),
             region: None,
             endpoint_url: None,
+            allow_insecure_loopback: false,
             force_path_style: None,
             checksum_required: None,
             sidecar_suffix: default_sidecar_suffix(),
@@ -143,6 +163,12 @@ impl S3Config {
     /// [`force_path_style`](Self::force_path_style) says otherwise).
     pub fn with_endpoint_url(mut self, url: impl Into<String>) -> Self {
         self.endpoint_url = Some(url.into());
+        self
+    }
+
+    /// Sets [`allow_insecure_loopback`](Self::allow_insecure_loopback).
+    pub fn allow_insecure_loopback(mut self, allow: bool) -> Self {
+        self.allow_insecure_loopback = allow;
         self
     }
 
@@ -175,14 +201,8 @@ impl S3Config {
             return bad("key", format!("{:?} does not name an object", self.key));
         }
         if let Some(url) = &self.endpoint_url {
-            let rest = url
-                .strip_prefix("http://")
-                .or_else(|| url.strip_prefix("https://"));
-            if rest.is_none_or(|host| host.is_empty() || host.starts_with('/')) {
-                return bad(
-                    "endpoint_url",
-                    format!("{url:?} is not an http:// or https:// URL"),
-                );
+            if let Err(message) = crate::endpoint::check(url, self.allow_insecure_loopback) {
+                return bad("endpoint_url", message);
             }
         }
         if self.version_metadata_key.trim().is_empty() {
@@ -233,6 +253,7 @@ mod tests {
             key = "app/linux/app"
             region = "eu-west-1"
             endpoint_url = "http://127.0.0.1:9000"
+            allow_insecure_loopback = true
             checksum_required = false
             sidecar_suffix = ".sum"
             signature_suffix = ""
@@ -247,6 +268,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.region.as_deref(), Some("eu-west-1"));
         assert!(config.path_style(), "an endpoint implies path style");
+        assert!(config.allow_insecure_loopback);
         assert_eq!(config.connect_timeout, Duration::from_millis(1500));
         assert_eq!(config.operation_timeout, Duration::from_secs(120));
         let legacy = config.legacy_policy();
@@ -300,6 +322,66 @@ mod tests {
         );
     }
 
+    // regression: plain http:// endpoints were accepted on any host (issue 13).
+    #[test]
+    fn plain_http_only_to_loopback_and_only_when_allowed() {
+        let check = |url: &str, allow: bool| {
+            S3Config::new("b", "k")
+                .with_endpoint_url(url)
+                .allow_insecure_loopback(allow)
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        for url in [
+            "https://minio.internal:9000",
+            "https://10.0.0.5",
+            "https://[2001:db8::1]:443/",
+        ] {
+            check(url, false).unwrap();
+            check(url, true).unwrap();
+        }
+        for url in [
+            "http://127.0.0.1:9000",
+            "http://127.1.2.3:9000/",
+            "http://localhost:5000",
+            "http://[::1]:9000",
+            "http://[::ffff:127.0.0.1]",
+        ] {
+            check(url, true).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let err = check(url, false).unwrap_err();
+            assert!(err.contains("set allow_insecure_loopback = true"), "{err}");
+            assert!(err.contains(url), "names the endpoint: {err}");
+        }
+        for url in [
+            "http://10.0.0.5:9000",
+            "http://minio.internal:9000",
+            "http://127.0.0.1.nip.io:9000",
+            "http://localhost.example.com",
+            "http://[2001:db8::1]:9000",
+        ] {
+            for allow in [false, true] {
+                let err = check(url, allow).unwrap_err();
+                assert!(err.starts_with("[s3] endpoint_url: "), "{err}");
+                assert!(err.contains("not a loopback host"), "{err}");
+                assert!(err.contains(url), "names the endpoint: {err}");
+            }
+        }
+        // What another URL parser might read as a different host is not a URL here.
+        for url in [
+            "http://127.0.0.1:9000@evil.example",
+            "http://evil.example\\@127.0.0.1",
+            "http://127.0.0.1%2f@evil.example",
+            "http://127.0.0.1:9000:1",
+            "http://127.0.0.1:",
+            "http://[::1",
+            "http://",
+            "ftp://127.0.0.1",
+            "HTTP://127.0.0.1",
+        ] {
+            assert!(check(url, true).is_err(), "{url} accepted");
+        }
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(handover_fetcher::size::parse("10"), Some(10));
@@ -314,6 +396,10 @@ mod tests {
     fn round_trips_through_toml() {
         let config = S3Config::new("b", "k").with_endpoint_url("http://localhost:9000");
         let text = toml::to_string(&config).unwrap();
+        assert_eq!(parse(&text).unwrap(), config);
+        let config = config.allow_insecure_loopback(true);
+        let text = toml::to_string(&config).unwrap();
+        assert!(text.contains("allow_insecure_loopback = true"), "{text}");
         assert_eq!(parse(&text).unwrap(), config);
     }
 }

@@ -90,8 +90,22 @@ impl S3Fetcher {
     /// Builds a fetcher on an [`SdkConfig`] the caller loaded (its credentials, HTTP client and
     /// region). `config`'s region, endpoint, addressing style, timeouts and attempts are applied
     /// on top; without a region anywhere, `us-east-1` is used.
+    ///
+    /// Without `config.endpoint_url`, an endpoint the AWS configuration names
+    /// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, a profile's `endpoint_url`) is held to the
+    /// same rule: `https://`, or `http://` to loopback with `allow_insecure_loopback`.
     pub fn with_sdk_config(config: S3Config, sdk: &SdkConfig) -> Result<Self, Error> {
         config.validate()?;
+        if config.endpoint_url.is_none() {
+            if let Some(url) = crate::endpoint::from_sdk(sdk) {
+                crate::endpoint::check(&url, config.allow_insecure_loopback).map_err(
+                    |message| Error::Config {
+                        field: "endpoint_url",
+                        message: format!("(from the AWS configuration) {message}"),
+                    },
+                )?;
+            }
+        }
         let mut builder = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(config.path_style())
             .timeout_config(timeouts(&config, sdk.timeout_config()))

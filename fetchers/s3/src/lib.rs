@@ -39,7 +39,7 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = S3Config::new("releases", "myapp/linux-x86_64/myapp")
-//!     .with_endpoint_url("http://127.0.0.1:9000"); // MinIO; leave out for AWS
+//!     .with_endpoint_url("https://minio.internal:9000"); // MinIO; leave out for AWS
 //! let mut fetcher = S3Fetcher::new(config).await?;
 //!
 //! let running = Running::new([0; 32], Some("1.4.1".parse()?));
@@ -50,9 +50,14 @@
 //! # }
 //! ```
 //!
+//! Endpoints are `https://`; plain `http://` is accepted only to a loopback host (moto or MinIO
+//! on this machine) with [`S3Config::allow_insecure_loopback`], the rule of the HTTP and GitHub
+//! fetchers.
+//!
 //! In `handover.toml` the same is the `[s3]` table; see [`S3Config`] for every field.
 
 mod config;
+mod endpoint;
 mod error;
 mod fetcher;
 

@@ -292,8 +292,7 @@ async fn a_missing_key_is_not_published_and_a_missing_bucket_refused() {
         )
     );
 
-    let mut config =
-        S3Config::new(format!("{}-absent", bucket.name), "app").with_endpoint_url(&server.endpoint);
+    let mut config = server.config(format!("{}-absent", bucket.name), "app");
     config.max_attempts = 1;
     let mut fetcher = S3Fetcher::with_sdk_config(config, &server.sdk()).unwrap();
     let err = fetcher.fetch(&running("1.2.0")).await.unwrap_err();
@@ -315,7 +314,7 @@ async fn access_denied_is_refused() {
         bucket.deny_get("app").await;
         server.fetcher(&bucket, "app", |_| {})
     } else {
-        let config = S3Config::new(&bucket.name, "app").with_endpoint_url(&server.endpoint);
+        let config = server.config(&bucket.name, "app");
         S3Fetcher::with_sdk_config(config, &server.sdk_with("handover-wrong", "wrong")).unwrap()
     };
     let err = fetcher.fetch(&running("1.2.0")).await.unwrap_err();
@@ -433,10 +432,48 @@ async fn malformed_version_metadata_is_invalid() {
     assert!(err.to_string().contains("not a semver version"), "{err}");
 }
 
+// regression: plain http:// endpoints were accepted on any host (issue 13).
+#[test]
+fn plain_http_is_refused_except_to_loopback_when_allowed() {
+    let sdk = sdk_config("test", "test", "us-east-1");
+    let build = |url: &str, allow: bool| {
+        let config = S3Config::new("releases", "app")
+            .with_endpoint_url(url)
+            .allow_insecure_loopback(allow);
+        S3Fetcher::with_sdk_config(config, &sdk).map_err(|e| e.to_string())
+    };
+    let err = build("http://192.0.2.7:9000", true).unwrap_err();
+    assert!(
+        err.contains(
+            "\"http://192.0.2.7:9000\" is plain http to 192.0.2.7, which is not a loopback host"
+        ),
+        "{err}"
+    );
+    let err = build("http://127.0.0.1:9000", false).unwrap_err();
+    assert!(err.contains("set allow_insecure_loopback = true"), "{err}");
+    build("http://127.0.0.1:9000", true).unwrap();
+    build("https://192.0.2.7:9000", false).unwrap();
+
+    // The same rule for an endpoint the SDK configuration brings (set in code here; from
+    // AWS_ENDPOINT_URL or a profile for `S3Fetcher::new`).
+    let with_endpoint = |url: &str| sdk.to_builder().endpoint_url(url).build();
+    let from_sdk = |sdk: &handover_fetcher_s3::aws_config::SdkConfig, allow: bool| {
+        let config = S3Config::new("releases", "app").allow_insecure_loopback(allow);
+        S3Fetcher::with_sdk_config(config, sdk).map_err(|e| e.to_string())
+    };
+    let err = from_sdk(&with_endpoint("http://192.0.2.7:9000"), true).unwrap_err();
+    assert!(err.contains("(from the AWS configuration)"), "{err}");
+    assert!(err.contains("not a loopback host"), "{err}");
+    from_sdk(&with_endpoint("http://[::1]:9000"), false).unwrap_err();
+    from_sdk(&with_endpoint("http://[::1]:9000"), true).unwrap();
+    from_sdk(&with_endpoint("https://192.0.2.7"), false).unwrap();
+}
+
 /// A fetcher for a server that will not answer; no S3 server needed.
 fn offline_fetcher(endpoint: &str, operation_timeout: Duration) -> S3Fetcher {
     let config = S3Config::new("releases", "app")
         .with_endpoint_url(endpoint)
+        .allow_insecure_loopback(true)
         .with_timeouts(Duration::from_millis(500), operation_timeout);
     S3Fetcher::with_sdk_config(config, &sdk_config("test", "test", "us-east-1")).unwrap()
 }

@@ -125,6 +125,15 @@ impl Server {
         }
     }
 
+    /// The config for `bucket/key` on this server. moto answers plain http on 127.0.0.1, which
+    /// the fetcher accepts only when told (an external https endpoint needs no such flag, and
+    /// an external plain-http one is refused).
+    pub fn config(&self, bucket: impl Into<String>, key: &str) -> S3Config {
+        S3Config::new(bucket, key)
+            .with_endpoint_url(&self.endpoint)
+            .allow_insecure_loopback(true)
+    }
+
     /// A fetcher for `bucket/key` on this server with short timeouts; `edit` changes the rest.
     pub fn fetcher(
         &self,
@@ -132,8 +141,8 @@ impl Server {
         key: &str,
         edit: impl FnOnce(&mut S3Config),
     ) -> S3Fetcher {
-        let mut config = S3Config::new(&bucket.name, key)
-            .with_endpoint_url(&self.endpoint)
+        let mut config = self
+            .config(&bucket.name, key)
             .with_timeouts(Duration::from_secs(2), Duration::from_secs(10));
         edit(&mut config);
         S3Fetcher::with_sdk_config(config, &self.sdk()).unwrap()

@@ -4,6 +4,9 @@
 //! signed too long ago are refused and reported; `handover sign` writes what Debian's
 //! `minisign -V` verifies.
 
+#[cfg(feature = "s3")]
+#[path = "../fetchers/s3/tests/util/mod.rs"]
+mod s3util;
 mod util;
 
 use std::path::{Path, PathBuf};
@@ -263,10 +266,15 @@ struct Run {
     dir: tempfile::TempDir,
     port: u16,
     config: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Run {
     fn start(config: &str) -> Run {
+        Run::start_with(config, &[])
+    }
+
+    fn start_with(config: &str, env: &[(&str, &str)]) -> Run {
         let dir = tempfile::tempdir().unwrap();
         let port = util::free_port();
         let program = dir.path().join("pyserver");
@@ -286,6 +294,10 @@ impl Run {
             dir,
             port,
             config: path,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         run.spawn();
         run
@@ -305,7 +317,8 @@ impl Run {
             .arg(self.path("pyserver"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log);
+            .stderr(log)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(util::spawn(&mut command));
     }
 
@@ -622,4 +635,133 @@ fn signing_settings_are_validated_and_reported_by_handover_check() {
         ok && text.contains("signature required, over the bytes"),
         "{text}"
     );
+}
+
+/// Runs Debian's `minisign -S` with its default trusted comment: a signature over the bytes only.
+#[cfg(feature = "s3")]
+fn minisign_bytes_only(secret: &Path, file: &Path) -> Vec<u8> {
+    let out = Command::new("minisign")
+        .args(["-S", "-s"])
+        .arg(secret)
+        .arg("-m")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(format!("{}.minisig", file.display())).unwrap()
+}
+
+// regression: under `handover run` (no version answered), an unsigned `x-amz-meta-version`
+// became the floor, so someone able to write the bucket but not sign locked out every fix.
+#[cfg(feature = "s3")]
+#[test]
+fn an_unsigned_version_in_s3_metadata_neither_lifts_the_floor_nor_passes_for_the_signed_one() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = s3util::Server::start();
+    let bucket = rt.block_on(server.bucket("floor"));
+    let keys = tempfile::tempdir().unwrap();
+    let (public, secret) = minisign_keypair(keys.path());
+    let config = {
+        format!(
+            "fetcher = \"s3\"\n[upgrade]\ninterval = \"300ms\"\nprobation = \"1s\"\npublic_keys = [\"{}\"]\nrequire_signed_metadata = false\n\
+             [s3]\nbucket = \"{}\"\nkey = \"releases/pyserver\"\nendpoint_url = \"{}\"\nallow_insecure_loopback = true\nregion = \"us-east-1\"\noperation_timeout = \"5s\"\n",
+            public_key_line(&public),
+            bucket.name,
+            server.endpoint
+        )
+    };
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let mut run = Run::start_with(&config, &env);
+    let original = std::fs::read_to_string(run.path("pyserver")).unwrap();
+    let build = |label: &str| {
+        let file = keys.path().join(label);
+        std::fs::write(&file, original.replace("python\\n", &format!("{label}\\n"))).unwrap();
+        file
+    };
+    let serving = |run: &Run, label: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !run.body().contains(label) {
+            assert!(
+                Instant::now() < deadline,
+                "{label} never served:\n{}",
+                run.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let put = |file: &Path, signature: &[u8], claimed: &str| {
+        rt.block_on(bucket.put("releases/pyserver.minisig", signature, false, None));
+        rt.block_on(bucket.put(
+            "releases/pyserver",
+            &std::fs::read(file).unwrap(),
+            true,
+            Some(claimed),
+        ));
+    };
+
+    // Signatures over the bytes only (require_signed_metadata = false): the bucket's unsigned
+    // claim of 99.0.0 is not what the floor becomes.
+    let v2 = build("python-v2");
+    put(&v2, &minisign_bytes_only(&secret, &v2), "99.0.0");
+    serving(&run, "python-v2");
+    run.wait_log_count("upgrade passed probation", 1);
+    let v3 = build("python-v3");
+    put(&v3, &minisign_bytes_only(&secret, &v3), "1.0.1");
+    serving(&run, "python-v3");
+
+    // With signed metadata (the default): a claim that disagrees with the signed version is
+    // refused, naming both; the same release with an honest claim is installed.
+    run.kill();
+    let text = std::fs::read_to_string(&run.config).unwrap();
+    std::fs::write(
+        &run.config,
+        text.replace(
+            "require_signed_metadata = false",
+            "require_signed_metadata = true",
+        ),
+    )
+    .unwrap();
+    run.spawn();
+    serving(&run, "python-v3");
+    let v4 = build("python-v4");
+    let sign = |file: &Path| {
+        let secret = secret.to_str().unwrap();
+        let target = env!("HANDOVER_TARGET");
+        handover_sign(
+            &[
+                "-s",
+                secret,
+                "--version",
+                "2.0.0",
+                "--target",
+                target,
+                "--name",
+                "pyserver",
+            ],
+            file,
+            &[],
+        )
+        .unwrap();
+        std::fs::read(format!("{}.minisig", file.display())).unwrap()
+    };
+    let signature = sign(&v4);
+    put(&v4, &signature, "99.0.0");
+    run.wait_log_count("signed metadata says version=2.0.0 but the fetcher (an unsigned tag or object metadata) says version=99.0.0", 1);
+    assert!(run.body().contains("python-v3"));
+    // The same bytes again with an honest claim: the ETag stays, Last-Modified (whole seconds)
+    // moves on.
+    std::thread::sleep(Duration::from_millis(1100));
+    put(&v4, &signature, "2.0.0");
+    serving(&run, "python-v4");
 }

@@ -46,6 +46,9 @@ pub struct S3Fetcher {
 #[derive(Debug, Clone)]
 struct Seen {
     etag: String,
+    /// The object's Last-Modified: a copy in place that changes only its metadata (a wrong
+    /// `version` put right) keeps the ETag and changes this.
+    modified: Option<String>,
     /// The running binary's SHA-256 when this candidate was turned down (the running version,
     /// identical, rejected or not ready in the core); `None` once installed. Another binary
     /// running since (a manual deploy, a rollback) may change the answer, so the candidate is
@@ -156,7 +159,11 @@ impl S3Fetcher {
         {
             self.last = None;
         }
-        let head = match self.head(&self.config.key, self.last_etag()).await {
+        // After a rejection or a "not ready", a plain HEAD: its metadata may have been put
+        // right in place, which keeps the ETag (a conditional HEAD would answer 304).
+        let watching = self.last.as_ref().is_some_and(|last| last.watch_sidecars);
+        let condition = if watching { None } else { self.last_etag() };
+        let head = match self.head(&self.config.key, condition).await {
             Ok(head) => head,
             Err(Failure::NotModified) => return self.unchanged().await,
             Err(Failure::NotFound) => return Err(self.not_found().await),
@@ -168,8 +175,13 @@ impl S3Fetcher {
             .filter(|etag| !etag.is_empty())
             .ok_or_else(|| FetchError::invalid(&self.origin, "the object has no ETag"))?
             .to_owned();
-        if self.last_etag() == Some(etag.as_str()) {
-            // A store that ignores If-None-Match: same answer, one HEAD later.
+        let modified = head.last_modified().map(|t| t.to_string());
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|last| last.etag == etag && (!watching || last.modified == modified))
+        {
+            // The same object (or a store that ignores If-None-Match: one HEAD later).
             return self.unchanged().await;
         }
 
@@ -181,7 +193,7 @@ impl S3Fetcher {
             if candidate == current {
                 tracing::debug!(origin = %self.origin, %etag, %candidate,
                     "s3 object has the running version; not offered");
-                self.remember(etag, Vec::new(), false, Some(running.sha256));
+                self.remember(etag, modified, Vec::new(), false, Some(running.sha256));
                 return Ok(Pass::Done(None));
             }
         }
@@ -192,7 +204,7 @@ impl S3Fetcher {
         let object_sha256 = full_object_sha256(&head, &etag);
         if object_sha256 == Some(running.sha256) {
             tracing::debug!(origin = %self.origin, %etag, "s3 object is the running binary; not offered");
-            self.remember(etag, Vec::new(), false, Some(running.sha256));
+            self.remember(etag, modified, Vec::new(), false, Some(running.sha256));
             return Ok(Pass::Done(None));
         }
         let (sha256, checksum_from) = match object_sha256 {
@@ -233,6 +245,7 @@ impl S3Fetcher {
         }
         self.pending = Some(Seen {
             etag,
+            modified,
             turned_down_for: Some(running.sha256),
             sidecars,
             watch_sidecars: false,
@@ -466,12 +479,14 @@ impl S3Fetcher {
     fn remember(
         &mut self,
         etag: String,
+        modified: Option<String>,
         sidecars: Vec<(String, Option<String>)>,
         watch_sidecars: bool,
         turned_down_for: Option<Sha256>,
     ) {
         self.last = Some(Seen {
             etag,
+            modified,
             turned_down_for,
             sidecars,
             watch_sidecars,
@@ -503,11 +518,17 @@ impl Fetcher for S3Fetcher {
         match self.pending.take() {
             Some(seen) if seen.etag == id => {
                 let against = seen.turned_down_for.filter(|_| turned_down);
-                self.remember(seen.etag, seen.sidecars, turned_down, against);
+                self.remember(
+                    seen.etag,
+                    seen.modified,
+                    seen.sidecars,
+                    turned_down,
+                    against,
+                );
             }
             other => {
                 self.pending = other;
-                self.remember(id.to_owned(), Vec::new(), turned_down, None);
+                self.remember(id.to_owned(), None, Vec::new(), turned_down, None);
             }
         }
     }

@@ -3,7 +3,9 @@
 //! A fault is chosen by a trailer appended to the binary file itself, so that each copy of the
 //! binary behaves like a different release: `\nHANDOVER-FAULT:<fault>\n` where fault is
 //! `exit-at-start`, `never-ready`, `slow-ready:<ms>`, `crash-after-ready:<ms>` or `version:<semver>` (answers that
-//! version in the sanity run). `HELLO_MARK` names a file the program closure appends its PID to,
+//! version in the sanity run), or `master-state:<format>|none` (answers the sanity run as a
+//! build that reads another master state format, or, with `none`, as one from before master
+//! upgrades). `HELLO_MARK` names a file the program closure appends its PID to,
 //! proving where it runs; `HELLO_ENV_DUMP` names a file each worker writes its whole
 //! environment to (`NAME=VALUE` lines), showing what the master passed on.
 
@@ -41,6 +43,17 @@ fn run() -> Result<(), handover::Error> {
         .find_map(|f| f.strip_prefix("version:"))
         .unwrap_or(env!("CARGO_PKG_VERSION"))
         .to_string();
+    if let Ok(nonce) = std::env::var("HANDOVER_CHECK") {
+        if let Some(format) = faults.iter().find_map(|f| f.strip_prefix("master-state:")) {
+            let state = match format {
+                "none" => String::new(),
+                format => format!(" master-state={format}"),
+            };
+            let target = env!("HANDOVER_TARGET");
+            println!("handover-check {nonce} version={version} target={target}{state}");
+            return Ok(());
+        }
+    }
     let config = common::config_from_env()?;
     handover::Handover::new(config)
         .version(&version)

@@ -39,6 +39,36 @@ pub(crate) fn bind(path: &Path) -> io::Result<(tokio::net::UnixListener, SocketF
     Ok((listener, SocketFile(path.to_path_buf())))
 }
 
+/// Binds the control socket, or takes over the one a previous master of this PID bound at the
+/// same path (a master upgrade). One inherited at another path is closed and its file removed.
+pub(crate) fn bind_or_adopt(
+    path: &Path,
+    inherited: Option<(std::os::fd::OwnedFd, PathBuf)>,
+) -> io::Result<(tokio::net::UnixListener, SocketFile)> {
+    match inherited {
+        Some((fd, old)) if old == path => {
+            let listener = std::os::unix::net::UnixListener::from(fd);
+            listener.set_nonblocking(true)?;
+            Ok((
+                tokio::net::UnixListener::from_std(listener)?,
+                SocketFile(path.to_path_buf()),
+            ))
+        }
+        other => {
+            close_inherited(other);
+            bind(path)
+        }
+    }
+}
+
+/// Closes a control socket inherited from a previous master and removes its file.
+pub(crate) fn close_inherited(inherited: Option<(std::os::fd::OwnedFd, PathBuf)>) {
+    if let Some((fd, path)) = inherited {
+        drop(fd);
+        drop(SocketFile(path));
+    }
+}
+
 /// Removes the control socket file when the master stops.
 pub(crate) struct SocketFile(PathBuf);
 
@@ -179,6 +209,10 @@ async fn execute(line: &str, master: &MasterHandle) -> String {
             Ok(what) => format!("ok\n{what}\n"),
             Err(e) => format!("error: {e}\n"),
         },
+        "reexec" => match master.reexec().await {
+            Ok(what) => format!("ok\n{what}\n"),
+            Err(e) => format!("error: {e}\n"),
+        },
         "rollback" => match master.rollback().await {
             Ok(()) => "ok\nprevious binary restored; handing over to it\n".to_string(),
             Err(e) => format!("error: {e}\n"),
@@ -191,7 +225,7 @@ async fn execute(line: &str, master: &MasterHandle) -> String {
         }
         "" => "error: empty request\n".to_string(),
         other => format!(
-            "error: unknown command {:?} (status, restart, upgrade, rollback, forget SHA256)\n",
+            "error: unknown command {:?} (status, restart, upgrade, reexec, rollback, forget SHA256)\n",
             other.chars().take(40).collect::<String>()
         ),
     }
@@ -206,6 +240,21 @@ pub(crate) fn render(status: &crate::master::Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "phase: {}", status.phase);
     let _ = writeln!(out, "master pid: {}", status.master_pid);
+    let master = &status.master;
+    let _ = writeln!(
+        out,
+        "master: version {} sha256 {}, upgraded in place {} times{}",
+        master.version.as_deref().unwrap_or("unknown"),
+        &master.sha256[..master.sha256.len().min(12)],
+        master.upgrades,
+        match master.last_exec {
+            Some(took) => format!(
+                " (last exec and adoption took {:.1} ms)",
+                took.as_secs_f64() * 1000.0
+            ),
+            None => String::new(),
+        }
+    );
     let _ = writeln!(out, "binary: {}", status.binary.display());
     let _ = writeln!(
         out,

@@ -39,6 +39,20 @@ impl MasterHandle {
         self.send(Command::Stop)
     }
 
+    /// Re-executes the master from its binary on disk (the live binary, or for `handover run`
+    /// the `handover` executable), keeping its PID, sockets and workers, once no hand-over is
+    /// under way. The new code is first run in check mode and must read the master's state.
+    /// Resolves when the exec is about to happen (the answer says from what to what), or with
+    /// why the master keeps running its code.
+    pub async fn reexec(&self) -> Result<String> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Reexec { reply })?;
+        answer
+            .await
+            .map_err(|_| Error::Master("stopped".into()))?
+            .map_err(Error::Master)
+    }
+
     /// Puts the previous binary back and hands over to it.
     pub async fn rollback(&self) -> Result<()> {
         let (reply, answer) = oneshot::channel();

@@ -21,6 +21,15 @@ pub(crate) enum ToMaster {
     },
     /// The pipeline's part of the status changed.
     Status(Box<UpgradeStatus>),
+    /// What the fetcher learned (see `Fetcher::memory`), kept by the master for the code it
+    /// re-executes into.
+    FetcherMemory(Option<String>),
+    /// The binary with `sha256` passed probation and can take over the master's state: the
+    /// master re-executes it (once it is the live binary and nothing is handing over).
+    UpgradeMaster {
+        sha256: String,
+        version: Option<String>,
+    },
 }
 
 /// How a requested hand-over ended.

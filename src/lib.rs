@@ -56,6 +56,7 @@ mod handle;
 mod handoff;
 pub mod http;
 mod master;
+mod master_state;
 mod protocol;
 mod refusal;
 pub mod release;
@@ -90,7 +91,7 @@ pub use handover_fetcher_http as http_fetcher;
 #[cfg(feature = "s3")]
 pub use handover_fetcher_s3 as s3;
 pub use master::program::exec_shim;
-pub use master::{Phase, Status, WorkerInfo};
+pub use master::{MasterInfo, Phase, Status, WorkerInfo};
 pub use refusal::{Against, Disposition, Refusal};
 pub use service::Master;
 pub use worker::{ListenerKind, Shutdown, Worker};
@@ -149,8 +150,7 @@ impl Handover {
         Fut: Future<Output = std::result::Result<(), E>>,
         E: std::fmt::Display,
     {
-        if let Some(nonce) = std::env::var_os(protocol::ENV_CHECK) {
-            upgrade::answer_check(&nonce.to_string_lossy(), self.version.as_deref());
+        if answer_sanity_run(self.version.as_deref()) {
             std::process::exit(0);
         }
         if worker::is_worker() {
@@ -179,6 +179,25 @@ impl Handover {
             on_master(handle);
         }
         runtime.block_on(master.run())
+    }
+}
+
+/// For a program that does not start through [`Handover::run`] (the `handover` command is one):
+/// when this process is the sanity run of an upgrade candidate, prints its answer (with
+/// `version`) and returns `true`, and the program should exit 0 at once.
+///
+/// ```
+/// if handover::answer_sanity_run(Some(env!("CARGO_PKG_VERSION"))) {
+///     std::process::exit(0);
+/// }
+/// ```
+pub fn answer_sanity_run(version: Option<&str>) -> bool {
+    match std::env::var_os(protocol::ENV_CHECK) {
+        Some(nonce) => {
+            upgrade::answer_check(&nonce.to_string_lossy(), version);
+            true
+        }
+        None => false,
     }
 }
 

@@ -4,7 +4,7 @@
 //! ```text
 //! handover run --config handover.toml -- ./my-server --port-from-systemd
 //! handover check --config handover.toml
-//! handover status|restart|upgrade|rollback --config handover.toml
+//! handover status|restart|upgrade|rollback|reexec --config handover.toml
 //! handover forget SHA256 --config handover.toml
 //! handover sign -s release.key target/release/app
 //! ```
@@ -51,6 +51,10 @@ enum Command {
     Upgrade(Control),
     /// Put the previous binary back and hand over to it.
     Rollback(Control),
+    /// Re-execute the master from its binary on disk (for `handover run`, the `handover`
+    /// executable; same PID, sockets and workers), after checking that it reads the master's
+    /// state. SIGUSR1 does the same.
+    Reexec(Control),
     /// Release a quarantined binary (by its sha256 or a prefix of it; `all` for every one),
     /// so that it may be installed again.
     #[command(alias = "unquarantine")]
@@ -131,6 +135,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(127);
     }
+    // A new `handover` run in check mode by a master about to re-execute into it.
+    if handover::answer_sanity_run(Some(env!("CARGO_PKG_VERSION"))) {
+        return ExitCode::SUCCESS;
+    }
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(error) => {
@@ -148,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restart(control) => talk(&control, "restart"),
         Command::Upgrade(control) => talk(&control, "upgrade"),
         Command::Rollback(control) => talk(&control, "rollback"),
+        Command::Reexec(control) => talk(&control, "reexec"),
         Command::Sign(args) => sign(args),
         Command::Forget { sha256, control } => {
             let sha256 = sha256.trim().to_ascii_lowercase();

@@ -16,6 +16,8 @@
 //! | `HANDOVER_BINARY_SHA256` | SHA-256 of the binary the worker was started from |
 //! | `HANDOVER_IDLE_GRACE_MS` | how long idle keep-alive connections are kept after drain begins |
 //! | `HANDOVER_CHECK` | set (to a nonce) only for the sanity run of an upgrade candidate |
+//! | `HANDOVER_MASTER_STATE_SAMPLE` | in the sanity run: a sample of the master's state, which a candidate that can take over the master parses, answering `master-state=<format>` |
+//! | `HANDOVER_MASTER_STATE` | only in a master that re-executed itself: the descriptor of the sealed memfd with the state it takes over (see `master_state`) |
 //!
 //! The control channel carries one word per line. Worker to master: `ready`, `restart` (ask
 //! for a hand-over), `released` (its exclusive jobs have stopped). Master to worker: `drain`
@@ -31,9 +33,15 @@ pub(crate) const ENV_BINARY: &str = "HANDOVER_BINARY";
 pub(crate) const ENV_BINARY_SHA256: &str = "HANDOVER_BINARY_SHA256";
 pub(crate) const ENV_IDLE_GRACE_MS: &str = "HANDOVER_IDLE_GRACE_MS";
 pub(crate) const ENV_CHECK: &str = "HANDOVER_CHECK";
+pub(crate) const ENV_MASTER_STATE_SAMPLE: &str = "HANDOVER_MASTER_STATE_SAMPLE";
+pub(crate) const ENV_MASTER_STATE: &str = "HANDOVER_MASTER_STATE";
+
+/// The version of the state a master hands to the code it re-executes into. A candidate that
+/// answers another (or none) is installed for workers only.
+pub(crate) const MASTER_STATE_FORMAT: u32 = 1;
 
 /// Every variable the master sets, removed before a worker starts its own children.
-pub(crate) const ALL_ENV: [&str; 9] = [
+pub(crate) const ALL_ENV: [&str; 11] = [
     ENV_FDS,
     ENV_FD_NAMES,
     ENV_CONTROL_FD,
@@ -43,6 +51,8 @@ pub(crate) const ALL_ENV: [&str; 9] = [
     ENV_BINARY_SHA256,
     ENV_IDLE_GRACE_MS,
     ENV_CHECK,
+    ENV_MASTER_STATE_SAMPLE,
+    ENV_MASTER_STATE,
 ];
 
 /// The first descriptor a worker's listeners are passed at.

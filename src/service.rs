@@ -18,6 +18,8 @@ use crate::upgrade::{Channels, Pipeline};
 pub struct Master {
     core: master::Master,
     config: Config,
+    /// Library mode: the live binary is the master's own executable.
+    library: bool,
     version: Option<String>,
     fetcher: Option<Box<dyn handover_fetcher::Fetcher>>,
     commands: (
@@ -30,10 +32,9 @@ impl Master {
     /// Binds the configured listeners (or adopts systemd's) and prepares to start workers from
     /// `config.binary` (default: this executable) with this process's arguments.
     pub fn new(config: Config) -> Result<Self> {
-        Ok(Self::assemble(
-            master::Master::library(config.clone())?,
-            config,
-        ))
+        let mut master = Self::assemble(master::Master::library(config.clone())?, config);
+        master.library = true;
+        Ok(master)
     }
 
     /// A master for any program (`handover run`): workers are `program` with `args`, given
@@ -54,6 +55,7 @@ impl Master {
         Self {
             core,
             config,
+            library: false,
             version: None,
             fetcher: None,
             commands: mpsc::unbounded_channel(),
@@ -96,21 +98,28 @@ impl Master {
         let Self {
             mut core,
             config,
+            library,
             version,
             fetcher,
             commands,
         } = self;
-        let _control_file = match core.control_socket() {
+        let carried = core.take_carried();
+        let _control_file = match core.control_socket().map(Path::to_path_buf) {
             Some(path) => {
-                let (listener, file) = crate::control::bind(path).map_err(|e| Error::Bind {
-                    address: format!("control socket {}", path.display()),
-                    source: e,
-                })?;
+                let (listener, file) = crate::control::bind_or_adopt(&path, carried.control)
+                    .map_err(|e| Error::Bind {
+                        address: format!("control socket {}", path.display()),
+                        source: e,
+                    })?;
                 tracing::info!(path = %path.display(), "control socket ready");
+                core.set_control_socket(std::os::fd::AsRawFd::as_raw_fd(&listener), path);
                 tokio::spawn(crate::control::serve(listener, handle));
                 Some(file)
             }
-            None => None,
+            None => {
+                crate::control::close_inherited(carried.control);
+                None
+            }
         };
         let (reports_tx, reports) = mpsc::unbounded_channel();
         core.report_to(reports_tx);
@@ -126,7 +135,7 @@ impl Master {
         let declared = version
             .as_deref()
             .and_then(|v| semver::Version::parse(v).ok());
-        let pipeline = Pipeline::new(
+        let mut pipeline = Pipeline::new(
             fetcher,
             config.upgrade,
             core.binary().to_path_buf(),
@@ -137,6 +146,10 @@ impl Master {
                 commands: commands.1,
             },
         );
+        if library {
+            pipeline.master_runs_live();
+        }
+        pipeline.carry_on_from(carried.last_upgrade, carried.fetcher_memory);
         tokio::spawn(pipeline.run());
         core.run().await
     }

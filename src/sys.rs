@@ -31,8 +31,15 @@ pub(crate) fn prepare_child(command: &mut Command, setup: ChildSetup) {
     // Allocated here, before the fork: the closure below must not allocate.
     let mut moved: Vec<RawFd> = vec![-1; pass.len()];
     let floor = super::protocol::FIRST_FD + pass.len() as RawFd;
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let no_signals = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    };
     let hook = move || -> io::Result<()> {
-        // Only async-signal-safe calls from here on: fcntl, dup2, setpgid, prctl, getppid.
+        // Only async-signal-safe calls from here on: fcntl, dup2, setpgid, sigprocmask, prctl,
+        // getppid.
         for (slot, &fd) in moved.iter_mut().zip(&pass) {
             // First lift every descriptor above the target range, so that placing one cannot
             // overwrite another that is still to be placed.
@@ -58,6 +65,10 @@ pub(crate) fn prepare_child(command: &mut Command, setup: ChildSetup) {
         if unsafe { libc::setpgid(0, 0) } < 0 {
             return Err(io::Error::last_os_error());
         }
+        // A worker starts with no signal blocked, whatever the master's mask (it blocks its
+        // signals across its own re-exec).
+        // SAFETY: sigprocmask is async-signal-safe; `no_signals` is an initialised set.
+        unsafe { libc::sigprocmask(libc::SIG_SETMASK, &no_signals, std::ptr::null_mut()) };
         arm_parent_death_signal(parent_death_signal, master_pid)
     };
     // SAFETY: the hook only makes async-signal-safe system calls and does not allocate.
@@ -348,4 +359,171 @@ pub(crate) fn receive_with_sender(
         cmsg = unsafe { libc::CMSG_NXTHDR(&header, cmsg) };
     }
     Ok((received as usize, sender))
+}
+
+/// The signals a master handles, blocked across its own re-exec so that one arriving while the
+/// new code starts is held pending (the mask and pending signals survive `execve`) instead of
+/// meeting the default action; the new master unblocks them once its handlers are installed.
+const MASTER_SIGNALS: [i32; 8] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGCHLD,
+];
+
+fn master_signal_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use, and
+    // sigaddset only sets bits of valid signal numbers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in MASTER_SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
+        set
+    }
+}
+
+/// Unblocks the master's signals (blocked by the master that exec'd this one, if any).
+pub(crate) fn unblock_master_signals() {
+    let set = master_signal_set();
+    // SAFETY: `set` is an initialised signal set; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// A sealed anonymous file (`memfd`) holding `bytes`: nobody can change it once written.
+/// Close-on-exec, like every descriptor until [`exec_keeping`] passes it.
+pub(crate) fn sealed_memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    use std::io::Write;
+    let name = CString::new(name).map_err(|_| io::Error::other("NUL in a memfd name"))?;
+    // SAFETY: `name` is a valid C string; the flags are valid for memfd_create.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create just returned this new descriptor, owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(owned);
+    file.write_all(bytes)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS on a memfd made with MFD_ALLOW_SEALING that we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(file))
+}
+
+fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD only read and change the descriptor's flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = if on {
+            flags | libc::FD_CLOEXEC
+        } else {
+            flags & !libc::FD_CLOEXEC
+        };
+        if libc::fcntl(fd, libc::F_SETFD, flags) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Replaces this process's code with `path` (same PID, same children), keeping exactly the
+/// descriptors in `keep` open across this one exec, with the master's signals blocked. Returns
+/// only on failure, with everything as it was before (close-on-exec set again, signals
+/// unblocked). Must be called on the thread that started the workers (their parent-death
+/// signal is tied to it).
+pub(crate) fn exec_keeping(
+    path: &Path,
+    args: &[OsString],
+    env: &[(OsString, OsString)],
+    keep: &[RawFd],
+) -> io::Error {
+    let c_string = |bytes: &[u8]| CString::new(bytes).map_err(|_| io::Error::other("NUL byte"));
+    let prepared = (|| -> io::Result<(CString, Vec<CString>, Vec<CString>)> {
+        let program = c_string(path.as_os_str().as_bytes())?;
+        let argv = args
+            .iter()
+            .map(|a| c_string(a.as_bytes()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let envp = env
+            .iter()
+            .map(|(k, v)| c_string(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok((program, argv, envp))
+    })();
+    let (program, argv, envp) = match prepared {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let pointers = |strings: &[CString]| -> Vec<*const libc::c_char> {
+        strings
+            .iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let (argv_ptrs, envp_ptrs) = (pointers(&argv), pointers(&envp));
+    let mut cleared = Vec::with_capacity(keep.len());
+    for &fd in keep {
+        if let Err(e) = set_cloexec(fd, false) {
+            for &done in &cleared {
+                let _ = set_cloexec(done, true);
+            }
+            return e;
+        }
+        cleared.push(fd);
+    }
+    let set = master_signal_set();
+    // SAFETY: `set` is an initialised signal set; a null old-set pointer is allowed.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // SAFETY: `program`, `argv` and `envp` own the strings the null-terminated pointer arrays
+    // point into, and all outlive the call; execve only returns on failure.
+    unsafe { libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
+    let error = io::Error::last_os_error();
+    for &fd in &cleared {
+        let _ = set_cloexec(fd, true);
+    }
+    unblock_master_signals();
+    error
+}
+
+/// A descriptor that becomes readable when process `pid` (a child of ours) exits, registered
+/// with the tokio reactor. Must be called within the runtime.
+pub(crate) fn exit_watch(pid: u32) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this new descriptor, owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open, and always returns the same
+    // descriptor, until the AsyncFd is dropped.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| e.into_parts().1)
+}
+
+/// Reaps child `pid` if it has exited (`None` while it runs).
+pub(crate) fn try_reap(pid: u32) -> io::Result<Option<ExitStatus>> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    // SAFETY: waitpid on a child of this process, with a valid pointer to an int.
+    let reaped = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+    match reaped {
+        0 => Ok(None),
+        r if r < 0 => Err(io::Error::last_os_error()),
+        _ => Ok(Some(ExitStatus::from_raw(status))),
+    }
 }

@@ -438,12 +438,13 @@ fn a_worker_that_crashes_at_every_start_is_retried_with_growing_back_off() {
     });
     service.wait_serving();
     let good = std::fs::read(&service.bin).unwrap();
+    // A generation that becomes ready and then keeps crashing: recoveries run it (it is the
+    // one that served) with growing back-off, then the binary on disk gets its chance.
     util::drop_file(
         &service.bin,
-        &util::with_trailer(&service.bin, "exit-at-start"),
+        &util::with_trailer(&service.bin, "crash-after-ready:50"),
     );
-    // SAFETY: kill(2) on a worker of our own master.
-    unsafe { libc::kill(service.worker_pid() as i32, libc::SIGKILL) };
+    service.signal(libc::SIGUSR2);
     service.wait_log("delay=800ms attempt=4", Duration::from_secs(15));
     let log = service.log();
     for (delay, attempt) in [("100ms", 1), ("200ms", 2), ("400ms", 3)] {
@@ -452,10 +453,55 @@ fn a_worker_that_crashes_at_every_start_is_retried_with_growing_back_off() {
             "no back-off {delay}:\n{log}"
         );
     }
+    assert!(
+        log.contains("recovery runs the generation that served"),
+        "{log}"
+    );
     assert!(util::alive(service.pid()), "the master stays up");
     // Fixed binary: the next attempt serves.
     util::drop_file(&service.bin, &good);
-    service.wait_serving();
+    service.wait_for_sha(&util::sha256_hex(&good));
+}
+
+#[test]
+fn a_recovery_runs_the_generation_that_served_not_a_binary_swapped_in_since() {
+    let service = Service::start(Options {
+        example: "testbed",
+        ..Default::default()
+    });
+    let serving = service.served_sha();
+    util::drop_file(
+        &service.bin,
+        &util::with_trailer(&service.bin, "exit-at-start"),
+    );
+    // SAFETY: kill(2) on a worker of our own master.
+    unsafe { libc::kill(service.worker_pid() as i32, libc::SIGKILL) };
+    service.wait_log(
+        "recovery runs the generation that served",
+        Duration::from_secs(15),
+    );
+    let worker = service.worker_pid();
+    assert_eq!(
+        service.served_sha(),
+        serving,
+        "the recovery ran another binary"
+    );
+    assert_eq!(
+        service.log_count("new worker exited before it was ready"),
+        0
+    );
+    // The pin is the only file beside the live binary, and it is that generation's bytes.
+    let pins: Vec<_> = std::fs::read_dir(service.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".handover-gen-"))
+        .collect();
+    assert_eq!(pins.len(), 1, "{pins:?}");
+    assert_eq!(
+        util::sha256_hex(&std::fs::read(pins[0].path()).unwrap())[..12],
+        serving
+    );
+    assert_eq!(service.worker_pid(), worker);
 }
 
 #[test]

@@ -76,8 +76,10 @@ fn a_new_file_at_the_url_upgrades_the_service_with_zero_failed_requests() {
     let stats = load.finish();
     assert_eq!(stats.failed, 0, "{:?}", stats.errors);
     assert_eq!(service.pid(), master);
-    // Installed: later polls ask for the binary conditionally and download nothing.
+    // Installed: later polls ask for the binary conditionally and download nothing, also
+    // after the master re-executed into the new binary (the fetcher's validators go with it).
     service.wait_log("upgrade passed probation", Duration::from_secs(10));
+    service.wait_log("master upgraded in place", Duration::from_secs(10));
     let polls = server.requests_for("/releases/app").len();
     std::thread::sleep(Duration::from_secs(2));
     assert!(

@@ -241,9 +241,8 @@ fn a_master_killed_mid_upgrade_restarts_on_an_intact_binary_and_cleans_up() {
             .unwrap()
             .flatten()
             .find(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(".testbed.handover-")
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with(".testbed.handover-") && !name.contains(".handover-gen-")
             });
         if let Some(entry) = found {
             break entry.path();

@@ -46,6 +46,11 @@ pub struct UpgradeConfig {
     pub probation: Duration,
     /// Swap the binary on disk but do not hand over; the next restart runs it.
     pub stage_only: bool,
+    /// After an upgrade of a program built on this library passes probation, the master
+    /// re-executes itself from the new binary too (same PID, sockets and workers kept), so the
+    /// fetchers and checks run the new code. Default `true`; a new build that cannot read the
+    /// master's state is installed for workers only, with a warning in `handover status`.
+    pub upgrade_master: bool,
     /// Allow a candidate whose claimed version is lower than the running one.
     pub allow_downgrade: bool,
     /// Minisign public keys (the base64 line of a `.pub` file). When any is set, every candidate
@@ -93,6 +98,7 @@ impl Default for UpgradeConfig {
             check_timeout: Duration::from_secs(10),
             probation: Duration::from_secs(30),
             stage_only: false,
+            upgrade_master: true,
             allow_downgrade: false,
             public_keys: Vec::new(),
             require_signed_metadata: None,

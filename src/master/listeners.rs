@@ -19,7 +19,9 @@ pub(crate) struct BoundListener {
     pub(crate) name: String,
     pub(crate) fd: OwnedFd,
     /// A Unix socket file we created: removed at final stop if it is still ours.
-    unix_file: Option<(PathBuf, u64)>,
+    pub(crate) unix_file: Option<(PathBuf, u64)>,
+    /// Passed by systemd (kept across master upgrades whatever the config says).
+    pub(crate) activated: bool,
 }
 
 impl BoundListener {
@@ -64,6 +66,7 @@ pub(crate) fn bind_all(config: &[Listen]) -> Result<Vec<BoundListener>> {
                 name,
                 fd,
                 unix_file: None,
+                activated: true,
             });
             continue;
         }
@@ -76,6 +79,7 @@ pub(crate) fn bind_all(config: &[Listen]) -> Result<Vec<BoundListener>> {
             name,
             fd,
             unix_file: None,
+            activated: true,
         });
     }
     Ok(bound)
@@ -127,7 +131,97 @@ fn bind_one(listen: &Listen) -> Result<BoundListener> {
         name: listen.name.clone(),
         fd: socket.into(),
         unix_file,
+        activated: false,
     })
+}
+
+/// A listener the previous master passed across its re-exec.
+pub(crate) struct Inherited {
+    pub(crate) name: String,
+    pub(crate) fd: OwnedFd,
+    pub(crate) unix_file: Option<(PathBuf, u64)>,
+    pub(crate) activated: bool,
+}
+
+/// After a master upgrade: the inherited sockets that the (possibly changed) config still
+/// names at the same address are kept as they are; new ones are bound (a failure is logged, as
+/// the previous master is gone); ones no longer named are closed here (the serving worker
+/// keeps its copy until it drains). Returns the listeners in config order and whether the set
+/// changed (then workers need a hand-over to get the new set).
+pub(crate) fn adopt_all(
+    config: &[Listen],
+    inherited: Vec<Inherited>,
+) -> (Vec<BoundListener>, bool) {
+    let mut inherited = inherited;
+    let mut bound = Vec::with_capacity(config.len());
+    let mut changed = false;
+    for listen in config {
+        let same = inherited
+            .iter()
+            .position(|i| i.name == listen.name && same_address(i, listen));
+        if let Some(index) = same {
+            let i = inherited.remove(index);
+            bound.push(BoundListener {
+                name: i.name,
+                fd: i.fd,
+                unix_file: i.unix_file,
+                activated: i.activated,
+            });
+            continue;
+        }
+        changed = true;
+        if let Some(index) = inherited.iter().position(|i| i.name == listen.name) {
+            let old = inherited.remove(index);
+            tracing::info!(listener = %old.name, address = %listen.describe(), "listener's address changed in the config: binding the new one");
+            close_inherited(old);
+        }
+        match bind_one(listen) {
+            Ok(listener) => bound.push(listener),
+            Err(error) => {
+                tracing::error!(listener = %listen.name, %error, "cannot bind a listener added to the config; serving without it")
+            }
+        }
+    }
+    for i in inherited {
+        if i.activated {
+            bound.push(BoundListener {
+                name: i.name,
+                fd: i.fd,
+                unix_file: None,
+                activated: true,
+            });
+        } else {
+            changed = true;
+            tracing::info!(listener = %i.name, "listener removed from the config: closed; the serving worker keeps it until it drains");
+            close_inherited(i);
+        }
+    }
+    (bound, changed)
+}
+
+fn close_inherited(old: Inherited) {
+    BoundListener {
+        name: old.name,
+        fd: old.fd,
+        unix_file: old.unix_file,
+        activated: old.activated,
+    }
+    .remove_socket_file();
+}
+
+/// Whether an inherited socket is bound where `listen` says.
+fn same_address(inherited: &Inherited, listen: &Listen) -> bool {
+    let local = socket2::SockRef::from(&inherited.fd).local_addr().ok();
+    if let Some(address) = listen.tcp.or(listen.udp) {
+        let local = local.and_then(|l| l.as_socket());
+        let any_port = address.port() == 0 && local.is_some_and(|l| l.ip() == address.ip());
+        return local == Some(address) || any_port || inherited.activated;
+    }
+    match (&listen.unix, &inherited.unix_file) {
+        (Some(path), Some((file, _))) => path == file,
+        (Some(_), None) => inherited.activated,
+        _ => false,
+    }
 }
 
 /// A socket file left by a process that died is removed; one that still answers, or a file that

@@ -8,6 +8,7 @@
 pub(crate) mod listeners;
 mod notify;
 pub(crate) mod program;
+mod reexec;
 pub(crate) mod spawn;
 mod status;
 mod workers;
@@ -19,7 +20,8 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use status::{Phase, Status, WorkerInfo};
+pub(crate) use reexec::Carried;
+pub use status::{MasterInfo, Phase, Status, WorkerInfo};
 
 use crate::config::Config;
 use crate::digest::HashCache;
@@ -58,6 +60,9 @@ pub(crate) enum Event {
 pub(crate) enum Command {
     Restart,
     Stop,
+    Reexec {
+        reply: oneshot::Sender<std::result::Result<String, String>>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +123,21 @@ pub(crate) struct Master {
     counters: (u64, u64, u64),
     started_at: SystemTime,
     handover_started: Option<Instant>,
+
+    own: reexec::Own,
+    reexec: Option<reexec::Request>,
+    upgrading_master: bool,
+    manager: Option<std::sync::Arc<notify::ServiceManager>>,
+    /// The control socket's descriptor and path (kept across a re-exec).
+    control_fd: Option<(std::os::fd::RawFd, PathBuf)>,
+    /// What a previous master of this PID passed, until it is taken over in `run`.
+    taken: Option<reexec::Taken>,
+    /// Listeners changed by a re-exec's config: workers need a hand-over to get them.
+    listeners_changed: bool,
+    /// The hard link to the binary of the generation that serves (respawns use it).
+    pin: Option<PathBuf>,
+    /// What the pipeline's fetcher learned, for the code a re-exec starts.
+    fetcher_memory: Option<String>,
 }
 
 impl Master {
@@ -144,7 +164,36 @@ impl Master {
         let binary = config
             .live_binary()
             .map_err(|e| Error::io("resolving the live binary's path", e))?;
-        let listeners = listeners::bind_all(&config.listen)?;
+        let mut taken = reexec::take_inherited()?;
+        let (listeners, listeners_changed) = match taken.as_mut() {
+            Some(taken) => {
+                listeners::adopt_all(&config.listen, std::mem::take(&mut taken.listeners))
+            }
+            None => (listeners::bind_all(&config.listen)?, false),
+        };
+        if taken.is_none() {
+            workers::remove_stale_pins(&binary);
+        }
+        let exec_path = match &protocol {
+            Protocol::Library => binary.clone(),
+            Protocol::Program(program) => program.shim.clone(),
+        };
+        let mut hash_cache = HashCache::default();
+        let own = reexec::Own {
+            sha256: match &taken {
+                // The previous master checked the file it exec'd: no need to hash it again.
+                Some(t) if t.state.exec_sha256.is_some() => String::new(),
+                _ => reexec::own_sha256(&binary, &mut hash_cache),
+            },
+            exec_path,
+            argv: std::env::args_os().collect(),
+            version: match &protocol {
+                Protocol::Library => None,
+                Protocol::Program(_) => Some(env!("CARGO_PKG_VERSION").to_string()),
+            },
+            upgrades: 0,
+            exec_took: None,
+        };
         let listener_inodes = listeners.iter().filter_map(|l| l.inode()).collect();
         let (events_tx, events) = mpsc::unbounded_channel();
         let status = Status {
@@ -160,6 +209,7 @@ impl Master {
             failed_handovers: 0,
             crashes: 0,
             upgrade: UpgradeStatus::default(),
+            master: MasterInfo::default(),
         };
         let (status, _) = watch::channel(status);
         Ok(Self {
@@ -188,16 +238,42 @@ impl Master {
             crash_streak: 0,
             respawn_generation: 0,
             respawn_scheduled: false,
-            hash_cache: HashCache::default(),
+            hash_cache,
             counters: (0, 0, 0),
             started_at: SystemTime::now(),
             handover_started: None,
+            own,
+            reexec: None,
+            upgrading_master: false,
+            manager: None,
+            control_fd: None,
+            taken,
+            listeners_changed,
+            pin: None,
+            fetcher_memory: None,
         })
     }
 
     /// The version the running program declares (shown in status).
     pub(crate) fn set_version(&mut self, version: Option<String>) {
+        if matches!(self.protocol, Protocol::Library) {
+            self.own.version = version.clone();
+        }
         self.version = version;
+    }
+
+    /// What a previous master of this PID passed to the service layer (empty after a fresh
+    /// start).
+    pub(crate) fn take_carried(&mut self) -> Carried {
+        self.taken
+            .as_mut()
+            .map(|t| std::mem::take(&mut t.carried))
+            .unwrap_or_default()
+    }
+
+    /// Records the control socket, to keep it across a re-exec.
+    pub(crate) fn set_control_socket(&mut self, fd: std::os::fd::RawFd, path: PathBuf) {
+        self.control_fd = Some((fd, path));
     }
 
     /// Where reports of what workers did go (the upgrade pipeline).
@@ -230,10 +306,25 @@ impl Master {
     /// parent-death signal is tied to the spawning thread.
     pub(crate) async fn run(mut self) -> Result<()> {
         self.listen_for_signals()?;
+        // Signals a previous master blocked across its exec are delivered from here on.
+        crate::sys::unblock_master_signals();
         if let Some(manager) = notify::ServiceManager::from_env() {
+            let manager = std::sync::Arc::new(manager);
+            self.manager = Some(manager.clone());
             tokio::spawn(manager.follow(self.status.subscribe()));
         }
-        self.start_worker(Reason::Initial).await;
+        match self.taken.take() {
+            Some(taken) => {
+                self.carry_on(taken)?;
+                if self.current.is_none() {
+                    self.start_worker(Reason::Recovery).await;
+                } else if std::mem::take(&mut self.listeners_changed) {
+                    tracing::info!("the listeners changed: handing over so the workers get them");
+                    self.start_worker(Reason::Restart).await;
+                }
+            }
+            None => self.start_worker(Reason::Initial).await,
+        }
         self.publish();
         while let Some(event) = self.events.recv().await {
             if let Some(result) = self.handle_event(event).await {
@@ -241,6 +332,7 @@ impl Master {
                 for listener in &self.listeners {
                     listener.remove_socket_file();
                 }
+                workers::remove_generation_pin(self.pin.as_deref());
                 return result;
             }
             self.publish();
@@ -250,7 +342,7 @@ impl Master {
 
     fn listen_for_signals(&self) -> Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut wanted: Vec<i32> = vec![libc::SIGTERM, libc::SIGINT];
+        let mut wanted: Vec<i32> = vec![libc::SIGTERM, libc::SIGINT, libc::SIGUSR1];
         for name in &self.config.restart_signals {
             wanted.extend(crate::sys::signal_number(name));
         }
@@ -287,13 +379,37 @@ impl Master {
                 tracing::info!(signal = number, "stop requested");
                 self.begin_stop().await;
             }
+            Event::Signal(number) if number == libc::SIGUSR1 && !self.restarts_on(number) => {
+                tracing::info!("master upgrade requested by SIGUSR1");
+                self.request_reexec(reexec::Request {
+                    sha256: None,
+                    version: None,
+                    reply: None,
+                    exec_sha256: None,
+                });
+            }
             Event::Signal(number) => {
                 tracing::info!(signal = number, "hand-over requested by signal");
                 self.request_handover(Reason::Restart).await;
             }
             Event::Command(Command::Restart) => self.request_handover(Reason::Restart).await,
             Event::Command(Command::Stop) => self.begin_stop().await,
+            Event::Command(Command::Reexec { reply }) => self.request_reexec(reexec::Request {
+                sha256: None,
+                version: None,
+                reply: Some(reply),
+                exec_sha256: None,
+            }),
+            Event::Pipeline(ToMaster::UpgradeMaster { sha256, version }) => {
+                self.request_reexec(reexec::Request {
+                    sha256: Some(sha256),
+                    version,
+                    reply: None,
+                    exec_sha256: None,
+                })
+            }
             Event::Pipeline(ToMaster::Status(upgrade)) => self.upgrade = *upgrade,
+            Event::Pipeline(ToMaster::FetcherMemory(memory)) => self.fetcher_memory = memory,
             Event::Pipeline(ToMaster::HandOver { sha256, reply }) => {
                 self.hand_over_for_pipeline(sha256, reply).await
             }
@@ -350,7 +466,16 @@ impl Master {
             self.stopped = true;
             return Some(Ok(()));
         }
+        self.maybe_reexec().await;
         None
+    }
+
+    /// Whether `signal` is one of the configured restart signals.
+    fn restarts_on(&self, signal: i32) -> bool {
+        self.config
+            .restart_signals
+            .iter()
+            .any(|name| crate::sys::signal_number(name) == Some(signal))
     }
 
     fn all_workers(&self) -> impl Iterator<Item = &WorkerProc> {
@@ -363,6 +488,8 @@ impl Master {
     fn phase(&self) -> Phase {
         if self.stopped {
             Phase::Stopped
+        } else if self.upgrading_master {
+            Phase::MasterUpgrade
         } else if self.stopping {
             Phase::Stopping
         } else if self.pending.is_some() && self.current.is_some() {
@@ -399,6 +526,12 @@ impl Master {
             failed_handovers: self.counters.1,
             crashes: self.counters.2,
             upgrade: self.upgrade.clone(),
+            master: MasterInfo {
+                version: self.own.version.clone(),
+                sha256: self.own.sha256.clone(),
+                upgrades: self.own.upgrades,
+                last_exec: self.own.exec_took,
+            },
         };
         self.status.send_if_modified(|status| {
             if *status == next {

@@ -24,6 +24,13 @@ use crate::sys::Sender;
 
 use super::{Phase, Status};
 
+static ORIGINAL_SOCKET: std::sync::OnceLock<std::ffi::OsString> = std::sync::OnceLock::new();
+
+/// The `NOTIFY_SOCKET` this master was started with (unset from its environment since).
+pub(crate) fn original_socket() -> Option<std::ffi::OsString> {
+    ORIGINAL_SOCKET.get().cloned()
+}
+
 /// The service manager's notification socket, from `NOTIFY_SOCKET`.
 pub(crate) struct ServiceManager {
     socket: UnixDatagram,
@@ -31,9 +38,11 @@ pub(crate) struct ServiceManager {
 }
 
 impl ServiceManager {
-    /// Reads and unsets `NOTIFY_SOCKET` (so workers do not inherit it).
+    /// Reads and unsets `NOTIFY_SOCKET` (so workers do not inherit it; a master upgrade passes
+    /// it on to the new code, see [`original_socket`]).
     pub(crate) fn from_env() -> Option<Self> {
         let path = std::env::var_os("NOTIFY_SOCKET")?;
+        let _ = ORIGINAL_SOCKET.set(path.clone());
         std::env::remove_var("NOTIFY_SOCKET");
         let path = path.to_string_lossy().into_owned();
         let address = if let Some(name) = path.strip_prefix('@') {
@@ -46,6 +55,11 @@ impl ServiceManager {
         Some(Self { socket, address })
     }
 
+    /// Sends one message now (before an exec, which a task would not live to see).
+    pub(crate) fn send_now(&self, message: &str) {
+        self.send(message);
+    }
+
     fn send(&self, message: &str) {
         if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.address) {
             tracing::warn!(error = %e, "cannot notify the service manager");
@@ -53,7 +67,7 @@ impl ServiceManager {
     }
 
     /// Follows the master's status until it stops.
-    pub(crate) async fn follow(self, mut status: watch::Receiver<Status>) {
+    pub(crate) async fn follow(self: std::sync::Arc<Self>, mut status: watch::Receiver<Status>) {
         let mut previous: Option<Phase> = None;
         let mut announced_ready = false;
         loop {

@@ -153,6 +153,13 @@ impl RuntimeDir {
     }
 }
 
+impl RuntimeDir {
+    /// The directory, when this master made it (and the next one may remove it).
+    pub(crate) fn made_here(&self) -> Option<PathBuf> {
+        self.made_here.then(|| self.path.clone())
+    }
+}
+
 impl Drop for RuntimeDir {
     fn drop(&mut self) {
         if self.made_here {

@@ -29,6 +29,9 @@ pub(crate) enum Protocol {
 
 /// What a spawn needs that does not change between spawns.
 pub(crate) struct Launch<'a> {
+    /// What is executed: the live binary, or a pinned generation of it.
+    pub(crate) source: &'a Path,
+    /// The live binary's path (told to the worker).
     pub(crate) binary: &'a Path,
     pub(crate) args: &'a [OsString],
     pub(crate) listeners: &'a [BoundListener],
@@ -49,6 +52,8 @@ pub(crate) struct WorkerProc {
     pub(crate) started_at: SystemTime,
     pub(crate) ready: bool,
     pub(crate) draining_since: Option<Instant>,
+    /// The hard link to the binary it was started from (see `Master::start_worker`).
+    pub(crate) pin: Option<std::path::PathBuf>,
     control: Option<OwnedWriteHalf>,
     signals: mpsc::UnboundedSender<i32>,
 }
@@ -78,6 +83,11 @@ impl WorkerProc {
         self.control.is_some()
     }
 
+    /// The master's end of the control channel, to keep across a re-exec.
+    pub(crate) fn control_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.control.as_ref().map(|c| c.as_ref().as_raw_fd())
+    }
+
     /// Sends a signal through the task that owns the child, so it never reaches a reused PID.
     pub(crate) fn signal(&self, signal: i32) {
         let _ = self.signals.send(signal);
@@ -96,8 +106,12 @@ pub(crate) fn spawn_worker(
     events: &mpsc::UnboundedSender<Event>,
 ) -> io::Result<WorkerProc> {
     let mut command = match launch.protocol {
-        Protocol::Library => std::process::Command::new(launch.binary),
-        Protocol::Program(program) => program.command(launch.binary),
+        Protocol::Library => {
+            let mut command = std::process::Command::new(launch.source);
+            std::os::unix::process::CommandExt::arg0(&mut command, launch.binary);
+            command
+        }
+        Protocol::Program(program) => program.command(launch.source),
     };
     command.args(launch.args).stdin(Stdio::null());
     crate::child_env::scrub(&mut command);
@@ -154,27 +168,7 @@ pub(crate) fn spawn_worker(
     let control = match control_parent {
         Some((parent, child_end)) => {
             drop(child_end);
-            parent.set_nonblocking(true)?;
-            let stream = tokio::net::UnixStream::from_std(parent)?;
-            let (read, write) = stream.into_split();
-            let events = events.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(read).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    match Message::parse(&line) {
-                        Some(message) => {
-                            let _ = events.send(Event::Control {
-                                worker: id,
-                                message,
-                            });
-                        }
-                        None => {
-                            tracing::warn!(worker = id, line = %line, "unknown control message")
-                        }
-                    }
-                }
-            });
-            Some(write)
+            Some(attach_control(id, parent, events)?)
         }
         None => None,
     };
@@ -218,6 +212,119 @@ pub(crate) fn spawn_worker(
         started_at: SystemTime::now(),
         ready: false,
         draining_since: None,
+        pin: None,
+        control,
+        signals,
+    })
+}
+
+/// Reads a worker's control messages as events; returns the end to write to.
+fn attach_control(
+    id: u64,
+    stream: std::os::unix::net::UnixStream,
+    events: &mpsc::UnboundedSender<Event>,
+) -> io::Result<OwnedWriteHalf> {
+    stream.set_nonblocking(true)?;
+    let stream = tokio::net::UnixStream::from_std(stream)?;
+    let (read, write) = stream.into_split();
+    let events = events.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(read).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match Message::parse(&line) {
+                Some(message) => {
+                    let _ = events.send(Event::Control {
+                        worker: id,
+                        message,
+                    });
+                }
+                None => tracing::warn!(worker = id, line = %line, "unknown control message"),
+            }
+        }
+    });
+    Ok(write)
+}
+
+/// A running worker that a previous master of this PID started (it is still this process's
+/// child: `execve` keeps children), with its control channel if it has one.
+pub(crate) struct Adopted {
+    pub(crate) id: u64,
+    pub(crate) pid: u32,
+    pub(crate) sha256: String,
+    pub(crate) started_at: SystemTime,
+    pub(crate) control: Option<std::os::fd::OwnedFd>,
+    pub(crate) pin: Option<std::path::PathBuf>,
+}
+
+/// Takes over an adopted worker: its messages and its exit become events again. Its exit is
+/// seen through a pidfd (tokio only reaps children it spawned); without pidfds, by polling.
+pub(crate) fn adopt_worker(
+    adopted: Adopted,
+    events: &mpsc::UnboundedSender<Event>,
+) -> io::Result<WorkerProc> {
+    let Adopted {
+        id,
+        pid,
+        sha256,
+        started_at,
+        control,
+        pin,
+    } = adopted;
+    let control = match control {
+        Some(fd) => Some(attach_control(
+            id,
+            std::os::unix::net::UnixStream::from(fd),
+            events,
+        )?),
+        None => None,
+    };
+    let pidfd = match sys::exit_watch(pid) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            tracing::debug!(worker = id, error = %e, "no pidfd; polling for the adopted worker's exit");
+            None
+        }
+    };
+    let (signals, mut signal_rx) = mpsc::unbounded_channel::<i32>();
+    let exit_events = events.clone();
+    tokio::spawn(async move {
+        let exited = async {
+            loop {
+                match &pidfd {
+                    Some(fd) => {
+                        if let Ok(mut guard) = fd.readable().await {
+                            guard.clear_ready();
+                        }
+                    }
+                    None => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                }
+                match sys::try_reap(pid) {
+                    Ok(Some(status)) => return Some(status),
+                    Ok(None) => continue,
+                    Err(_) => return None,
+                }
+            }
+        };
+        tokio::pin!(exited);
+        let status = loop {
+            tokio::select! {
+                status = &mut exited => break status,
+                // Not reaped yet (this task reaps it), so the PID is still this worker's.
+                Some(signal) = signal_rx.recv() => { let _ = sys::send_signal(pid, signal); }
+            }
+        };
+        let _ = exit_events.send(Event::Exited { worker: id, status });
+    });
+    let age = started_at.elapsed().unwrap_or_default();
+    Ok(WorkerProc {
+        id,
+        pid,
+        sha256,
+        started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+        started_at,
+        ready: true,
+        draining_since: None,
+        pin,
         control,
         signals,
     })

@@ -20,6 +20,8 @@ pub enum Phase {
     /// No worker serves (the last one crashed); a new one starts after a back-off. The sockets
     /// stay open, so clients wait in the backlog.
     Recovering,
+    /// The master is re-executing itself from its new binary (same PID, sockets and workers).
+    MasterUpgrade,
     /// A graceful stop is under way.
     Stopping,
     /// Every worker has exited; the master is about to exit.
@@ -34,6 +36,7 @@ impl fmt::Display for Phase {
             Phase::HandingOver => "handing-over",
             Phase::Draining => "draining",
             Phase::Recovering => "recovering",
+            Phase::MasterUpgrade => "master-upgrade",
             Phase::Stopping => "stopping",
             Phase::Stopped => "stopped",
         })
@@ -82,4 +85,20 @@ pub struct Status {
     pub crashes: u64,
     /// The upgrade pipeline: probation, quarantine, the last attempt.
     pub upgrade: crate::handoff::UpgradeStatus,
+    /// The master itself: the code it runs and its upgrades in place.
+    pub master: MasterInfo,
+}
+
+/// The master's own code.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct MasterInfo {
+    /// The version it runs (the program's, or handover's for `handover run`).
+    pub version: Option<String>,
+    /// SHA-256 (hex) of the executable it runs.
+    pub sha256: String,
+    /// How many times this PID re-executed itself into new code.
+    pub upgrades: u64,
+    /// How long the last re-exec took, from just before `execve` to the workers adopted.
+    pub last_exec: Option<std::time::Duration>,
 }

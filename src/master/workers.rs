@@ -2,6 +2,7 @@
 //! Every worker that becomes ready, fails to, or crashes is reported to the upgrade pipeline
 //! with the hash of the binary it runs.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -55,11 +56,32 @@ impl Master {
     pub(super) async fn start_worker(&mut self, reason: Reason) {
         let id = self.next_id;
         self.next_id += 1;
-        let sha256 = self.hash_cache.hex(&self.binary).unwrap_or_else(|e| {
-            tracing::warn!(binary = %self.binary.display(), error = %e, "cannot hash the live binary");
-            String::from("unknown")
-        });
+        // A recovery runs the generation that served (sozu #515: never a binary swapped in
+        // meanwhile that nobody asked to run), unless that generation keeps crashing: then the
+        // binary on disk, which a person or the pipeline may have fixed, gets its chance.
+        let pinned = match reason {
+            Reason::Recovery if self.crash_streak <= PINNED_CRASHES => {
+                self.pin.clone().filter(|p| p.exists())
+            }
+            _ => None,
+        };
+        let source = pinned.clone().unwrap_or_else(|| self.binary.clone());
+        if let Some(pin) = &pinned {
+            tracing::info!(pin = %pin.display(), "recovery runs the generation that served");
+        }
+        let pin = make_pin(&self.binary, &source, id);
+        let sha256 = self
+            .hash_cache
+            .hex(pin.as_deref().unwrap_or(&source))
+            .unwrap_or_else(|e| {
+                tracing::warn!(binary = %source.display(), error = %e, "cannot hash the binary");
+                String::from("unknown")
+            });
         let launch = Launch {
+            source: pin
+                .as_deref()
+                .filter(|_| pinned.is_some())
+                .unwrap_or(&source),
             binary: &self.binary,
             args: &self.args,
             listeners: &self.listeners,
@@ -70,7 +92,8 @@ impl Master {
             listener_inodes: &self.listener_inodes,
         };
         match spawn::spawn_worker(id, sha256.clone(), &launch, &self.events_tx) {
-            Ok(worker) => {
+            Ok(mut worker) => {
+                worker.pin = pin;
                 tracing::info!(worker = id, pid = worker.pid, reason = reason.as_str(), sha256 = %short(&sha256), "worker started");
                 self.handover_started = Some(Instant::now());
                 let events = self.events_tx.clone();
@@ -87,6 +110,7 @@ impl Master {
                 });
             }
             Err(source) => {
+                remove_pin(pin.as_deref());
                 let error = Error::Spawn {
                     binary: self.binary.clone(),
                     source,
@@ -168,6 +192,16 @@ impl Master {
             );
         }
         self.ever_ready = true;
+        // The new generation's binary is the one recoveries run from now on.
+        if self.pin != new.pin {
+            remove_pin(self.pin.as_deref());
+            self.pin = new.pin.clone();
+        }
+        for old in &self.draining {
+            if old.pin != self.pin {
+                remove_pin(old.pin.as_deref());
+            }
+        }
         self.current = Some(new);
         if self.stopping {
             self.begin_stop().await;
@@ -254,6 +288,9 @@ impl Master {
     }
 
     pub(super) async fn handover_failed(&mut self, pending: Pending, why: String) {
+        if pending.worker.pin != self.pin {
+            remove_pin(pending.worker.pin.as_deref());
+        }
         if self.current.is_some() {
             self.counters.1 += 1;
             tracing::error!(worker = pending.worker.id, reason = %why, "hand-over failed; the old worker keeps serving");
@@ -312,4 +349,56 @@ impl Master {
             let _ = reply.send(HandoverOutcome::Stopping);
         }
     }
+}
+
+/// After this many crashes in a row, a recovery runs the binary on disk instead of the pinned
+/// generation.
+const PINNED_CRASHES: u32 = 3;
+
+fn pin_prefix(binary: &Path) -> Option<(PathBuf, String)> {
+    let dir = binary.parent()?.to_path_buf();
+    let name = binary.file_name()?.to_string_lossy();
+    Some((dir, format!(".{name}.handover-gen-")))
+}
+
+/// A hard link to `source` beside the live binary, named for worker `id`: the bytes that
+/// worker runs, whatever is swapped in at the live path later. `None` where links cannot be
+/// made (the worker still starts; a recovery then runs the live binary).
+fn make_pin(binary: &Path, source: &Path, id: u64) -> Option<PathBuf> {
+    let (dir, prefix) = pin_prefix(binary)?;
+    let pin = dir.join(format!("{prefix}{id}"));
+    let _ = std::fs::remove_file(&pin);
+    match std::fs::hard_link(source, &pin) {
+        Ok(()) => Some(pin),
+        Err(e) => {
+            tracing::debug!(binary = %source.display(), error = %e, "cannot pin the worker's binary");
+            None
+        }
+    }
+}
+
+fn remove_pin(pin: Option<&Path>) {
+    if let Some(pin) = pin {
+        let _ = std::fs::remove_file(pin);
+    }
+}
+
+/// At a fresh start: pins a master that died left behind.
+pub(super) fn remove_stale_pins(binary: &Path) {
+    let Some((dir, prefix)) = pin_prefix(binary) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// At the final stop: the serving generation's pin.
+pub(super) fn remove_generation_pin(pin: Option<&Path>) {
+    remove_pin(pin);
 }

@@ -42,6 +42,8 @@ pub(super) struct Checked {
     /// never an unsigned claim of the fetcher's. This is what raises the floor.
     pub(super) version: Option<semver::Version>,
     pub(super) origin: String,
+    /// The master state format it read in its sanity run (see [`crate::master_state`]).
+    pub(super) master_state: Option<u32>,
 }
 
 impl Pipeline {
@@ -141,7 +143,7 @@ impl Pipeline {
             return Outcome::Unchanged;
         }
         match self.check(claims, &download, &sha256).await {
-            Ok(version) => {
+            Ok((version, master_state)) => {
                 if let Some(v) = &version {
                     span.record("version", v.to_string());
                 }
@@ -151,6 +153,7 @@ impl Pipeline {
                     sha256,
                     version,
                     origin,
+                    master_state,
                 };
                 self.install(checked, running, span).await
             }
@@ -164,13 +167,14 @@ impl Pipeline {
         }
     }
 
-    /// Every check of the binary itself; returns its version.
+    /// Every check of the binary itself; returns its trusted version and the master state
+    /// format it reads.
     async fn check(
         &mut self,
         claims: Claims,
         download: &Download,
         sha256: &str,
-    ) -> Result<Option<semver::Version>, Refusal> {
+    ) -> Result<(Option<semver::Version>, Option<u32>), Refusal> {
         if let Some(q) = self.state.quarantined(sha256) {
             return Err(Refusal::Quarantined {
                 sha256: sha256.to_string(),
@@ -212,11 +216,12 @@ impl Pipeline {
                 download.path.display()
             ))
         })?;
+        let mut master_state = None;
         let answered = match self.config.sanity {
             Sanity::Handover => {
-                sanity::check(&download.path, self.config.check_timeout)
-                    .await?
-                    .version
+                let reply = sanity::check(&download.path, self.config.check_timeout).await?;
+                master_state = reply.master_state;
+                reply.version
             }
             Sanity::ExitZero => {
                 sanity::exits_zero(
@@ -252,7 +257,7 @@ impl Pipeline {
             sanity::pre_upgrade_hook(hook, &download.path, sha256, self.config.check_timeout)
                 .await?;
         }
-        Ok(trusted)
+        Ok((trusted, master_state))
     }
 
     /// The `name=` a signed release must carry.

@@ -69,6 +69,13 @@ pub(crate) struct Pipeline {
     waiting: Option<String>,
     last: Option<UpgradeRecord>,
     failures: u32,
+    /// The live binary is the master's own executable (library mode), so an upgrade that
+    /// passes probation upgrades the master too.
+    master_is_live: bool,
+    /// Why the master did not take the last upgrade itself.
+    master_warning: Option<String>,
+    /// What the fetcher learned, as last passed to the master.
+    fetcher_memory: Option<String>,
 }
 
 impl Pipeline {
@@ -98,9 +105,27 @@ impl Pipeline {
             waiting: None,
             last: None,
             failures: 0,
+            master_is_live: false,
+            master_warning: None,
+            fetcher_memory: None,
         };
         pipeline.resume();
         pipeline
+    }
+
+    /// Says that the live binary is the master's own executable (library mode).
+    pub(crate) fn master_runs_live(&mut self) {
+        self.master_is_live = true;
+    }
+
+    /// What a master that re-executed into this one had: its last attempt, and what its
+    /// fetcher had learned.
+    pub(crate) fn carry_on_from(&mut self, last: Option<UpgradeRecord>, memory: Option<String>) {
+        self.last = last;
+        if let (Some(memory), Some(fetcher)) = (&memory, self.fetcher.as_mut()) {
+            fetcher.restore(memory);
+        }
+        self.fetcher_memory = memory;
     }
 
     /// Runs until every channel is closed (the master is gone).
@@ -383,7 +408,15 @@ impl Pipeline {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        let memory = self.fetcher.as_ref().and_then(|f| f.memory());
+        if memory != self.fetcher_memory {
+            self.fetcher_memory = memory.clone();
+            let _ = self
+                .channels
+                .to_master
+                .send(ToMaster::FetcherMemory(memory));
+        }
         let status = UpgradeStatus {
             running_version: self.running_version.as_ref().map(|v| v.to_string()),
             highest_installed: self.state.highest_installed.clone(),
@@ -422,6 +455,7 @@ impl Pipeline {
                 SystemTime::now(),
             )
             .into_iter()
+            .chain(self.master_warning.clone())
             .collect(),
         };
         let _ = self

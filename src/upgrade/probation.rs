@@ -33,6 +33,9 @@ pub(super) struct Active {
     origin: String,
     /// When the window ends; `None` until a worker of the binary is ready.
     pub(super) deadline: Option<Instant>,
+    /// The master state format it read in its sanity run (`None`: unknown, as after a restart
+    /// of the master, or it cannot take the master over).
+    master_state: Option<u32>,
     span: tracing::Span,
 }
 
@@ -49,6 +52,7 @@ impl Pipeline {
             sha256,
             version,
             origin,
+            master_state,
         } = checked;
         let hand_over = !self.config.stage_only;
         if hand_over {
@@ -89,6 +93,7 @@ impl Pipeline {
             previous_version: self.running_version.clone(),
             origin: origin.clone(),
             deadline: None,
+            master_state,
             span,
         });
         match self.hand_over(&sha256).await {
@@ -200,6 +205,40 @@ impl Pipeline {
         self.state.probation = None;
         self.save();
         self.record(&active.origin, &active.sha256, "installed".into());
+        self.upgrade_master(&active);
+    }
+
+    /// After an upgrade of the master's own binary passed probation, the master's code is
+    /// upgraded too, when the new build can take over its state.
+    fn upgrade_master(&mut self, active: &Active) {
+        if !self.master_is_live || !self.config.upgrade_master {
+            return;
+        }
+        if active.master_state == Some(crate::protocol::MASTER_STATE_FORMAT) {
+            self.master_warning = None;
+            // The status first: the master passes it on to the code it re-executes.
+            self.publish();
+            let _ = self.channels.to_master.send(ToMaster::UpgradeMaster {
+                sha256: active.sha256.clone(),
+                version: active.version.as_ref().map(|v| v.to_string()),
+            });
+            return;
+        }
+        let why = match active.master_state {
+            Some(format) => format!(
+                "it reads master state format {format}, this master writes {}",
+                crate::protocol::MASTER_STATE_FORMAT
+            ),
+            None => {
+                "it did not read this master's state in its sanity run (an older build?)".into()
+            }
+        };
+        let warning = format!(
+            "sha256 {} is installed for workers only; the master keeps running its own code: {why}",
+            short(&active.sha256)
+        );
+        tracing::warn!("{warning}");
+        self.master_warning = Some(warning);
     }
 
     /// `version` runs now (a trusted one: signed, or the binary's own answer), and nothing
@@ -317,6 +356,7 @@ impl Pipeline {
             version: version.clone(),
             origin: saved.origin,
             deadline: None,
+            master_state: None,
             span,
         });
         if version.is_some() {

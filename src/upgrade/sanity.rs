@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::protocol::{CHECK_REPLY, ENV_CHECK};
+use crate::master_state::SavedState;
+use crate::protocol::{CHECK_REPLY, ENV_CHECK, ENV_MASTER_STATE_SAMPLE};
 use crate::refusal::Refusal;
 
 /// The target triple this crate was compiled for.
@@ -23,12 +24,21 @@ pub(crate) const TARGET: &str = env!("HANDOVER_TARGET");
 pub(crate) struct CheckReply {
     pub(crate) version: Option<String>,
     pub(crate) target: String,
+    /// The master state format the candidate read from the sample it was given (`None`: it
+    /// said nothing, as builds from before master upgrades do).
+    pub(crate) master_state: Option<u32>,
 }
 
-/// Prints the sanity run's answer; called by a program started in check mode.
+/// Prints the sanity run's answer; called by a program started in check mode. With a sample
+/// of the master's state, it also says which format it read (only if it parsed).
 pub(crate) fn answer(nonce: &str, version: Option<&str>) {
+    let master_state = std::env::var(ENV_MASTER_STATE_SAMPLE)
+        .ok()
+        .and_then(|sample| SavedState::answer(&sample))
+        .map(|format| format!(" master-state={format}"))
+        .unwrap_or_default();
     println!(
-        "{CHECK_REPLY} {nonce} version={} target={TARGET}",
+        "{CHECK_REPLY} {nonce} version={} target={TARGET}{master_state}",
         version.unwrap_or("-")
     );
 }
@@ -36,8 +46,16 @@ pub(crate) fn answer(nonce: &str, version: Option<&str>) {
 /// Runs `candidate` in check mode and reads its answer.
 pub(crate) async fn check(candidate: &Path, timeout: Duration) -> Result<CheckReply, Refusal> {
     let nonce = nonce();
-    let command = crate::sys::candidate_command(candidate, &[], &[(ENV_CHECK, nonce.as_ref())])
-        .map_err(exec_refusal)?;
+    let sample = String::from_utf8(SavedState::sample().to_bytes()).expect("JSON is UTF-8");
+    let command = crate::sys::candidate_command(
+        candidate,
+        &[],
+        &[
+            (ENV_CHECK, nonce.as_ref()),
+            (ENV_MASTER_STATE_SAMPLE, sample.as_ref()),
+        ],
+    )
+    .map_err(exec_refusal)?;
     let mut child = tokio::process::Command::from(command)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -95,11 +113,12 @@ fn parse_reply(line: &str, nonce: &str) -> Result<CheckReply, Refusal> {
     if words.next() != Some(nonce) {
         return Err(Refusal::sanity("sanity run answered with the wrong nonce"));
     }
-    let (mut version, mut target) = (None, None);
+    let (mut version, mut target, mut master_state) = (None, None, None);
     for word in words {
         match word.split_once('=') {
             Some(("version", v)) if v != "-" => version = Some(v.to_string()),
             Some(("target", t)) => target = Some(t.to_string()),
+            Some(("master-state", f)) => master_state = f.parse().ok(),
             _ => {}
         }
     }
@@ -109,7 +128,11 @@ fn parse_reply(line: &str, nonce: &str) -> Result<CheckReply, Refusal> {
             "built for {target}, this machine runs {TARGET}"
         )));
     }
-    Ok(CheckReply { version, target })
+    Ok(CheckReply {
+        version,
+        target,
+        master_state,
+    })
 }
 
 /// Runs a candidate that is not built on handover with `args`; it must exit 0 in time.
@@ -232,6 +255,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.version.as_deref(), Some("1.2.3"));
+        assert_eq!(ok.master_state, None);
+        let with_state = parse_reply(
+            &format!("handover-check n1 version=- target={TARGET} master-state=1"),
+            "n1",
+        )
+        .unwrap();
+        assert_eq!(with_state.master_state, Some(1));
         assert!(parse_reply(
             &format!("handover-check n2 version=- target={TARGET}"),
             "n1"

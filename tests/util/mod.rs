@@ -332,7 +332,10 @@ impl Service {
             .flatten()
             .filter(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                name.contains(".handover-") && !name.ends_with(".handover-state")
+                // The serving generation's pin is no leftover: recoveries run it.
+                name.contains(".handover-")
+                    && !name.ends_with(".handover-state")
+                    && !name.contains(".handover-gen-")
             })
             .map(|e| e.path())
             .collect()

@@ -352,6 +352,19 @@ pub trait Fetcher: Send + Sync {
     fn settled(&mut self, id: &str, settlement: Settlement) {
         let _ = (id, settlement);
     }
+
+    /// What this fetcher learned that should outlive the master's code when the master
+    /// upgrades itself in place (the validators of what it settled, so the new code does not
+    /// download the release it runs again), as text [`restore`](Fetcher::restore) reads back.
+    fn memory(&self) -> Option<String> {
+        None
+    }
+
+    /// Takes back what [`memory`](Fetcher::memory) returned in the master code this one
+    /// replaced. Text it cannot read is ignored.
+    fn restore(&mut self, memory: &str) {
+        let _ = memory;
+    }
 }
 
 #[async_trait]
@@ -367,6 +380,12 @@ impl<F: Fetcher + ?Sized> Fetcher for Box<F> {
     }
     fn settled(&mut self, id: &str, settlement: Settlement) {
         (**self).settled(id, settlement)
+    }
+    fn memory(&self) -> Option<String> {
+        (**self).memory()
+    }
+    fn restore(&mut self, memory: &str) {
+        (**self).restore(memory)
     }
 }
 

@@ -357,4 +357,25 @@ impl Fetcher for GithubFetcher {
             other => self.offered = other,
         }
     }
+
+    /// The releases list's ETag, and the version it was judged against (`-`: none).
+    fn memory(&self) -> Option<String> {
+        let (etag, judged_against) = self.remembered.as_ref()?;
+        let version = judged_against.as_ref().map(ToString::to_string);
+        Some(format!("{etag}\n{}", version.as_deref().unwrap_or("-")))
+    }
+
+    fn restore(&mut self, memory: &str) {
+        let Some((etag, version)) = memory.split_once('\n') else {
+            return;
+        };
+        let version = match version {
+            "-" => None,
+            v => match Version::parse(v) {
+                Ok(v) => Some(v),
+                Err(_) => return,
+            },
+        };
+        self.remembered = Some((etag.to_string(), version));
+    }
 }

@@ -288,4 +288,36 @@ impl Fetcher for HttpFetcher {
             other => self.offered = other,
         }
     }
+
+    /// The settled validators, one per line: ETag, Last-Modified, checksum (`-` for none).
+    fn memory(&self) -> Option<String> {
+        let seen = self.remembered.as_ref()?;
+        let checksum = seen.checksum.as_ref().map(net::hex);
+        Some(format!(
+            "{}\n{}\n{}",
+            seen.etag.as_deref().unwrap_or("-"),
+            seen.last_modified.as_deref().unwrap_or("-"),
+            checksum.as_deref().unwrap_or("-"),
+        ))
+    }
+
+    fn restore(&mut self, memory: &str) {
+        let lines: Vec<&str> = memory.lines().collect();
+        let [etag, last_modified, checksum] = lines[..] else {
+            return;
+        };
+        let field = |v: &str| (v != "-").then(|| v.to_string());
+        let checksum = match checksum {
+            "-" => None,
+            hex => match handover_fetcher::parse_sha256(hex) {
+                Some(digest) => Some(digest),
+                None => return,
+            },
+        };
+        self.remembered = Some(Seen {
+            etag: field(etag),
+            last_modified: field(last_modified),
+            checksum,
+        });
+    }
 }

@@ -62,6 +62,7 @@ mod refusal;
 pub mod release;
 mod service;
 pub mod sign;
+mod signals;
 mod sys;
 mod upgrade;
 mod worker;

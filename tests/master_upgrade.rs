@@ -144,7 +144,7 @@ fn an_upgrade_re_executes_the_master_under_load_keeping_pid_sockets_and_worker()
     slow.wait_progress(8);
 
     let new = with_trailer(&service.bin, "release-2");
-    service.offer(&new, "hand-over complete");
+    service.offer(&new, "old worker exited");
     let serving = service.worker_pid();
     service.wait_log("master upgraded in place", Duration::from_secs(20));
     assert_eq!(service.pid(), master, "the master's PID changed");
@@ -259,9 +259,10 @@ fn a_failed_exec_leaves_the_master_running_as_before() {
     std::fs::set_permissions(&service.bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let new = with_trailer(&service.bin, "release-2");
     service.offer(&new, "upgrade installed and serving");
-    let serving = service.worker_pid();
     let moved = service.path("moved-away");
     std::fs::rename(&service.bin, &moved).unwrap();
+    service.wait_log("old worker exited", Duration::from_secs(10));
+    let serving = service.worker_pid();
     let log = service.wait_log(
         "failed; the master keeps running its code: cannot read",
         Duration::from_secs(10),
@@ -283,7 +284,7 @@ fn a_failed_exec_leaves_the_master_running_as_before() {
 fn a_master_killed_right_after_its_exec_leaves_no_orphans_and_restarts_on_the_new_binary() {
     let (mut service, _sockets, _socket) = service("hello", "");
     let new = with_trailer(&service.bin, "release-2");
-    service.offer(&new, "hand-over complete");
+    service.offer(&new, "old worker exited");
     service.wait_log("master upgraded in place", Duration::from_secs(20));
     let worker = service.worker_pid();
     service.signal(libc::SIGKILL);

@@ -285,14 +285,14 @@ impl Config {
             }
         }
         for signal in &self.restart_signals {
-            if crate::sys::signal_number(signal).is_none() {
+            if crate::signals::signal_number(signal).is_none() {
                 return Err((
                     "restart_signals",
                     format!("has an unknown signal {signal:?}"),
                 ));
             }
         }
-        if crate::sys::signal_number(&self.parent_death_signal).is_none() {
+        if crate::signals::signal_number(&self.parent_death_signal).is_none() {
             return Err((
                 "parent_death_signal",
                 format!("is an unknown signal {:?}", self.parent_death_signal),

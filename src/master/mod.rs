@@ -344,7 +344,7 @@ impl Master {
         use tokio::signal::unix::{signal, SignalKind};
         let mut wanted: Vec<i32> = vec![libc::SIGTERM, libc::SIGINT, libc::SIGUSR1];
         for name in &self.config.restart_signals {
-            wanted.extend(crate::sys::signal_number(name));
+            wanted.extend(crate::signals::signal_number(name));
         }
         wanted.sort_unstable();
         wanted.dedup();
@@ -415,39 +415,8 @@ impl Master {
             }
             Event::Control { worker, message } => self.on_control(worker, message).await,
             Event::Exited { worker, status } => self.on_exit(worker, status).await,
-            Event::ReadyTimeout { worker } => {
-                if self
-                    .pending
-                    .as_ref()
-                    .is_some_and(|p| p.worker.id == worker && !p.worker.ready)
-                {
-                    let timeout = self.config.ready_timeout;
-                    tracing::error!(
-                        worker,
-                        ?timeout,
-                        "new worker was not ready in time; killing it"
-                    );
-                    if let Some(pending) = &self.pending {
-                        pending.worker.kill();
-                    }
-                    let pending = self.pending.take().expect("checked above");
-                    self.handover_failed(
-                        pending,
-                        format!("not ready within {}", humantime::format_duration(timeout)),
-                    )
-                    .await;
-                }
-            }
-            Event::DrainTimeout { worker } => {
-                if let Some(w) = self.draining.iter().find(|w| w.id == worker) {
-                    tracing::warn!(
-                        worker,
-                        pid = w.pid,
-                        "drain timeout passed; killing the old worker"
-                    );
-                    w.kill();
-                }
-            }
+            Event::ReadyTimeout { worker } => self.on_ready_timeout(worker).await,
+            Event::DrainTimeout { worker } => self.on_drain_timeout(worker),
             Event::Respawn { generation } => {
                 if generation == self.respawn_generation && self.respawn_scheduled {
                     self.respawn_scheduled = false;
@@ -475,7 +444,7 @@ impl Master {
         self.config
             .restart_signals
             .iter()
-            .any(|name| crate::sys::signal_number(name) == Some(signal))
+            .any(|name| crate::signals::signal_number(name) == Some(signal))
     }
 
     fn all_workers(&self) -> impl Iterator<Item = &WorkerProc> {
@@ -483,65 +452,5 @@ impl Master {
             .iter()
             .chain(self.pending.as_ref().map(|p| &p.worker))
             .chain(self.draining.iter())
-    }
-
-    fn phase(&self) -> Phase {
-        if self.stopped {
-            Phase::Stopped
-        } else if self.upgrading_master {
-            Phase::MasterUpgrade
-        } else if self.stopping {
-            Phase::Stopping
-        } else if self.pending.is_some() && self.current.is_some() {
-            Phase::HandingOver
-        } else if self.current.is_none() {
-            if self.ever_ready {
-                Phase::Recovering
-            } else {
-                Phase::Starting
-            }
-        } else if !self.draining.is_empty() {
-            Phase::Draining
-        } else {
-            Phase::Serving
-        }
-    }
-
-    fn publish(&mut self) {
-        let phase = self.phase();
-        let next = Status {
-            phase,
-            master_pid: std::process::id(),
-            binary: self.binary.clone(),
-            version: self
-                .upgrade
-                .running_version
-                .clone()
-                .or_else(|| self.version.clone()),
-            started_at: self.started_at,
-            worker: self.current.as_ref().map(WorkerProc::info),
-            starting: self.pending.as_ref().map(|p| p.worker.info()),
-            draining: self.draining.iter().map(WorkerProc::info).collect(),
-            handovers: self.counters.0,
-            failed_handovers: self.counters.1,
-            crashes: self.counters.2,
-            upgrade: self.upgrade.clone(),
-            master: MasterInfo {
-                version: self.own.version.clone(),
-                sha256: self.own.sha256.clone(),
-                upgrades: self.own.upgrades,
-                last_exec: self.own.exec_took,
-            },
-        };
-        self.status.send_if_modified(|status| {
-            if *status == next {
-                return false;
-            }
-            if status.phase != next.phase {
-                tracing::info!(from = %status.phase, to = %next.phase, "phase");
-            }
-            *status = next;
-            true
-        });
     }
 }

@@ -45,12 +45,13 @@ impl ProgramProtocol {
     pub(crate) fn new(config: ProgramConfig) -> crate::error::Result<Self> {
         let shim = std::env::current_exe()
             .map_err(|e| crate::error::Error::io("locating the handover executable", e))?;
-        let drain_signal = crate::sys::signal_number(&config.drain_signal).ok_or_else(|| {
-            crate::error::Error::config(
-                "program.drain_signal",
-                format!("unknown signal {:?}", config.drain_signal),
-            )
-        })?;
+        let drain_signal =
+            crate::signals::signal_number(&config.drain_signal).ok_or_else(|| {
+                crate::error::Error::config(
+                    "program.drain_signal",
+                    format!("unknown signal {:?}", config.drain_signal),
+                )
+            })?;
         let runtime_dir = Arc::new(RuntimeDir::new()?);
         tracing::debug!(path = %runtime_dir.path.display(), "runtime directory");
         Ok(Self {

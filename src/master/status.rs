@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use super::spawn::WorkerProc;
+
 /// Where the master is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -101,4 +103,66 @@ pub struct MasterInfo {
     pub upgrades: u64,
     /// How long the last re-exec took, from just before `execve` to the workers adopted.
     pub last_exec: Option<std::time::Duration>,
+}
+
+impl super::Master {
+    pub(super) fn phase(&self) -> Phase {
+        if self.stopped {
+            Phase::Stopped
+        } else if self.upgrading_master {
+            Phase::MasterUpgrade
+        } else if self.stopping {
+            Phase::Stopping
+        } else if self.pending.is_some() && self.current.is_some() {
+            Phase::HandingOver
+        } else if self.current.is_none() {
+            if self.ever_ready {
+                Phase::Recovering
+            } else {
+                Phase::Starting
+            }
+        } else if !self.draining.is_empty() {
+            Phase::Draining
+        } else {
+            Phase::Serving
+        }
+    }
+
+    pub(super) fn publish(&mut self) {
+        let phase = self.phase();
+        let next = Status {
+            phase,
+            master_pid: std::process::id(),
+            binary: self.binary.clone(),
+            version: self
+                .upgrade
+                .running_version
+                .clone()
+                .or_else(|| self.version.clone()),
+            started_at: self.started_at,
+            worker: self.current.as_ref().map(WorkerProc::info),
+            starting: self.pending.as_ref().map(|p| p.worker.info()),
+            draining: self.draining.iter().map(WorkerProc::info).collect(),
+            handovers: self.counters.0,
+            failed_handovers: self.counters.1,
+            crashes: self.counters.2,
+            upgrade: self.upgrade.clone(),
+            master: MasterInfo {
+                version: self.own.version.clone(),
+                sha256: self.own.sha256.clone(),
+                upgrades: self.own.upgrades,
+                last_exec: self.own.exec_took,
+            },
+        };
+        self.status.send_if_modified(|status| {
+            if *status == next {
+                return false;
+            }
+            if status.phase != next.phase {
+                tracing::info!(from = %status.phase, to = %next.phase, "phase");
+            }
+            *status = next;
+            true
+        });
+    }
 }

@@ -87,7 +87,7 @@ impl Master {
             listeners: &self.listeners,
             protocol: &self.protocol,
             idle_grace_ms: self.config.idle_grace.as_millis(),
-            parent_death_signal: crate::sys::signal_number(&self.config.parent_death_signal)
+            parent_death_signal: crate::signals::signal_number(&self.config.parent_death_signal)
                 .unwrap_or(libc::SIGTERM),
             listener_inodes: &self.listener_inodes,
         };
@@ -246,7 +246,7 @@ impl Master {
     }
 
     pub(super) async fn on_exit(&mut self, worker: u64, status: Option<ExitStatus>) {
-        let how = crate::sys::describe_exit(status);
+        let how = crate::signals::describe_exit(status);
         if self.exclusive_holder == Some(worker) {
             self.exclusive_holder = None;
         }
@@ -284,6 +284,40 @@ impl Master {
             if self.pending.is_none() {
                 self.schedule_respawn();
             }
+        }
+    }
+
+    /// A new worker that is not ready within `ready_timeout` is killed; the old one serves on.
+    pub(super) async fn on_ready_timeout(&mut self, worker: u64) {
+        let Some(pending) = self
+            .pending
+            .take_if(|p| p.worker.id == worker && !p.worker.ready)
+        else {
+            return;
+        };
+        let timeout = self.config.ready_timeout;
+        tracing::error!(
+            worker,
+            ?timeout,
+            "new worker was not ready in time; killing it"
+        );
+        pending.worker.kill();
+        self.handover_failed(
+            pending,
+            format!("not ready within {}", humantime::format_duration(timeout)),
+        )
+        .await;
+    }
+
+    /// An old worker still draining after `drain_timeout` is killed.
+    pub(super) fn on_drain_timeout(&mut self, worker: u64) {
+        if let Some(w) = self.draining.iter().find(|w| w.id == worker) {
+            tracing::warn!(
+                worker,
+                pid = w.pid,
+                "drain timeout passed; killing the old worker"
+            );
+            w.kill();
         }
     }
 

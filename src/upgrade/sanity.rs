@@ -92,7 +92,7 @@ pub(crate) async fn check(candidate: &Path, timeout: Duration) -> Result<CheckRe
     if !status.success() {
         return Err(Refusal::sanity(format!(
             "sanity run failed ({}){}",
-            crate::sys::describe_exit(Some(status)),
+            crate::signals::describe_exit(Some(status)),
             tail(&stderr)
         )));
     }
@@ -160,7 +160,7 @@ pub(crate) async fn exits_zero(
             "sanity run `{} {}` failed ({}){}",
             candidate.display(),
             args.join(" "),
-            crate::sys::describe_exit(Some(out.status)),
+            crate::signals::describe_exit(Some(out.status)),
             tail(&String::from_utf8_lossy(&out.stderr))
         ))),
     }
@@ -195,7 +195,7 @@ pub(crate) async fn pre_upgrade_hook(
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => Err(Refusal::vetoed(format!(
             "vetoed by pre_upgrade hook {program} ({}){}",
-            crate::sys::describe_exit(Some(out.status)),
+            crate::signals::describe_exit(Some(out.status)),
             tail(&String::from_utf8_lossy(&out.stderr))
         ))),
     }

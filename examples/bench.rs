@@ -18,7 +18,9 @@
 //!    with no restart at all, in alternating rounds (what handover costs when idle);
 //! 5. upgrade latency, file landing → new sha256 answering, with inotify and with polling;
 //! 6. the master's idle RSS and CPU with the file fetcher polling, and its fds and RSS before
-//!    and after a soak of hand-overs.
+//!    and after a soak of hand-overs;
+//! 7. the master upgrading itself in place (SIGUSR1): exec-and-adopt time as the new master
+//!    logs it, and whether the serving worker and the master's fds stayed the same.
 //!
 //! Writes `results.json`, `results.md` and `latency.svg` to `--out` (default `target/bench`)
 //! and prints the markdown table. Every process it starts is stopped when it ends, also on a
@@ -63,8 +65,8 @@ use baseline::BaselineProcess;
 use client::{Load, LoadResult, LoadSpec, Outcome, Protocol};
 use master::{Master, MasterSpec, Restart};
 use report::{
-    Bucket, Chart, ClientPhase, Failures, MasterFigures, RestartFigures, Results, Settings,
-    SoakFigures, SteadyComparison, ThroughputRun, UpgradePhase, WrkPhase,
+    Bucket, Chart, ClientPhase, Failures, InPlaceFigures, MasterFigures, RestartFigures, Results,
+    Settings, SoakFigures, SteadyComparison, ThroughputRun, UpgradePhase, WrkPhase,
 };
 use stats::{Dist, Windows};
 
@@ -92,6 +94,10 @@ struct Options {
     /// Steady-state pause after each restart window, in ms [default: 500].
     #[arg(long)]
     gap_ms: Option<u64>,
+    /// Master upgrades in place (SIGUSR1: exec of the binary, workers adopted) timed after the
+    /// soak [default: 50].
+    #[arg(long)]
+    master_upgrades: Option<usize>,
     /// Upgrades timed per mode (inotify, polling) [default: 5].
     #[arg(long)]
     upgrade_reps: Option<usize>,
@@ -176,6 +182,7 @@ fn settings(options: &Options) -> Settings {
         request_timeout_ms: REQUEST_TIMEOUT.as_millis() as u64,
         drain_timeout_ms: DRAIN_TIMEOUT.as_millis() as u64,
         soak: pick(options.soak, 200, 50),
+        master_upgrades: pick(options.master_upgrades, 50, 10),
         upgrade_repetitions: pick(options.upgrade_reps, 5, 2),
         steady_rounds: if quick { 2 } else { 4 },
         steady_round_seconds: if quick { 1.5 } else { 3.0 },
@@ -781,6 +788,19 @@ fn master_phase(
     // Let the last old worker's pipes close before counting.
     std::thread::sleep(Duration::from_millis(200));
     let figures = restart_figures(&restarts);
+    let fds_after = procs::fd_count(pid).ok_or_else(unreadable)?;
+    let rss_kib_after = procs::rss_kib(pid).ok_or_else(unreadable)?;
+
+    say(&format!(
+        "{} master upgrades in place",
+        settings.master_upgrades
+    ));
+    let worker_before = master.probe()?.pid;
+    let mut exec_times = Vec::with_capacity(settings.master_upgrades);
+    for _ in 0..settings.master_upgrades {
+        exec_times.push(master.upgrade_in_place(Duration::from_secs(20))?);
+    }
+    let worker_after = master.probe()?.pid;
     Ok(MasterFigures {
         poll_interval_ms: POLL_INTERVAL.as_millis() as u64,
         rss_kib_idle,
@@ -792,11 +812,19 @@ fn master_phase(
             handovers: restarts.len(),
             incomplete: figures.incomplete,
             fds_before,
-            fds_after: procs::fd_count(pid).ok_or_else(unreadable)?,
+            fds_after,
             rss_kib_before,
-            rss_kib_after: procs::rss_kib(pid).ok_or_else(unreadable)?,
+            rss_kib_after,
             rss_kib_samples,
             handover_ms: figures.handover_ms,
+        },
+        upgrades_in_place: InPlaceFigures {
+            count: exec_times.len(),
+            exec_and_adopt_ms: Dist::from_durations(exec_times),
+            worker_kept: worker_before == worker_after,
+            fds_before: fds_after,
+            fds_after: procs::fd_count(pid).ok_or_else(unreadable)?,
+            master_pid_kept: master.pid() == pid,
         },
     })
 }

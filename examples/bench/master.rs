@@ -189,6 +189,37 @@ impl Master {
     pub(crate) fn log(&self) -> &Path {
         &self.log
     }
+
+    /// Sends SIGUSR1 (the master re-executes itself) and waits for the new code's log line;
+    /// returns the exec-and-adopt time it reports.
+    pub(crate) fn upgrade_in_place(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        const LINE: &str = "master upgraded in place";
+        let read = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
+        let before = read(&self.log).matches(LINE).count();
+        self.process
+            .signal(libc::SIGUSR1)
+            .context("sending SIGUSR1 to the master")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = read(&self.log);
+            if let Some(line) = log.lines().filter(|l| l.contains(LINE)).nth(before) {
+                let took = line
+                    .split_once(" took=")
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .and_then(parse_debug_duration)
+                    .with_context(|| format!("no took= in {line:?}"))?;
+                return Ok(took);
+            }
+            if Instant::now() > deadline || self.process.exited() {
+                bail!(
+                    "the master did not upgrade in place within {timeout:?}; its log {} ends:\n{}",
+                    self.log.display(),
+                    procs::tail(&self.log, 15)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }
 
 /// A port on 127.0.0.1 that was free a moment ago (the master binds it right after).
@@ -196,4 +227,18 @@ pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
     let listener =
         std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
     Ok(listener.local_addr()?)
+}
+
+/// A `Duration` as `{:?}` prints it: `12.5ms`, `950.2µs`, `1.2s`, `80ns`.
+fn parse_debug_duration(text: &str) -> Option<Duration> {
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_alphabetic() || c == 'µ')?);
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => value,
+        "ms" => value / 1e3,
+        "µs" | "us" => value / 1e6,
+        "ns" => value / 1e9,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
 }

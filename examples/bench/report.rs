@@ -77,6 +77,7 @@ pub(crate) struct Settings {
     pub(crate) request_timeout_ms: u64,
     pub(crate) drain_timeout_ms: u64,
     pub(crate) soak: usize,
+    pub(crate) master_upgrades: usize,
     pub(crate) upgrade_repetitions: usize,
     /// Rounds of (plain hyper, handover) with no restart, for the steady-state ratio.
     pub(crate) steady_rounds: usize,
@@ -213,6 +214,20 @@ pub(crate) struct MasterFigures {
     /// One clock tick over the window, in percent of a core: 0 ticks means "less than this".
     pub(crate) idle_cpu_resolution_percent: f64,
     pub(crate) soak: SoakFigures,
+    pub(crate) upgrades_in_place: InPlaceFigures,
+}
+
+/// The master re-executing itself (SIGUSR1), its workers adopted.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct InPlaceFigures {
+    pub(crate) count: usize,
+    /// From just before `execve` to the serving worker adopted, as the new master logs it.
+    pub(crate) exec_and_adopt_ms: Dist,
+    /// The worker that served before the first upgrade served after the last.
+    pub(crate) worker_kept: bool,
+    pub(crate) master_pid_kept: bool,
+    pub(crate) fds_before: usize,
+    pub(crate) fds_after: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -485,7 +500,30 @@ fn markdown(r: &Results) -> String {
         "| hand-over time without load | {} |",
         soak.handover_ms.cell()
     );
+    let in_place = &master.upgrades_in_place;
+    let _ = writeln!(
+        md,
+        "| master upgrade in place (exec and adopt), p50 / p99 / max over {} | {} |",
+        in_place.count,
+        in_place.exec_and_adopt_ms.cell()
+    );
+    let _ = writeln!(
+        md,
+        "| … master PID kept, serving worker kept, master fds before → after | {}, {}, {} → {} |",
+        yes(in_place.master_pid_kept),
+        yes(in_place.worker_kept),
+        in_place.fds_before,
+        in_place.fds_after
+    );
     md
+}
+
+fn yes(kept: bool) -> &'static str {
+    if kept {
+        "yes"
+    } else {
+        "NO"
+    }
 }
 
 /// One line of the latency chart: its name, colour and value per bucket.

@@ -64,10 +64,18 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// A service with a control socket in a directory of its own and a quick probation.
 fn service(example: &'static str, extra: &str) -> (Service, tempfile::TempDir, PathBuf) {
+    service_with(example, extra, "500ms")
+}
+
+fn service_with(
+    example: &'static str,
+    extra: &str,
+    probation: &str,
+) -> (Service, tempfile::TempDir, PathBuf) {
     let sockets = tempfile::tempdir().unwrap();
     let socket = sockets.path().join("control.sock");
     let config = format!(
-        "control_socket = \"{}\"\nfetcher = \"file\"\n{extra}\n[upgrade]\ninterval = \"1h\"\nprobation = \"500ms\"\n[file]\nsettle = \"50ms\"\n",
+        "control_socket = \"{}\"\nfetcher = \"file\"\n{extra}\n[upgrade]\ninterval = \"1h\"\nprobation = \"{probation}\"\n[file]\nsettle = \"50ms\"\n",
         socket.display()
     );
     let service = Service::serving(Options {
@@ -278,6 +286,100 @@ fn a_failed_exec_leaves_the_master_running_as_before() {
     service.wait_log("master upgraded in place", Duration::from_secs(10));
     assert_eq!(exe_of(master), service.bin.display().to_string());
     assert_eq!(service.worker_pid(), serving);
+}
+
+#[test]
+fn an_execve_that_fails_restores_every_descriptor_and_keeps_serving() {
+    let (service, _sockets, socket) = service("hello", "");
+    let master = service.pid();
+    let new = with_trailer(&service.bin, "release-2");
+    service.offer(&new, "upgrade installed and serving");
+    // Not executable when the exec comes: every check has passed (the bytes are the ones that
+    // passed probation), and the kernel refuses the exec itself.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&service.bin, std::fs::Permissions::from_mode(0o644)).unwrap();
+    service.wait_log("Permission denied", Duration::from_secs(10));
+    assert!(
+        service
+            .log()
+            .contains("master upgrade failed; the master keeps running its code: execve of"),
+        "{}",
+        service.log()
+    );
+    service.wait_log("old worker exited", Duration::from_secs(10));
+    let serving = service.worker_pid();
+    let fds = fd_count(master);
+    let status = control(&socket, "status");
+    assert!(
+        status.contains("phase: serving") && status.contains("upgraded in place 0 times"),
+        "{status}"
+    );
+    std::fs::set_permissions(&service.bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    control(&socket, "reexec");
+    service.wait_log("master upgraded in place", Duration::from_secs(10));
+    assert_eq!(service.pid(), master);
+    assert_eq!(service.worker_pid(), serving);
+    // The failed exec left no descriptor behind (the state's memfd, say): the new code, which
+    // holds exactly what it needs, has as many.
+    assert_eq!(
+        fd_count(master),
+        fds,
+        "descriptors differ after the failed exec"
+    );
+}
+
+#[test]
+fn a_probation_that_a_manual_re_exec_interrupts_goes_on_in_the_new_code() {
+    let (service, _sockets, socket) = service_with("hello", "", "4s");
+    let new = with_trailer(&service.bin, "release-2");
+    service.offer(&new, "probation runs");
+    control(&socket, "reexec");
+    service.wait_log("master upgraded in place", Duration::from_secs(10));
+    let log = service.wait_log("upgrade passed probation", Duration::from_secs(15));
+    assert!(
+        log.contains("resuming the probation a previous master started"),
+        "{log}"
+    );
+    let status = control(&socket, "status");
+    assert!(status.contains("installed from"), "{status}");
+    assert!(!status.contains("probation:"), "{status}");
+}
+
+#[test]
+fn systemd_sees_reloading_then_ready_with_the_same_main_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("control.sock");
+    let config = format!("control_socket = \"{}\"\n", socket.display());
+    let service = Service::serving(Options {
+        config: &config,
+        env: vec![("NOTIFY_SOCKET".into(), path.display().to_string())],
+        ..Options::default()
+    });
+    let master = service.pid();
+    let until = |wanted: &str| loop {
+        let mut buffer = [0u8; 4096];
+        let n = notify.recv(&mut buffer).expect("a notification");
+        let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        if message.contains(wanted) {
+            return message;
+        }
+    };
+    assert!(until("READY=1").contains(&format!("MAINPID={master}")));
+    control(&socket, "reexec");
+    let reloading = until("RELOADING=1");
+    assert!(
+        reloading.contains("MONOTONIC_USEC=") && reloading.contains("master upgrade"),
+        "{reloading}"
+    );
+    let ready = until("READY=1");
+    assert!(ready.contains(&format!("MAINPID={master}")), "{ready}");
+    assert_eq!(service.pid(), master);
 }
 
 #[test]

@@ -316,6 +316,12 @@ impl Master {
         match self.taken.take() {
             Some(taken) => {
                 self.carry_on(taken)?;
+                // A probation that a manual re-exec interrupted runs its window from here.
+                if let Some(current) = &self.current {
+                    self.report(crate::handoff::WorkerReport::Ready {
+                        sha256: current.sha256.clone(),
+                    });
+                }
                 if self.current.is_none() {
                     self.start_worker(Reason::Recovery).await;
                 } else if std::mem::take(&mut self.listeners_changed) {

@@ -16,7 +16,7 @@ use crate::handoff::{HandoverOutcome, WorkerReport};
 use crate::protocol::Message;
 
 impl Master {
-    fn report(&self, report: WorkerReport) {
+    pub(super) fn report(&self, report: WorkerReport) {
         if let Some(reports) = &self.reports {
             let _ = reports.send(report);
         }

@@ -36,6 +36,8 @@ pub(super) struct Active {
     /// The master state format it read in its sanity run (`None`: unknown, as after a restart
     /// of the master, or it cannot take the master over).
     master_state: Option<u32>,
+    /// Resumed by a master started from this binary: its code is the master's already.
+    resumed: bool,
     span: tracing::Span,
 }
 
@@ -94,6 +96,7 @@ impl Pipeline {
             origin: origin.clone(),
             deadline: None,
             master_state,
+            resumed: false,
             span,
         });
         match self.hand_over(&sha256).await {
@@ -211,7 +214,7 @@ impl Pipeline {
     /// After an upgrade of the master's own binary passed probation, the master's code is
     /// upgraded too, when the new build can take over its state.
     fn upgrade_master(&mut self, active: &Active) {
-        if !self.master_is_live || !self.config.upgrade_master {
+        if !self.master_is_live || !self.config.upgrade_master || active.resumed {
             return;
         }
         if active.master_state == Some(crate::protocol::MASTER_STATE_FORMAT) {
@@ -357,6 +360,7 @@ impl Pipeline {
             origin: saved.origin,
             deadline: None,
             master_state: None,
+            resumed: true,
             span,
         });
         if version.is_some() {

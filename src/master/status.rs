@@ -5,8 +5,6 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use super::spawn::WorkerProc;
-
 /// Where the master is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -140,9 +138,9 @@ impl super::Master {
                 .clone()
                 .or_else(|| self.version.clone()),
             started_at: self.started_at,
-            worker: self.current.as_ref().map(WorkerProc::info),
+            worker: self.current.as_ref().map(|w| w.info()),
             starting: self.pending.as_ref().map(|p| p.worker.info()),
-            draining: self.draining.iter().map(WorkerProc::info).collect(),
+            draining: self.draining.iter().map(|w| w.info()).collect(),
             handovers: self.counters.0,
             failed_handovers: self.counters.1,
             crashes: self.counters.2,

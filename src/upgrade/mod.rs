@@ -21,6 +21,7 @@ mod signed;
 mod stage;
 pub(crate) mod state;
 pub(crate) mod swap;
+mod timing;
 pub(crate) mod verify;
 
 use std::path::PathBuf;
@@ -42,6 +43,7 @@ use crate::handoff::{
 use crate::refusal::{Disposition, Refusal};
 use attempt::Outcome;
 use state::{State, StateFile};
+use timing::{backoff, with_jitter};
 
 /// The ends of the channels the pipeline talks through.
 pub(crate) struct Channels {
@@ -477,33 +479,5 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-fn backoff(interval: Duration, failures: u32, max: Duration) -> Duration {
-    interval
-        .saturating_mul(1u32 << failures.min(16))
-        .min(max.max(interval))
-}
-
-fn with_jitter(interval: Duration, jitter: f64) -> Duration {
-    let mut bytes = [0u8; 4];
-    let _ = getrandom::fill(&mut bytes);
-    let fraction = f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX);
-    interval + interval.mul_f64(jitter * fraction)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let s = Duration::from_secs;
-        assert_eq!(backoff(s(1), 1, s(60)), s(2));
-        assert_eq!(backoff(s(1), 3, s(60)), s(8));
-        assert_eq!(backoff(s(1), 30, s(60)), s(60));
-        let j = with_jitter(s(10), 0.1);
-        assert!(j >= s(10) && j <= s(11));
     }
 }

@@ -209,6 +209,10 @@ fn an_upgrade_re_executes_the_master_under_load_keeping_pid_sockets_and_worker()
 
     let (requests, failed, report) = wrk.finish();
     let stats = slow.finish();
+    eprintln!(
+        "wrk across 11 master upgrades: {requests} requests, {failed} failed; slow requests: {} ok, {} failed",
+        stats.ok, stats.failed
+    );
     assert!(requests > 1000, "{report}");
     assert_eq!(failed, 0, "wrk saw failures:\n{report}");
     assert_eq!(stats.failed, 0, "slow requests failed: {:?}", stats.errors);

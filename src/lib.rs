@@ -155,7 +155,11 @@ impl Handover {
             std::process::exit(0);
         }
         if worker::is_worker() {
-            return worker::run_worker(self.config.worker_threads, program);
+            return worker::run_worker(
+                self.config.worker_threads,
+                &self.config.restart_signals,
+                program,
+            );
         }
         drop(program);
         self.run_master()

@@ -498,3 +498,76 @@ fn supervisord_keeps_tracking_the_same_pid_across_restarts() {
         supervisor.ctl(&["status", "app"])
     );
 }
+
+#[test]
+fn auto_readiness_sees_a_program_that_waits_in_poll_or_select() {
+    for wait in ["poll", "select"] {
+        let run = Run::start(
+            "ready_timeout = \"5s\"\n",
+            &[("PYSERVER_WAIT", Path::new(wait))],
+        );
+        let first = run.worker_pid();
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while !run.log().contains("worker ready; serving") {
+            assert!(
+                Instant::now() < deadline,
+                "{wait}: the first worker was never seen ready:\n{}",
+                run.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        run.signal(libc::SIGUSR2);
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while !run.log().contains("hand-over complete") {
+            assert!(
+                Instant::now() < deadline,
+                "{wait}: the new worker was never seen ready:\n{}",
+                run.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The old program stops accepting once its loop sees the drain signal.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while run.worker_pid() == first {
+            assert!(
+                Instant::now() < deadline,
+                "{wait}: the old program still serves"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !run.log().contains("not ready in time"),
+            "{wait}:\n{}",
+            run.log()
+        );
+    }
+}
+
+#[test]
+fn a_first_worker_never_seen_ready_is_kept_and_a_new_one_is_not() {
+    let run = Run::start(
+        "ready_timeout = \"1s\"\n[program]\nready = \"notify\"\n",
+        &[("PYSERVER_WAIT", Path::new("poll"))],
+    );
+    let first = run.worker_pid();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !run.log().contains("no other serves: keeping it") {
+        assert!(Instant::now() < deadline, "no warning:\n{}", run.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(run.worker_pid(), first, "the only worker was replaced");
+    let status = String::from_utf8_lossy(&run.control("status").stdout).into_owned();
+    assert!(status.contains("phase: serving"), "{status}");
+    // A new worker that is never ready has a predecessor to fall back to: it is killed.
+    run.signal(libc::SIGUSR2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !run
+        .log()
+        .contains("new worker was not ready in time; killing it")
+    {
+        assert!(Instant::now() < deadline, "not killed:\n{}", run.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(run.worker_pid(), first);
+}

@@ -615,3 +615,18 @@ fn an_axum_router_restarts_under_load_without_a_failed_request() {
     drop(guard);
     let _ = master.wait();
 }
+
+#[test]
+fn the_masters_signals_sent_to_a_worker_do_not_kill_it() {
+    // As `systemctl kill -s USR2 app` (every process of the unit) or `pkill -USR2 app` do.
+    let service = Service::serving(Options::default());
+    let worker = service.worker_pid();
+    for signal in [libc::SIGUSR2, libc::SIGHUP, libc::SIGUSR1] {
+        // SAFETY: kill(2) on a worker of our own master.
+        assert_eq!(unsafe { libc::kill(worker as i32, signal) }, 0);
+    }
+    service.wait_log("reached this worker; ignored", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(service.worker_pid(), worker);
+    assert_eq!(service.log_count("worker crashed"), 0, "{}", service.log());
+}

@@ -38,7 +38,8 @@ pub enum ReadyMode {
     Auto,
     /// Only `READY=1` on `NOTIFY_SOCKET`.
     Notify,
-    /// Only a thread waiting in `accept` (or an epoll set holding a listener).
+    /// Only a thread waiting for a listener: in `accept`, in `poll`/`ppoll`/`select`/
+    /// `pselect6` with it in the read set, or with it in an epoll set.
     Accepting,
     /// A fixed delay after start.
     Delay,

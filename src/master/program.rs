@@ -8,7 +8,9 @@
 //! Readiness, the first that happens: `READY=1` on the `NOTIFY_SOCKET` the master gives each
 //! worker (the sd_notify protocol, accepted only from the worker's own process tree: see
 //! [`super::notify`]), or, in `auto` mode, a thread of the program seen waiting to accept on
-//! one of the listeners (from `/proc`), or the configured delay.
+//! one of the listeners (from `/proc`: blocked in `accept`, in `poll`/`ppoll`/`select`/
+//! `pselect6` with a listener in the read set, which the master reads from the program's
+//! memory, or holding a listener in an epoll set), or the configured delay.
 //!
 //! The notify sockets live in the runtime directory: `$RUNTIME_DIRECTORY` when the service
 //! manager made one (systemd's `RuntimeDirectory=`; the first of several), which must be owned
@@ -251,8 +253,9 @@ fn make_private_dir(base: &Path) -> crate::error::Result<PathBuf> {
     ))
 }
 
-/// Completes once a thread of `pid` waits in `accept`/`accept4` on a listener, or one of its
-/// epoll sets holds a listener: the program is accepting connections.
+/// Completes once a thread of `pid` waits for a listener: in `accept`/`accept4` on it, in
+/// `poll`/`ppoll`/`select`/`pselect6` with it among the descriptors watched for reading, or
+/// with it in one of its epoll sets. The program is accepting connections.
 async fn accepting(pid: u32, listener_inodes: &[u64]) {
     loop {
         if is_accepting(pid, listener_inodes) {
@@ -286,18 +289,14 @@ fn is_accepting(pid: u32, listener_inodes: &[u64]) -> bool {
     if listener_fds.is_empty() {
         return false;
     }
-    // A thread blocked in accept (43) or accept4 (288) on x86_64 with a listener as first argument.
+    // A thread blocked in accept/accept4 on a listener, or in poll/ppoll/select/pselect6 with
+    // a listener among the descriptors it watches for reading.
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
             let Ok(syscall) = std::fs::read_to_string(task.path().join("syscall")) else {
                 continue;
             };
-            let mut words = syscall.split_whitespace();
-            let (Some(number), Some(first)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let fd = u64::from_str_radix(first.trim_start_matches("0x"), 16).unwrap_or(u64::MAX);
-            if ACCEPT_SYSCALLS.contains(&number) && listener_fds.contains(&fd) {
+            if waits_on_listener(pid, &syscall, &listener_fds) {
                 return true;
             }
         }
@@ -322,12 +321,98 @@ fn is_accepting(pid: u32, listener_inodes: &[u64]) -> bool {
     false
 }
 
+/// System calls a thread of a ready server waits in, by number (`/proc/<pid>/task/*/syscall`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// `accept`, `accept4`: the first argument is the descriptor.
+    Accept,
+    /// `poll`, `ppoll`: an array of `struct pollfd` and its length.
+    Poll,
+    /// `select`, `pselect6`: `nfds`, then the read set.
+    Select,
+}
+
 #[cfg(target_arch = "x86_64")]
-const ACCEPT_SYSCALLS: [&str; 2] = ["43", "288"];
+const WAITS: [(u64, Wait); 6] = [
+    (43, Wait::Accept),
+    (288, Wait::Accept),
+    (7, Wait::Poll),
+    (271, Wait::Poll),
+    (23, Wait::Select),
+    (270, Wait::Select),
+];
+// aarch64 has no accept-less poll or select: only ppoll and pselect6.
 #[cfg(target_arch = "aarch64")]
-const ACCEPT_SYSCALLS: [&str; 2] = ["202", "242"];
+const WAITS: [(u64, Wait); 4] = [
+    (202, Wait::Accept),
+    (242, Wait::Accept),
+    (73, Wait::Poll),
+    (72, Wait::Select),
+];
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-const ACCEPT_SYSCALLS: [&str; 0] = [];
+const WAITS: [(u64, Wait); 0] = [];
+
+/// Whether the thread whose `/proc/.../syscall` line is `syscall` waits on one of
+/// `listener_fds`: in accept, or in poll/select with a listener in the read set, which is read
+/// from the process's memory (`/proc/<pid>/mem`, open to the parent).
+fn waits_on_listener(pid: u32, syscall: &str, listener_fds: &[u64]) -> bool {
+    let mut words = syscall.split_whitespace();
+    let Some(number) = words.next().and_then(|n| n.parse::<u64>().ok()) else {
+        return false;
+    };
+    let Some(&(_, wait)) = WAITS.iter().find(|(n, _)| *n == number) else {
+        return false;
+    };
+    let args: Vec<u64> = words
+        .take(3)
+        .filter_map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16).ok())
+        .collect();
+    let [first, second, _] = args[..] else {
+        return false;
+    };
+    match wait {
+        Wait::Accept => listener_fds.contains(&first),
+        Wait::Poll => {
+            // struct pollfd { int fd; short events; short revents; }: 8 bytes each.
+            let count = second.min(4096);
+            let Some(bytes) = read_memory(pid, first, count * 8) else {
+                return false;
+            };
+            bytes.chunks_exact(8).any(|entry| {
+                let fd = i32::from_ne_bytes([entry[0], entry[1], entry[2], entry[3]]);
+                let events = i16::from_ne_bytes([entry[4], entry[5]]);
+                fd >= 0
+                    && events & (libc::POLLIN | libc::POLLPRI) != 0
+                    && listener_fds.contains(&(fd as u64))
+            })
+        }
+        Wait::Select => {
+            let nfds = first.min(libc::FD_SETSIZE as u64);
+            // The read set: a bitmap of `nfds` bits in longs.
+            let Some(bits) = read_memory(pid, second, nfds.div_ceil(64) * 8) else {
+                return false;
+            };
+            listener_fds.iter().any(|&fd| {
+                fd < nfds
+                    && bits
+                        .get((fd / 8) as usize)
+                        .is_some_and(|b| b & (1 << (fd % 8)) != 0)
+            })
+        }
+    }
+}
+
+/// `length` bytes of process `pid`'s memory at `address`.
+fn read_memory(pid: u32, address: u64, length: u64) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    if address == 0 || length == 0 {
+        return None;
+    }
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    let mut buffer = vec![0u8; length as usize];
+    mem.read_exact_at(&mut buffer, address).ok()?;
+    Some(buffer)
+}
 
 /// The exec shim: sets `LISTEN_PID` to this process's PID and execs the program. Never returns
 /// on success.

@@ -288,6 +288,7 @@ impl Master {
     }
 
     /// A new worker that is not ready within `ready_timeout` is killed; the old one serves on.
+    /// One with no predecessor (the first, or after a crash) is kept with a warning.
     pub(super) async fn on_ready_timeout(&mut self, worker: u64) {
         let Some(pending) = self
             .pending
@@ -296,6 +297,35 @@ impl Master {
             return;
         };
         let timeout = self.config.ready_timeout;
+        if self.current.is_none() && !self.stopping {
+            // Nothing else serves: killing it would be an outage, and it may well be serving.
+            tracing::warn!(
+                worker,
+                ?timeout,
+                "worker was not seen ready in time, and no other serves: keeping it"
+            );
+            let Pending {
+                worker: mut kept,
+                replies,
+                ..
+            } = pending;
+            for reply in replies {
+                let _ = reply.send(HandoverOutcome::Failed(format!(
+                    "not seen ready within {}; kept as the only worker",
+                    humantime::format_duration(timeout)
+                )));
+            }
+            kept.ready = true;
+            self.ever_ready = true;
+            if self.pin != kept.pin {
+                remove_pin(self.pin.as_deref());
+                self.pin = kept.pin.clone();
+            }
+            self.current = Some(kept);
+            self.grant_exclusive().await;
+            self.after_handover().await;
+            return;
+        }
         tracing::error!(
             worker,
             ?timeout,

@@ -234,7 +234,11 @@ impl Worker {
 
 /// Runs the program in a worker process. Called by [`Handover::run`](crate::Handover::run)
 /// when the environment says this process is a worker.
-pub(crate) fn run_worker<F, Fut, E>(threads: Option<usize>, program: F) -> Result<()>
+pub(crate) fn run_worker<F, Fut, E>(
+    threads: Option<usize>,
+    master_signals: &[String],
+    program: F,
+) -> Result<()>
 where
     F: FnOnce(Worker) -> Fut,
     Fut: Future<Output = std::result::Result<(), E>>,
@@ -249,7 +253,14 @@ where
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the worker runtime", e))?;
+    let master_signals: Vec<i32> = master_signals
+        .iter()
+        .filter_map(|name| crate::signals::signal_number(name))
+        .chain([libc::SIGUSR1])
+        .filter(|&n| n != libc::SIGTERM && n != libc::SIGINT && n != libc::SIGKILL)
+        .collect();
     let result = runtime.block_on(async move {
+        ignore_master_signals(&master_signals);
         let control = env.control;
         control
             .set_nonblocking(true)
@@ -434,4 +445,29 @@ impl WorkerEnv {
 /// Whether this process was started by a master as a worker.
 pub(crate) fn is_worker() -> bool {
     std::env::var_os(protocol::ENV_CONTROL_FD).is_some()
+}
+
+/// The master's restart and re-exec signals, when they reach a worker (`systemctl kill -s USR2`
+/// signals every process of the unit, `pkill` every process of the name): caught and logged,
+/// so they do not kill it. A worker hands over only when its master says so. Caught, not
+/// ignored: an ignored disposition would be inherited by the programs the worker runs.
+fn ignore_master_signals(numbers: &[i32]) {
+    use tokio::signal::unix::{signal, SignalKind};
+    for &number in numbers {
+        match signal(SignalKind::from_raw(number)) {
+            Ok(mut stream) => {
+                tokio::spawn(async move {
+                    while stream.recv().await.is_some() {
+                        tracing::info!(
+                            signal = number,
+                            "the master's signal reached this worker; ignored (send it to the master)"
+                        );
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(signal = number, error = %e, "cannot catch the master's signal")
+            }
+        }
+    }
 }

@@ -4,8 +4,12 @@
 It takes its listening socket from systemd socket activation (LISTEN_FDS, LISTEN_PID), says
 READY=1 on NOTIFY_SOCKET, and drains on SIGTERM: further requests get `Connection: close`,
 idle connections are closed after a short grace, then it exits.
+
+PYSERVER_WAIT=poll|select says nothing on NOTIFY_SOCKET and waits for connections in poll (the
+standard library's serve_forever) or in a select loop: readiness must be seen from outside.
 """
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -73,10 +77,24 @@ def main():
     server.socket.close()
     server.socket = socket.socket(fileno=3)
     signal.signal(signal.SIGTERM, lambda *_: draining.set())
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    notify("READY=1")
-    draining.wait()
-    server.shutdown()
+    wait = os.environ.get("PYSERVER_WAIT")
+    if wait == "select":
+        def select_loop():
+            while not draining.is_set():
+                readable, _, _ = select.select([server.socket], [], [], 0.5)
+                if readable:
+                    server._handle_request_noblock()
+        loop = threading.Thread(target=select_loop, daemon=True)
+        loop.start()
+        draining.wait()
+        loop.join()
+    else:
+        interval = 0.5 if wait == "poll" else 0.05
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": interval}, daemon=True).start()
+        if wait is None:
+            notify("READY=1")
+        draining.wait()
+        server.shutdown()
     # Requests still arriving on kept-alive connections are answered with Connection: close;
     # exit once nothing has happened for the idle grace.
     while True:

@@ -204,14 +204,21 @@ pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(owned)
 }
 
-/// Sends `signal` to `pid`.
-pub(crate) fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
-    // SAFETY: kill(2) has no memory-safety preconditions; callers pass PIDs of children they
-    // have not reaped yet, so the PID cannot have been reused.
-    if unsafe { libc::kill(pid as libc::pid_t, signal) } < 0 {
+/// Sends `signal` to every process of the group `pgid` (a worker and what it started: each
+/// worker leads a group of its own).
+pub(crate) fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+    if unsafe { libc::kill(-(pgid as libc::pid_t), signal) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Whether any process of the group `pgid` is left.
+pub(crate) fn group_alive(pgid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the group exists and may be signalled.
+    let result = unsafe { libc::kill(-(pgid as libc::pid_t), 0) };
+    result == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// This process's effective user id.

@@ -25,10 +25,21 @@ struct Run {
 
 impl Run {
     fn start(extra_config: &str, env: &[(&str, &Path)]) -> Run {
+        Run::start_script(extra_config, env, None)
+    }
+
+    /// With `script`: runs a shell script (beside `pyserver`) instead of the server itself.
+    fn start_script(extra_config: &str, env: &[(&str, &Path)], script: Option<&str>) -> Run {
         let dir = tempfile::tempdir().unwrap();
         let port = util::free_port();
-        let program = dir.path().join("pyserver");
+        let mut program = dir.path().join("pyserver");
         std::fs::copy(python_server(), &program).unwrap();
+        if let Some(script) = script {
+            use std::os::unix::fs::PermissionsExt;
+            program = dir.path().join("start.sh");
+            std::fs::write(&program, script).unwrap();
+            std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let config = format!(
             "control_socket = \"{}\"\nidle_grace = \"500ms\"\n{extra_config}\n[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:{port}\"\n",
             dir.path().join("control.sock").display()
@@ -570,4 +581,71 @@ fn a_first_worker_never_seen_ready_is_kept_and_a_new_one_is_not() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(run.worker_pid(), first);
+}
+
+/// Processes (other than `except`) that hold a socket with inode `inode`.
+fn holders_of(inode: u64, except: &[u32]) -> Vec<u32> {
+    let wanted = format!("socket:[{inode}]");
+    let mut holders = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if except.contains(&pid) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == wanted))
+        {
+            holders.push(pid);
+        }
+    }
+    holders
+}
+
+#[test]
+fn drain_reaches_the_whole_process_group_of_a_program_started_by_a_shell() {
+    // Without `exec`: the shell stays the worker, python is its child.
+    let script = "#!/bin/sh\nPYSERVER_ANY_PID=1 python3 \"$(dirname \"$0\")/pyserver\"\n";
+    let run = Run::start_script("drain_timeout = \"3s\"\n", &[], Some(script));
+    let first_python = run.worker_pid();
+    let master = run.pid();
+    // The listener's inode, as the master holds it.
+    let inode = std::fs::read_dir(format!("/proc/{master}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            t.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        })
+        .find(|inode| !holders_of(*inode, &[master]).is_empty())
+        .expect("the master holds the listener");
+    run.signal(libc::SIGUSR2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while run.worker_pid() == first_python {
+        assert!(Instant::now() < deadline, "no hand-over:\n{}", run.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // After the drain timeout nothing of the old group holds the socket: only the master and
+    // the new worker's group (its shell and its python).
+    std::thread::sleep(Duration::from_secs(4));
+    let new_group: Vec<u32> = util::descendants(master);
+    let holders = holders_of(inode, &[master]);
+    assert!(
+        holders.iter().all(|pid| new_group.contains(pid)),
+        "processes outside the serving group hold the listener: {holders:?} (serving: {new_group:?}):\n{}",
+        run.log()
+    );
+    assert!(
+        !holders.contains(&first_python),
+        "the old python still holds the socket"
+    );
 }

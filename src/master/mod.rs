@@ -378,7 +378,7 @@ impl Master {
                     // this returns, before those tasks would run. The children are not reaped
                     // yet, so their PIDs cannot have been reused.
                     for worker in self.all_workers() {
-                        let _ = crate::sys::send_signal(worker.pid, libc::SIGKILL);
+                        let _ = crate::sys::signal_group(worker.pid, libc::SIGKILL);
                     }
                     return Some(Err(Error::Master("forced stop".into())));
                 }

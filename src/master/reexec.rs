@@ -374,8 +374,9 @@ impl Master {
         }
         if let Some(adopted) = worker {
             let exclusive = state.worker.as_ref().is_some_and(|w| w.exclusive);
-            let worker = super::spawn::adopt_worker(adopted, &self.events_tx)
-                .map_err(|e| Error::io("adopting the serving worker", e))?;
+            let worker =
+                super::spawn::adopt_worker(adopted, self.config.drain_timeout, &self.events_tx)
+                    .map_err(|e| Error::io("adopting the serving worker", e))?;
             tracing::info!(
                 worker = worker.id,
                 pid = worker.pid,

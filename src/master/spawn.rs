@@ -40,6 +40,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) parent_death_signal: i32,
     /// Socket inodes of the listeners (to see a program accept on them).
     pub(crate) listener_inodes: &'a [u64],
+    /// How long what a worker started may outlive it before it is killed.
+    pub(crate) drain_timeout: std::time::Duration,
 }
 
 /// A worker process, owned by the master's state.
@@ -95,6 +97,15 @@ impl WorkerProc {
 
     pub(crate) fn kill(&self) {
         self.signal(libc::SIGKILL);
+    }
+
+    /// SIGKILL after `grace`, unless it has exited by then (its owner task is gone).
+    pub(crate) fn kill_after(&self, grace: std::time::Duration) {
+        let signals = self.signals.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let _ = signals.send(libc::SIGKILL);
+        });
     }
 }
 
@@ -185,15 +196,17 @@ pub(crate) fn spawn_worker(
 
     let (signals, mut signal_rx) = mpsc::unbounded_channel::<i32>();
     let exit_events = events.clone();
+    let grace = launch.drain_timeout;
     tokio::spawn(async move {
         let status: io::Result<ExitStatus> = loop {
             tokio::select! {
                 status = child.wait() => break status,
                 Some(signal) = signal_rx.recv() => {
+                    // The whole group: a `start.sh` that runs the server without `exec`
+                    // drains and dies with it.
+                    let _ = sys::signal_group(pid, signal);
                     if signal == libc::SIGKILL {
                         let _ = child.start_kill();
-                    } else if let Some(pid) = child.id() {
-                        let _ = sys::send_signal(pid, signal);
                     }
                 }
             }
@@ -202,6 +215,7 @@ pub(crate) fn spawn_worker(
             worker: id,
             status: status.ok(),
         });
+        end_group(id, pid, grace).await;
     });
 
     Ok(WorkerProc {
@@ -260,6 +274,7 @@ pub(crate) struct Adopted {
 /// seen through a pidfd (tokio only reaps children it spawned); without pidfds, by polling.
 pub(crate) fn adopt_worker(
     adopted: Adopted,
+    grace: std::time::Duration,
     events: &mpsc::UnboundedSender<Event>,
 ) -> io::Result<WorkerProc> {
     let Adopted {
@@ -310,10 +325,11 @@ pub(crate) fn adopt_worker(
             tokio::select! {
                 status = &mut exited => break status,
                 // Not reaped yet (this task reaps it), so the PID is still this worker's.
-                Some(signal) = signal_rx.recv() => { let _ = sys::send_signal(pid, signal); }
+                Some(signal) = signal_rx.recv() => { let _ = sys::signal_group(pid, signal); }
             }
         };
         let _ = exit_events.send(Event::Exited { worker: id, status });
+        end_group(id, pid, grace).await;
     });
     let age = started_at.elapsed().unwrap_or_default();
     Ok(WorkerProc {
@@ -328,4 +344,33 @@ pub(crate) fn adopt_worker(
         control,
         signals,
     })
+}
+
+/// After a worker exited: what it started and left behind (in its process group) is asked to
+/// stop with SIGTERM, and killed if any of it is still there after `grace` (the drain timeout):
+/// it would otherwise go on accepting on the shared sockets with old code, and outlive the
+/// master.
+async fn end_group(id: u64, pgid: u32, grace: std::time::Duration) {
+    if !sys::group_alive(pgid) {
+        return;
+    }
+    tracing::warn!(
+        worker = id,
+        pgid,
+        "processes the worker started outlived it; asking them to stop"
+    );
+    let _ = sys::signal_group(pgid, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if !sys::group_alive(pgid) {
+            return;
+        }
+    }
+    tracing::warn!(
+        worker = id,
+        pgid,
+        "killing what is left of the worker's process group"
+    );
+    let _ = sys::signal_group(pgid, libc::SIGKILL);
 }

@@ -90,6 +90,7 @@ impl Master {
             parent_death_signal: crate::signals::signal_number(&self.config.parent_death_signal)
                 .unwrap_or(libc::SIGTERM),
             listener_inodes: &self.listener_inodes,
+            drain_timeout: self.config.drain_timeout,
         };
         match spawn::spawn_worker(id, sha256.clone(), &launch, &self.events_tx) {
             Ok(mut worker) => {
@@ -331,7 +332,11 @@ impl Master {
             ?timeout,
             "new worker was not ready in time; killing it"
         );
-        pending.worker.kill();
+        // It may be accepting already (readiness seen late, or never said): asked to drain
+        // first, so connections it took are finished, then killed after a grace.
+        let mut pending = pending;
+        self.drain(&mut pending.worker).await;
+        pending.worker.kill_after(NOT_READY_GRACE);
         self.handover_failed(
             pending,
             format!("not ready within {}", humantime::format_duration(timeout)),
@@ -414,6 +419,10 @@ impl Master {
         }
     }
 }
+
+/// How long a new worker that was not ready in time has to finish what it took after it was
+/// asked to drain, before SIGKILL.
+const NOT_READY_GRACE: Duration = Duration::from_secs(2);
 
 /// After this many crashes in a row, a recovery runs the binary on disk instead of the pinned
 /// generation.

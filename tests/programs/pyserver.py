@@ -71,7 +71,9 @@ def main():
     if "--version" in sys.argv:
         print("pyserver 1.0")
         return
-    if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS", "0")) < 1:
+    # PYSERVER_ANY_PID: started by a shell that did not exec it, so LISTEN_PID is the shell's.
+    pid_ok = os.environ.get("LISTEN_PID") == str(os.getpid()) or os.environ.get("PYSERVER_ANY_PID")
+    if not pid_ok or int(os.environ.get("LISTEN_FDS", "0")) < 1:
         sys.exit("not socket-activated")
     server = Server(("127.0.0.1", 0), Handler, bind_and_activate=False)
     server.socket.close()

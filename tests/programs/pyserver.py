@@ -83,7 +83,7 @@ def main():
     if wait == "select":
         def select_loop():
             while not draining.is_set():
-                readable, _, _ = select.select([server.socket], [], [], 0.5)
+                readable, _, _ = select.select([server.socket], [], [], 0.1)
                 if readable:
                     server._handle_request_noblock()
         loop = threading.Thread(target=select_loop, daemon=True)

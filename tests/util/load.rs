@@ -87,6 +87,11 @@ impl Load {
         self.live.lock().unwrap().ok
     }
 
+    /// Every pid that answered a request of the load so far.
+    pub fn pids(&self) -> HashSet<u32> {
+        self.live.lock().unwrap().pids.clone()
+    }
+
     /// Waits until a request of the load was answered by the worker `pid`.
     pub fn wait_served_by(&self, pid: u32) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);

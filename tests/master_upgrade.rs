@@ -456,84 +456,28 @@ fn a_changed_config_is_read_by_the_new_master_and_a_bad_one_is_refused() {
     assert_eq!(service.pid(), master);
 }
 
-/// `handover run`, killed with everything below it and reaped when the test ends.
-struct Supervisor(Child);
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        drop(util::ProcessTree(self.0.id()));
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn handover_run_re_executes_itself_keeping_the_program() {
     let dir = tempfile::tempdir().unwrap();
     let handover = dir.path().join("handover");
     std::fs::copy(HANDOVER, &handover).unwrap();
-    let program = dir.path().join("pyserver");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/pyserver.py"),
-        &program,
-    )
-    .unwrap();
-    let port = util::free_port();
-    let socket = dir.path().join("control.sock");
-    std::fs::write(
-        dir.path().join("handover.toml"),
-        format!(
-            "control_socket = \"{}\"\n[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:{port}\"\n",
-            socket.display()
-        ),
-    )
-    .unwrap();
-    let log_path = dir.path().join("master.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut command = Command::new(&handover);
-    command
-        .args(["run", "--config"])
-        .arg(dir.path().join("handover.toml"))
-        .arg("--")
-        .arg(&program)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    let run = Supervisor(util::spawn(&mut command));
-    let master = run.0.id();
-    let addr = ([127, 0, 0, 1], port).into();
-    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let program_pid = || -> u32 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok((200, body)) = util::http_get(addr, "/") {
-                return field(&body, "pid").parse().unwrap();
-            }
-            assert!(Instant::now() < deadline, "never served:\n{}", read_log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    let serving = program_pid();
-    let wait_count = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while read_log().matches("master upgraded in place").count() < n {
-            assert!(
-                Instant::now() < deadline,
-                "no master upgrade {n}:\n{}",
-                read_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let program = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/pyserver.py");
+    let run = util::run::Supervised::start_in(dir, &handover, &program, &[], &[], "");
+    let master = run.pid();
+    let socket = run.socket();
+    let serving = run.wait_answering();
+    let program_pid = || run.wait_answering();
+    let wait_count =
+        |n: usize| run.wait_log_count("master upgraded in place", n, Duration::from_secs(20));
     // SIGUSR1: the same code again.
-    // SAFETY: kill(2) on the child this test started.
-    assert_eq!(unsafe { libc::kill(master as i32, libc::SIGUSR1) }, 0);
+    run.signal(libc::SIGUSR1);
     wait_count(1);
     assert_eq!(program_pid(), serving);
 
     // A package upgrade of the handover binary, then `handover reexec`.
     let mut bytes = std::fs::read(HANDOVER).unwrap();
     bytes.extend_from_slice(b"\nnew build\n");
-    let staged = dir.path().join("handover.new");
+    let staged = run.dir.path().join("handover.new");
     std::fs::write(&staged, &bytes).unwrap();
     std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::rename(&staged, &handover).unwrap();
@@ -556,7 +500,7 @@ fn handover_run_re_executes_itself_keeping_the_program() {
         assert!(
             Instant::now() < deadline,
             "no hand-over after the master upgrade:\n{}",
-            read_log()
+            run.log()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

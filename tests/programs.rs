@@ -6,12 +6,14 @@
 mod util;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use util::load::{Load, Protocol};
+use util::run::Supervised;
 
-const HANDOVER: &str = env!("CARGO_BIN_EXE_handover");
+/// Generous: a Python program's start-up under load on two shared cores.
+const TIMEOUTS: &str = "ready_timeout = \"20s\"\ndrain_timeout = \"15s\"\n";
 
 fn programs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs")
@@ -23,84 +25,6 @@ fn find(program: &str, install: &str) -> PathBuf {
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{program} not found: {install} (.ci/test installs it)"))
-}
-
-/// `handover run` of a program, killed with everything below it when dropped.
-struct Supervised {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Supervised {
-    fn start(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Supervised {
-        let dir = tempfile::tempdir().unwrap();
-        let port = util::free_port();
-        std::fs::write(
-            dir.path().join("handover.toml"),
-            format!(
-                "control_socket = \"{}\"\nready_timeout = \"20s\"\ndrain_timeout = \"15s\"\n[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:{port}\"\n",
-                dir.path().join("control.sock").display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("master.log")).unwrap();
-        let mut command = Command::new(HANDOVER);
-        command
-            .args(["run", "--config"])
-            .arg(dir.path().join("handover.toml"))
-            .arg("--")
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        Supervised {
-            child: util::spawn(&mut command),
-            dir,
-            port,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("master.log")).unwrap_or_default()
-    }
-
-    /// The pid that answers a fresh connection.
-    fn answering(&self) -> Option<u32> {
-        let (status, body) = util::http_get(([127, 0, 0, 1], self.port).into(), "/").ok()?;
-        (status == 200).then(|| util::field(&body, "pid").parse().ok())?
-    }
-
-    fn restart(&self, by_command: bool) {
-        if by_command {
-            let out = Command::new(HANDOVER)
-                .args(["restart", "--socket"])
-                .arg(self.dir.path().join("control.sock"))
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-        } else {
-            // SAFETY: kill(2) on the child this test started.
-            assert_eq!(
-                unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR2) },
-                0
-            );
-        }
-    }
-}
-
-impl Drop for Supervised {
-    fn drop(&mut self) {
-        drop(util::ProcessTree(self.child.id()));
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- master log ---\n{}", self.log());
-        }
-    }
 }
 
 /// Ten restarts under load; returns the hand-over times (restart → a new pid answers).
@@ -122,7 +46,12 @@ fn ten_restarts_under_load(name: &str, run: &Supervised) -> Vec<Duration> {
         // Every pid that answered so far belongs to an old generation.
         seen.extend(load.pids());
         let started = Instant::now();
-        run.restart(n % 2 == 1);
+        if n % 2 == 1 {
+            let out = run.control("restart");
+            assert!(out.status.success(), "{out:?}");
+        } else {
+            run.signal(libc::SIGUSR2);
+        }
         let deadline = started + Duration::from_secs(20);
         loop {
             if let Some(pid) = run.answering() {
@@ -184,6 +113,7 @@ fn gunicorn() {
             "wsgi_app:app",
         ],
         &[],
+        TIMEOUTS,
     );
     ten_restarts_under_load("gunicorn", &run);
 }
@@ -192,7 +122,7 @@ fn gunicorn() {
 fn node_http_server() {
     let node = find("node", "install Node.js");
     let script = programs().join("node_server.js");
-    let run = Supervised::start(&node, &[script.to_str().unwrap()], &[]);
+    let run = Supervised::start(&node, &[script.to_str().unwrap()], &[], TIMEOUTS);
     ten_restarts_under_load("node", &run);
 }
 
@@ -214,7 +144,7 @@ fn go_net_http_server() {
         .output()
         .unwrap();
     assert!(out.status.success(), "go build: {out:?}");
-    let run = Supervised::start(&binary, &[], &[]);
+    let run = Supervised::start(&binary, &[], &[], TIMEOUTS);
     ten_restarts_under_load("go", &run);
 }
 
@@ -226,6 +156,7 @@ fn python_server_waiting_in_select() {
         &python,
         &[script.to_str().unwrap()],
         &[("PYSERVER_WAIT", "select")],
+        TIMEOUTS,
     );
     ten_restarts_under_load("python select", &run);
 }

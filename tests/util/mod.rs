@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod load;
+pub mod run;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -5,6 +5,7 @@
 //! worker exits, timers and the upgrade task all arrive as [`Event`]s, so there is no locking
 //! and every transition is logged in one place.
 
+mod inherit;
 pub(crate) mod listeners;
 mod notify;
 pub(crate) mod program;
@@ -53,6 +54,11 @@ pub(crate) enum Event {
         generation: u64,
     },
     Pipeline(ToMaster),
+    /// The check-mode run before a manual re-exec ended.
+    ReexecChecked {
+        sha256: String,
+        result: std::result::Result<(), String>,
+    },
 }
 
 /// Requests from a handle.
@@ -387,12 +393,7 @@ impl Master {
             }
             Event::Signal(number) if number == libc::SIGUSR1 && !self.restarts_on(number) => {
                 tracing::info!("master upgrade requested by SIGUSR1");
-                self.request_reexec(reexec::Request {
-                    sha256: None,
-                    version: None,
-                    reply: None,
-                    exec_sha256: None,
-                });
+                self.request_reexec(reexec::Request::manual(None));
             }
             Event::Signal(number) => {
                 tracing::info!(signal = number, "hand-over requested by signal");
@@ -400,19 +401,12 @@ impl Master {
             }
             Event::Command(Command::Restart) => self.request_handover(Reason::Restart).await,
             Event::Command(Command::Stop) => self.begin_stop().await,
-            Event::Command(Command::Reexec { reply }) => self.request_reexec(reexec::Request {
-                sha256: None,
-                version: None,
-                reply: Some(reply),
-                exec_sha256: None,
-            }),
+            Event::Command(Command::Reexec { reply }) => {
+                self.request_reexec(reexec::Request::manual(Some(reply)))
+            }
+            Event::ReexecChecked { sha256, result } => self.reexec_checked(sha256, result),
             Event::Pipeline(ToMaster::UpgradeMaster { sha256, version }) => {
-                self.request_reexec(reexec::Request {
-                    sha256: Some(sha256),
-                    version,
-                    reply: None,
-                    exec_sha256: None,
-                })
+                self.request_reexec(reexec::Request::upgrade(sha256, version))
             }
             Event::Pipeline(ToMaster::Status(upgrade)) => self.upgrade = *upgrade,
             Event::Pipeline(ToMaster::FetcherMemory(memory)) => self.fetcher_memory = memory,

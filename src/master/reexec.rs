@@ -10,18 +10,16 @@
 //! master running as if nothing had happened.
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::listeners::Inherited;
-use super::spawn::Adopted;
+pub(crate) use super::inherit::{take_inherited, Carried, Taken};
 use super::{Master, Phase};
 use crate::digest::short;
 use crate::error::{Error, Result};
-use crate::handoff::UpgradeRecord;
 use crate::master_state::{
     from_unix_ms, unix_ms, SavedListener, SavedRecord, SavedSocket, SavedState, SavedWorker,
 };
@@ -53,96 +51,47 @@ pub(crate) struct Request {
     pub(crate) reply: Option<oneshot::Sender<std::result::Result<String, String>>>,
     /// SHA-256 of the file about to be exec'd, once checked.
     pub(crate) exec_sha256: Option<String>,
+    /// A manual request's check-mode run: under way, or passed by the file with this SHA-256.
+    pub(crate) checking: bool,
+    pub(crate) checked: Option<String>,
 }
 
-/// What the previous master passed that the service layer takes (the control socket, the
-/// pipeline's last attempt).
-#[derive(Debug, Default)]
-pub(crate) struct Carried {
-    pub(crate) control: Option<(OwnedFd, PathBuf)>,
-    pub(crate) last_upgrade: Option<UpgradeRecord>,
-    pub(crate) fetcher_memory: Option<String>,
-}
-
-/// The state a previous master of this PID passed, with the descriptors it names taken over.
-pub(crate) struct Taken {
-    pub(crate) state: SavedState,
-    pub(crate) listeners: Vec<Inherited>,
-    pub(crate) worker: Option<Adopted>,
-    pub(crate) carried: Carried,
-}
-
-/// Reads `HANDOVER_MASTER_STATE` (and unsets it): `None` for a master started afresh.
-pub(crate) fn take_inherited() -> Result<Option<Taken>> {
-    let Some(value) = std::env::var_os(ENV_MASTER_STATE) else {
-        return Ok(None);
-    };
-    std::env::remove_var(ENV_MASTER_STATE);
-    let fail =
-        |what: String| Error::Master(format!("taking over from the previous master: {what}"));
-    let fd: RawFd = value
-        .to_str()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| fail(format!("{ENV_MASTER_STATE}={value:?} is not a descriptor")))?;
-    let memfd = crate::sys::adopt_inherited_fd(fd).map_err(|e| fail(e.to_string()))?;
-    let bytes = read_all(memfd).map_err(|e| fail(format!("reading the state: {e}")))?;
-    let state = SavedState::parse(&bytes).map_err(fail)?;
-    let adopt = |fd: i32, what: &str| {
-        crate::sys::adopt_inherited_fd(fd).map_err(|e| fail(format!("{what}: {e}")))
-    };
-    let mut listeners = Vec::new();
-    for l in &state.listeners {
-        listeners.push(Inherited {
-            name: l.name.clone(),
-            fd: adopt(l.fd, &format!("listener {:?}", l.name))?,
-            unix_file: l.unix_file.clone(),
-            activated: l.activated,
-        });
+impl Request {
+    /// A request by hand (`handover reexec`, SIGUSR1), answered on `reply` when there is one.
+    pub(crate) fn manual(
+        reply: Option<oneshot::Sender<std::result::Result<String, String>>>,
+    ) -> Self {
+        Self {
+            sha256: None,
+            version: None,
+            reply,
+            exec_sha256: None,
+            checking: false,
+            checked: None,
+        }
     }
-    let control = match &state.control_socket {
-        Some(c) => Some((adopt(c.fd, "the control socket")?, c.path.clone())),
-        None => None,
-    };
-    let worker = match &state.worker {
-        Some(w) => Some(Adopted {
-            id: w.id,
-            pid: w.pid,
-            sha256: w.sha256.clone(),
-            started_at: from_unix_ms(w.started_at_ms),
-            control: match w.control_fd {
-                Some(fd) => Some(adopt(fd, "the worker's control channel")?),
-                None => None,
-            },
-            pin: w.pin.clone(),
-        }),
-        None => None,
-    };
-    let last_upgrade = state.last_upgrade.as_ref().map(|r| UpgradeRecord {
-        at: from_unix_ms(r.at_ms),
-        origin: r.origin.clone(),
-        sha256: r.sha256.clone(),
-        outcome: r.outcome.clone(),
-    });
-    let fetcher_memory = state.fetcher_memory.clone();
-    Ok(Some(Taken {
-        state,
-        listeners,
-        worker,
-        carried: Carried {
-            control,
-            last_upgrade,
-            fetcher_memory,
-        },
-    }))
+
+    /// The pipeline's request, after the binary with `sha256` passed probation.
+    pub(crate) fn upgrade(sha256: String, version: Option<String>) -> Self {
+        Self {
+            sha256: Some(sha256),
+            version,
+            reply: None,
+            exec_sha256: None,
+            checking: false,
+            checked: None,
+        }
+    }
 }
 
-fn read_all(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read, Seek};
-    let mut file = std::fs::File::from(fd);
-    file.rewind()?;
-    let mut bytes = Vec::new();
-    file.take(16 * 1024 * 1024).read_to_end(&mut bytes)?;
-    Ok(bytes)
+/// Where a re-exec stands once nothing hands over.
+enum Prepared {
+    /// Go: what the exec will do.
+    Ready(String),
+    /// The check-mode run of the binary is under way (in a task, not blocking the loop).
+    Checking,
+    /// Refused: why.
+    Refused(String),
 }
 
 /// The CLOCK_MONOTONIC time in µs (the same clock in the old and the new code).
@@ -177,10 +126,13 @@ impl Master {
             return;
         }
         let mut request = self.reexec.take().expect("checked above");
-        let reply = request.reply.take();
-        let why = match self.prepare(&mut request).await {
-            Ok(description) => {
-                if let Some(reply) = reply {
+        let why = match self.prepare(&mut request) {
+            Prepared::Checking => {
+                self.reexec = Some(request);
+                return;
+            }
+            Prepared::Ready(description) => {
+                if let Some(reply) = request.reply.take() {
                     let _ = reply.send(Ok(description));
                     // Let the control socket's task write the answer before the exec.
                     for _ in 0..4 {
@@ -190,8 +142,8 @@ impl Master {
                 let error = self.exec(&request);
                 format!("execve of {} failed: {error}", self.own.exec_path.display())
             }
-            Err(why) => {
-                if let Some(reply) = reply {
+            Prepared::Refused(why) => {
+                if let Some(reply) = request.reply.take() {
                     let _ = reply.send(Err(why.clone()));
                 }
                 why
@@ -204,16 +156,39 @@ impl Master {
         }
     }
 
-    /// Checks that the binary on disk may take over; says what the exec will do.
-    async fn prepare(&mut self, request: &mut Request) -> std::result::Result<String, String> {
+    /// The check-mode run of a manual request ended: `sha256` is the file it ran.
+    pub(super) fn reexec_checked(
+        &mut self,
+        sha256: String,
+        result: std::result::Result<(), String>,
+    ) {
+        let Some(request) = self.reexec.as_mut() else {
+            return;
+        };
+        request.checking = false;
+        match result {
+            Ok(()) => request.checked = Some(sha256),
+            Err(why) => {
+                let mut request = self.reexec.take().expect("checked above");
+                tracing::error!("master upgrade refused; the master keeps running its code: {why}");
+                if let Some(reply) = request.reply.take() {
+                    let _ = reply.send(Err(why));
+                }
+            }
+        }
+    }
+
+    /// Checks that the binary on disk may take over; says what the exec will do. A manual
+    /// request runs the binary in check mode first, in a task that reports back as an event.
+    fn prepare(&mut self, request: &mut Request) -> Prepared {
         let path = self.own.exec_path.clone();
-        let on_disk = self
-            .hash_cache
-            .hex(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let on_disk = match self.hash_cache.hex(&path) {
+            Ok(sha256) => sha256,
+            Err(e) => return Prepared::Refused(format!("cannot read {}: {e}", path.display())),
+        };
         match &request.sha256 {
             Some(expected) if *expected != on_disk => {
-                return Err(format!(
+                return Prepared::Refused(format!(
                     "{} is sha256 {}, not the upgrade that passed probation ({})",
                     path.display(),
                     short(&on_disk),
@@ -221,20 +196,32 @@ impl Master {
                 ))
             }
             Some(_) => {}
+            // Checked, and still the same file.
+            None if request.checked.as_deref() == Some(on_disk.as_str()) => {}
             None => {
-                let reply =
-                    crate::upgrade::check_candidate(&path, self.config.upgrade.check_timeout)
-                        .await
-                        .map_err(|refusal| format!("{}: {refusal}", path.display()))?;
-                if reply.master_state != Some(MASTER_STATE_FORMAT) {
-                    return Err(format!(
-                        "{} does not read master state format {MASTER_STATE_FORMAT} (it answered {})",
-                        path.display(),
-                        reply
-                            .master_state
-                            .map_or_else(|| "none".to_string(), |f| f.to_string())
-                    ));
+                if !request.checking {
+                    request.checking = true;
+                    let (events, timeout) =
+                        (self.events_tx.clone(), self.config.upgrade.check_timeout);
+                    tokio::spawn(async move {
+                        let result = match crate::upgrade::check_candidate(&path, timeout).await {
+                            Err(refusal) => Err(format!("{}: {refusal}", path.display())),
+                            Ok(reply) if reply.master_state == Some(MASTER_STATE_FORMAT) => Ok(()),
+                            Ok(reply) => Err(format!(
+                                "{} does not read master state format {MASTER_STATE_FORMAT} (it answered {})",
+                                path.display(),
+                                reply
+                                    .master_state
+                                    .map_or_else(|| "none".to_string(), |f| f.to_string())
+                            )),
+                        };
+                        let _ = events.send(super::Event::ReexecChecked {
+                            sha256: on_disk,
+                            result,
+                        });
+                    });
                 }
+                return Prepared::Checking;
             }
         }
         request.exec_sha256 = Some(on_disk.clone());
@@ -243,7 +230,7 @@ impl Master {
             .clone()
             .map(|v| format!("version {v} (sha256 {})", short(&on_disk)))
             .unwrap_or_else(|| format!("sha256 {}", short(&on_disk)));
-        Ok(format!(
+        Prepared::Ready(format!(
             "master {} re-executes {}: {} -> {to}",
             std::process::id(),
             path.display(),

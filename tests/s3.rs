@@ -70,6 +70,16 @@ fn an_upload_to_s3_upgrades_the_service_with_zero_failed_requests() {
     assert_eq!(service.pid(), master);
     assert_eq!(std::fs::read(&service.bin).unwrap(), new);
     service.wait_log("upgrade installed and serving", Duration::from_secs(10));
+    // The master then re-executes into the new binary; its fetcher sees the object's
+    // published checksum is what runs, and downloads nothing again.
+    service.wait_log("master upgraded in place", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        service.log_count("downloaded candidate"),
+        1,
+        "{}",
+        service.log()
+    );
 }
 
 #[test]

@@ -16,11 +16,16 @@ fn python_server() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/pyserver.py")
 }
 
-/// `handover run` of the Python server, killed with its children on drop.
-struct Run {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
+/// `handover run` of the Python server (a copy in the run's own directory), or of a shell script
+/// beside it; killed with everything below it on drop.
+struct Run(util::run::Supervised);
+
+impl std::ops::Deref for Run {
+    type Target = util::run::Supervised;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Run {
@@ -31,7 +36,6 @@ impl Run {
     /// With `script`: runs a shell script (beside `pyserver`) instead of the server itself.
     fn start_script(extra_config: &str, env: &[(&str, &Path)], script: Option<&str>) -> Run {
         let dir = tempfile::tempdir().unwrap();
-        let port = util::free_port();
         let mut program = dir.path().join("pyserver");
         std::fs::copy(python_server(), &program).unwrap();
         if let Some(script) = script {
@@ -40,84 +44,19 @@ impl Run {
             std::fs::write(&program, script).unwrap();
             std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let config = format!(
-            "control_socket = \"{}\"\nidle_grace = \"500ms\"\n{extra_config}\n[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:{port}\"\n",
-            dir.path().join("control.sock").display()
-        );
-        std::fs::write(dir.path().join("handover.toml"), config).unwrap();
-        let log = std::fs::File::create(dir.path().join("master.log")).unwrap();
-        let mut command = Command::new(HANDOVER);
-        command
-            .args(["run", "--config"])
-            .arg(dir.path().join("handover.toml"))
-            .arg("--")
-            .arg(&program)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let child = util::spawn(&mut command);
-        Run {
-            child: Some(child),
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.to_str().unwrap())).collect();
+        Run(util::run::Supervised::start_in(
             dir,
-            port,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("master.log")).unwrap_or_default()
+            Path::new(HANDOVER),
+            &program,
+            &[],
+            &env,
+            &format!("idle_grace = \"500ms\"\n{extra_config}"),
+        ))
     }
 
     fn worker_pid(&self) -> u32 {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok((200, body)) = util::http_get(([127, 0, 0, 1], self.port).into(), "/") {
-                return util::field(&body, "pid").parse().unwrap();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "program never answered:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn control(&self, command: &str) -> std::process::Output {
-        Command::new(HANDOVER)
-            .arg(command)
-            .arg("--socket")
-            .arg(self.dir.path().join("control.sock"))
-            .output()
-            .unwrap()
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on the master this test started.
-        unsafe { libc::kill(self.pid() as i32, signal) };
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        for pid in util::children_of(child.id()) {
-            // SAFETY: kill(2) on the workers of the master this test started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- master log ---\n{}", self.log());
-        }
+        self.wait_answering()
     }
 }
 
@@ -244,7 +183,7 @@ fn sd_notify_messages_arrive_in_order() {
     assert!(ready_again.contains("STATUS="), "{ready_again}");
     run.signal(libc::SIGTERM);
     until(&mut messages, "STOPPING=1");
-    let status = run.child.as_mut().unwrap().wait().unwrap();
+    let status = run.0.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     // Every message carries a STATUS= line for `systemctl status`.
     assert!(

@@ -490,15 +490,23 @@ fn a_recovery_runs_the_generation_that_served_not_a_binary_swapped_in_since() {
         service.log_count("new worker exited before it was ready"),
         0
     );
-    // The pin is the only file beside the live binary, and it is that generation's bytes.
-    let pins: Vec<_> = std::fs::read_dir(service.dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains(".handover-gen-"))
-        .collect();
-    assert_eq!(pins.len(), 1, "{pins:?}");
+    // The pin is the only file beside the live binary, and it is that generation's bytes
+    // (the previous generation's pin goes once the master has seen the new worker ready).
+    let pins = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(service.dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".handover-gen-"))
+            .map(|e| e.path())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pins().len() != 1 {
+        assert!(std::time::Instant::now() < deadline, "pins: {:?}", pins());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
-        util::sha256_hex(&std::fs::read(pins[0].path()).unwrap())[..12],
+        util::sha256_hex(&std::fs::read(&pins()[0]).unwrap())[..12],
         serving
     );
     assert_eq!(service.worker_pid(), worker);

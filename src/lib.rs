@@ -39,6 +39,14 @@
 //!
 //! Run it, then `kill -USR2 <pid>`: a new worker takes over, the PID stays.
 //!
+//! # The master upgrades too
+//!
+//! After an upgrade passes probation, the master re-executes itself from the new binary
+//! (`execve`: same PID, same sockets, the serving worker adopted, not restarted), so the code
+//! that fetches and checks upgrades is upgraded as well. The new binary's sanity run must read
+//! the master's state format first; [`MasterHandle::reexec`] (or `SIGUSR1`) does the same on
+//! request, and [`Status::master`] says what the master runs.
+//!
 //! # Crate features
 //!
 //! - `file` (default): the [`FileFetcher`] watches a path for a new binary.

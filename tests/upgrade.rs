@@ -190,14 +190,16 @@ fn a_copy_in_progress_or_removed_mid_copy_is_never_installed() {
     let next = service.next_path();
     let new = util::with_trailer(&service.bin, "release-4");
 
-    // A slow copy that is abandoned and removed half-way.
-    slow_write(&next, &new[..new.len() / 2], 10);
+    // A slow copy that is abandoned and removed half-way (removed while still open: closing a
+    // file after writing says it is whole, which an abandoned copy is not).
+    let abandoned = slow_write(&next, &new[..new.len() / 2], 10);
     std::fs::remove_file(&next).unwrap();
+    drop(abandoned);
     std::thread::sleep(Duration::from_millis(1500));
     service.assert_untouched(&live, worker, "file removed mid-copy");
 
     // A slow copy that completes: taken once, whole.
-    slow_write(&next, &new, 10);
+    drop(slow_write(&next, &new, 10));
     service.wait_for_sha(&util::sha256_hex(&new));
     let log = service.log();
     assert!(
@@ -206,9 +208,9 @@ fn a_copy_in_progress_or_removed_mid_copy_is_never_installed() {
     );
 }
 
-/// Writes `bytes` to `path` in `chunks` pieces, 120 ms apart (longer than the settle time is
-/// not needed: every write changes size and mtime).
-fn slow_write(path: &Path, bytes: &[u8], chunks: usize) {
+/// Writes `bytes` to `path` in `chunks` pieces, 60 ms apart (longer than the settle time is
+/// not needed: every write changes size and mtime); returns the file, still open.
+fn slow_write(path: &Path, bytes: &[u8], chunks: usize) -> std::fs::File {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let mut file = std::fs::File::create(path).unwrap();
@@ -218,6 +220,7 @@ fn slow_write(path: &Path, bytes: &[u8], chunks: usize) {
         file.flush().unwrap();
         std::thread::sleep(Duration::from_millis(60));
     }
+    file
 }
 
 #[test]

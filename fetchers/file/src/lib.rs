@@ -5,8 +5,10 @@
 //! watched with inotify (through `notify`), so a rename into place is seen; the core also polls
 //! on its interval, which is all there is on file systems without inotify (`poll_only`).
 //!
-//! A file is taken only once its size and modification time have stopped changing for the
-//! settle time, so a copy in progress is never installed half-written. A sibling
+//! A file renamed into place, or closed after it was written, is taken at once (inotify says it
+//! is whole). Any other change (a copy in progress, polling without inotify) is taken only once
+//! size and modification time have stopped changing for the settle time, so a file is never
+//! installed half-written. A sibling
 //! `<path>.sha256` (hex digest) and `<path>.minisig` (signature) are passed on as the file's
 //! published checksum and signature; both are optional (whether one is needed is the core's
 //! `[upgrade]` policy). The candidate is [local](Artifact::local), and its identity covers the
@@ -21,8 +23,10 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod complete;
 
 use handover_fetcher::{async_trait, Artifact, FetchError, Fetcher, Notify, Running, Settlement};
 use notify::{RecursiveMode, Watcher};
@@ -36,10 +40,6 @@ const SIDECARS: [&str; 2] = [".sha256", ".minisig"];
 /// The largest sidecar read (a checksum list or a signature is far smaller).
 const MAX_SIDECAR: u64 = 1 << 20;
 
-/// How many settle periods a file may keep changing before this poll gives up on it (the next
-/// change or poll tries again).
-const MAX_SETTLE_ROUNDS: u32 = 240;
-
 /// Watches one path for new binaries.
 pub struct FileFetcher {
     path: PathBuf,
@@ -48,6 +48,8 @@ pub struct FileFetcher {
     wake: Arc<Notify>,
     watcher: Option<notify::RecommendedWatcher>,
     settled: Option<String>,
+    /// The version of the file that inotify last said arrived whole.
+    whole: Arc<Mutex<Option<Stamp>>>,
 }
 
 impl std::fmt::Debug for FileFetcher {
@@ -95,6 +97,7 @@ impl FileFetcher {
             wake: Arc::new(Notify::new()),
             watcher: None,
             settled: None,
+            whole: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -133,6 +136,7 @@ impl FileFetcher {
             .unwrap_or(Path::new("."))
             .to_path_buf();
         let wake = self.wake.clone();
+        let (whole, path) = (self.whole.clone(), self.path.clone());
         // The binary and its sidecars: a signature written after the binary is news too.
         let names: Vec<std::ffi::OsString> = self
             .path
@@ -159,6 +163,13 @@ impl FileFetcher {
                 }
                 Err(_) => true,
             };
+            if let Ok(event) = &event {
+                let binary = event.paths.last().and_then(|p| p.file_name()) == path.file_name();
+                if binary && complete::arrived_whole(event) {
+                    let stamp = std::fs::metadata(&path).ok().map(|m| Stamp::of(&m));
+                    *whole.lock().unwrap_or_else(|e| e.into_inner()) = stamp;
+                }
+            }
             if relevant {
                 wake.notify_one();
             }
@@ -180,25 +191,7 @@ impl FileFetcher {
         Ok(self)
     }
 
-    /// Waits until the file stops changing; `None` if it vanished or kept changing.
-    async fn settled_stamp(&self) -> Result<Option<Stamp>, FetchError> {
-        let mut last = match self.stamp()? {
-            Some(stamp) => stamp,
-            None => return Ok(None),
-        };
-        for _ in 0..MAX_SETTLE_ROUNDS {
-            tokio::time::sleep(self.settle).await;
-            match self.stamp()? {
-                None => return Ok(None),
-                Some(now) if now == last => return Ok(Some(now)),
-                Some(now) => last = now,
-            }
-        }
-        tracing::info!(path = %self.path.display(), "file is still being written; will look again");
-        Ok(None)
-    }
-
-    fn stamp(&self) -> Result<Option<Stamp>, FetchError> {
+    pub(crate) fn stamp(&self) -> Result<Option<Stamp>, FetchError> {
         match std::fs::metadata(&self.path) {
             Ok(meta) if meta.is_file() => Ok(Some(Stamp::of(&meta))),
             Ok(_) => Err(FetchError::invalid(self.origin(), "is not a regular file")),

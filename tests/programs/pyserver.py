@@ -66,6 +66,14 @@ def notify(message):
         s.sendto(message.encode(), path)
 
 
+def wait_for_drain():
+    # With a timeout: Python runs signal handlers in the main thread only, between bytecodes,
+    # and a SIGTERM that the kernel hands to another thread does not wake a main thread blocked
+    # in an endless lock wait.
+    while not draining.wait(0.1):
+        pass
+
+
 def main():
     # The sanity run of an upgrade: `--version` must exit 0 without any socket.
     if "--version" in sys.argv:
@@ -88,14 +96,14 @@ def main():
                     server._handle_request_noblock()
         loop = threading.Thread(target=select_loop, daemon=True)
         loop.start()
-        draining.wait()
+        wait_for_drain()
         loop.join()
     else:
         interval = 0.5 if wait == "poll" else 0.05
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": interval}, daemon=True).start()
         if wait is None:
             notify("READY=1")
-        draining.wait()
+        wait_for_drain()
         server.shutdown()
     # Requests still arriving on kept-alive connections are answered with Connection: close;
     # exit once nothing has happened for the idle grace.

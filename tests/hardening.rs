@@ -281,8 +281,8 @@ fn the_master_keeps_no_descriptor_or_memory_per_handover() {
     for _ in 0..5 {
         service.restart();
     }
-    let fds_before = open_fds(master);
-    let rss_before = resident_kib(master);
+    let fds_before = util::open_fds(master);
+    let rss_before = util::resident_kib(master);
     for _ in 0..100 {
         service.restart();
     }
@@ -293,13 +293,13 @@ fn the_master_keeps_no_descriptor_or_memory_per_handover() {
     }
     // A worker reaped a moment ago may still hold a descriptor in the master (its control
     // channel closes when its exit is handled): give that a moment on a loaded machine.
-    let mut fds_after = open_fds(master);
+    let mut fds_after = util::open_fds(master);
     let deadline = Instant::now() + Duration::from_secs(10);
     while fds_after != fds_before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        fds_after = open_fds(master);
+        fds_after = util::open_fds(master);
     }
-    let rss_after = resident_kib(master);
+    let rss_after = util::resident_kib(master);
     eprintln!("master after 100 hand-overs: fds {fds_before} -> {fds_after}, RSS {rss_before} KiB -> {rss_after} KiB");
     assert_eq!(fds_after, fds_before, "descriptors leaked");
     assert!(
@@ -307,25 +307,6 @@ fn the_master_keeps_no_descriptor_or_memory_per_handover() {
         "RSS grew by {} KiB over 100 hand-overs",
         rss_after - rss_before
     );
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches(" kB")
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// The credentials the fetchers read, set in the master's environment.

@@ -46,22 +46,6 @@ fn exe_of(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// A service with a control socket in a directory of its own and a quick probation.
 fn service(example: &'static str, extra: &str) -> (Service, tempfile::TempDir, PathBuf) {
     service_with(example, extra, "500ms")
@@ -185,7 +169,7 @@ fn an_upgrade_re_executes_the_master_under_load_keeping_pid_sockets_and_worker()
     );
 
     // Ten more in a row (by request): descriptors and memory stay flat.
-    let (fds, rss) = (fd_count(master), rss_kib(master));
+    let (fds, rss) = (util::open_fds(master), util::resident_kib(master));
     for n in 2..=11 {
         control(&socket, "reexec");
         service.wait_log(&format!("upgrades={n}"), Duration::from_secs(20));
@@ -197,11 +181,11 @@ fn an_upgrade_re_executes_the_master_under_load_keeping_pid_sockets_and_worker()
         "a master upgrade restarted the worker"
     );
     assert_eq!(
-        fd_count(master),
+        util::open_fds(master),
         fds,
         "the master's descriptors grew over ten upgrades"
     );
-    let grown = rss_kib(master).saturating_sub(rss);
+    let grown = util::resident_kib(master).saturating_sub(rss);
     assert!(
         grown < rss / 4 + 1024,
         "the master's RSS grew by {grown} KiB over ten upgrades"
@@ -312,7 +296,7 @@ fn an_execve_that_fails_restores_every_descriptor_and_keeps_serving() {
     );
     service.wait_log("old worker exited", Duration::from_secs(10));
     let serving = service.worker_pid();
-    let fds = fd_count(master);
+    let fds = util::open_fds(master);
     let status = control(&socket, "status");
     assert!(
         status.contains("phase: serving") && status.contains("upgraded in place 0 times"),
@@ -326,7 +310,7 @@ fn an_execve_that_fails_restores_every_descriptor_and_keeps_serving() {
     // The failed exec left no descriptor behind (the state's memfd, say): the new code, which
     // holds exactly what it needs, has as many.
     assert_eq!(
-        fd_count(master),
+        util::open_fds(master),
         fds,
         "descriptors differ after the failed exec"
     );

@@ -54,6 +54,8 @@ pub(crate) enum Event {
         generation: u64,
     },
     Pipeline(ToMaster),
+    /// The SHA-256 of this process's executable, hashed in the background.
+    OwnSha256(String),
     /// The check-mode run before a manual re-exec ended.
     ReexecChecked {
         sha256: String,
@@ -189,7 +191,7 @@ impl Master {
             sha256: match &taken {
                 // The previous master checked the file it exec'd: no need to hash it again.
                 Some(t) if t.state.exec_sha256.is_some() => String::new(),
-                _ => reexec::own_sha256(&binary, &mut hash_cache),
+                _ => reexec::own_sha256(&binary, &mut hash_cache).unwrap_or_default(),
             },
             exec_path,
             argv: std::env::args_os().collect(),
@@ -319,6 +321,13 @@ impl Master {
             self.manager = Some(manager.clone());
             tokio::spawn(manager.follow(self.status.subscribe()));
         }
+        let inherited_hash = self
+            .taken
+            .as_ref()
+            .is_some_and(|t| t.state.exec_sha256.is_some());
+        if self.own.sha256.is_empty() && !inherited_hash {
+            self.hash_own_code();
+        }
         match self.taken.take() {
             Some(taken) => {
                 self.carry_on(taken)?;
@@ -405,6 +414,7 @@ impl Master {
                 self.request_reexec(reexec::Request::manual(Some(reply)))
             }
             Event::ReexecChecked { sha256, result } => self.reexec_checked(sha256, result),
+            Event::OwnSha256(sha256) => self.own.sha256 = sha256,
             Event::Pipeline(ToMaster::UpgradeMaster { sha256, version }) => {
                 self.request_reexec(reexec::Request::upgrade(sha256, version))
             }

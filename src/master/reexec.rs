@@ -394,19 +394,31 @@ impl Master {
     }
 }
 
-/// SHA-256 of the code this process runs. In library mode that is usually the live binary
-/// (same inode), whose digest the worker start needs anyway.
-pub(crate) fn own_sha256(binary: &std::path::Path, cache: &mut crate::digest::HashCache) -> String {
+/// SHA-256 of the code this process runs, when it is the live binary (same inode: library
+/// mode), whose digest the worker start needs anyway. `None`: another file (the `handover`
+/// executable), hashed off the start-up path by [`Master::hash_own_code`].
+pub(crate) fn own_sha256(
+    binary: &std::path::Path,
+    cache: &mut crate::digest::HashCache,
+) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let exe = std::path::Path::new("/proc/self/exe");
     let same = match (std::fs::metadata(exe), std::fs::metadata(binary)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     };
-    let digest = if same {
-        cache.hex(binary)
-    } else {
-        crate::digest::sha256_file(exe).map(hex::encode)
-    };
-    digest.unwrap_or_else(|_| "unknown".into())
+    same.then(|| cache.hex(binary).unwrap_or_else(|_| "unknown".into()))
+}
+
+impl Master {
+    /// Hashes this process's executable in a blocking task; the digest arrives as an event.
+    pub(super) fn hash_own_code(&self) {
+        let events = self.events_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let digest = crate::digest::sha256_file(std::path::Path::new("/proc/self/exe"))
+                .map(hex::encode)
+                .unwrap_or_else(|_| "unknown".into());
+            let _ = events.send(super::Event::OwnSha256(digest));
+        });
+    }
 }

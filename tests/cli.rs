@@ -588,3 +588,20 @@ fn drain_reaches_the_whole_process_group_of_a_program_started_by_a_shell() {
         "the old python still holds the socket"
     );
 }
+
+#[test]
+fn a_program_that_says_ready_after_it_is_seen_accepting_finds_its_notify_socket() {
+    let run = Run::start("", &[("PYSERVER_NOTIFY_DELAY", Path::new("0.5"))]);
+    let first = run.worker_pid();
+    run.signal(libc::SIGUSR2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while run.worker_pid() == first {
+        assert!(Instant::now() < deadline, "no hand-over:\n{}", run.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its late READY=1 went to a socket that is still there.
+    std::thread::sleep(Duration::from_millis(1200));
+    let log = run.log();
+    assert!(!log.contains("worker crashed"), "{log}");
+    assert!(!log.contains("Traceback"), "{log}");
+}

@@ -155,6 +155,21 @@ impl NotifySocket {
         &self.path
     }
 
+    /// Reads and drops whatever arrives (a `READY=1` sent after the worker was seen accepting,
+    /// `STATUS=` lines), so the worker's sends neither fail nor block; never completes.
+    pub(crate) async fn discard(&self) {
+        let Ok(socket) = self
+            .socket
+            .try_clone()
+            .and_then(tokio::net::UnixDatagram::from_std)
+        else {
+            return std::future::pending().await;
+        };
+        let mut buffer = vec![0u8; 4096];
+        while socket.recv(&mut buffer).await.is_ok() {}
+        std::future::pending().await
+    }
+
     /// Completes on the first `READY=1` from `worker` or a process below it; never completes
     /// when the socket fails.
     pub(crate) async fn ready(&self, worker: u32) {

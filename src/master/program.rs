@@ -98,6 +98,7 @@ impl ProgramProtocol {
         notify: NotifySocket,
         listener_inodes: Vec<u64>,
         events: mpsc::UnboundedSender<Event>,
+        exited: tokio::sync::oneshot::Receiver<()>,
     ) {
         let mode = self.config.ready;
         let delay = self.config.ready_delay;
@@ -115,11 +116,24 @@ impl ProgramProtocol {
                     }
                 }
             };
-            ready.await;
+            let exited = async {
+                let _ = exited.await;
+            };
+            tokio::pin!(exited);
+            tokio::select! {
+                _ = ready => {}
+                _ = &mut exited => return,
+            }
             let _ = events.send(Event::Control {
                 worker: id,
                 message: Message::Ready,
             });
+            // The socket stays, read and emptied, as long as the worker lives: a program seen
+            // accepting before it says `READY=1` must not find the socket gone when it does.
+            tokio::select! {
+                _ = notify.discard() => {}
+                _ = exited => {}
+            }
             drop(notify);
         });
     }

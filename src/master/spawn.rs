@@ -58,6 +58,8 @@ pub(crate) struct WorkerProc {
     pub(crate) pin: Option<std::path::PathBuf>,
     control: Option<OwnedWriteHalf>,
     signals: mpsc::UnboundedSender<i32>,
+    /// Dropped with the worker: its notify socket (`handover run`) is closed then.
+    _notify: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl WorkerProc {
@@ -184,13 +186,17 @@ pub(crate) fn spawn_worker(
         None => None,
     };
 
+    let mut notify_guard = None;
     if let (Protocol::Program(program), Some(notify)) = (launch.protocol, notify) {
+        let (guard, exited) = tokio::sync::oneshot::channel();
+        notify_guard = Some(guard);
         program.watch_readiness(
             id,
             pid,
             notify,
             launch.listener_inodes.to_vec(),
             events.clone(),
+            exited,
         );
     }
 
@@ -229,6 +235,7 @@ pub(crate) fn spawn_worker(
         pin: None,
         control,
         signals,
+        _notify: notify_guard,
     })
 }
 
@@ -343,6 +350,7 @@ pub(crate) fn adopt_worker(
         pin,
         control,
         signals,
+        _notify: None,
     })
 }
 

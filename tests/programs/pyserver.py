@@ -102,6 +102,8 @@ def main():
         interval = 0.5 if wait == "poll" else 0.05
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": interval}, daemon=True).start()
         if wait is None:
+            # PYSERVER_NOTIFY_DELAY: say READY=1 late, after it is seen accepting.
+            time.sleep(float(os.environ.get("PYSERVER_NOTIFY_DELAY", "0")))
             notify("READY=1")
         wait_for_drain()
         server.shutdown()

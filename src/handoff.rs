@@ -32,11 +32,22 @@ pub(crate) enum ToMaster {
     },
 }
 
+/// Where a hand-over's time went, as the master saw it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct HandoverTimes {
+    /// From the start of the worker to `fork`/`exec` done (the pin, the hash, the spawn).
+    pub(crate) spawn: std::time::Duration,
+    /// From the spawn to the worker's ready message (its start-up: loading, runtime, sockets).
+    pub(crate) ready: std::time::Duration,
+    /// From the ready message to the old worker told to drain.
+    pub(crate) drain: std::time::Duration,
+}
+
 /// How a requested hand-over ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HandoverOutcome {
-    /// A worker from the requested binary is ready and serving.
-    Ready,
+    /// A worker from the requested binary is ready and serving; how long each step took.
+    Ready(HandoverTimes),
     /// A worker of it ran and failed: why (spawn error, not ready in time, exited).
     Failed(String),
     /// The master is stopping: nothing was proven either way.

@@ -365,3 +365,66 @@ fn a_custom_fetcher_upgrades_to_the_newest_release_it_finds() {
         "an older release was offered:\n{log}"
     );
 }
+
+#[test]
+fn a_newer_candidate_during_probation_supersedes_it_and_a_rollback_goes_to_the_proven_binary() {
+    // A probation of ten minutes: only a candidate that supersedes it can be installed in time.
+    let service = Service::serving(Options {
+        example: "testbed",
+        config: "fetcher = \"file\"\n[upgrade]\ninterval = \"300ms\"\nprobation = \"10m\"\ncheck_timeout = \"3s\"\n[file]\nsettle = \"100ms\"\n",
+        ..Default::default()
+    });
+    let pristine = service.dir.path().join("pristine");
+    std::fs::copy(&service.bin, &pristine).unwrap();
+    let proven = std::fs::read(&service.bin).unwrap();
+    let previous = service.bin.with_file_name("testbed.previous");
+    let load = Load::start(service.addr(), 16, Protocol::Http1, "/");
+    load.wait_progress(200);
+
+    let second = util::with_trailer(&pristine, "release-2");
+    util::drop_file(&service.next_path(), &second);
+    service.wait_for_sha(&util::sha256_hex(&second));
+    service.wait_log("probation runs", Duration::from_secs(10));
+
+    // A fix published during the probation is installed at once, not in ten minutes.
+    let third = util::with_trailer(&pristine, "release-3");
+    let third_sha = util::sha256_hex(&third);
+    util::drop_file(&service.next_path(), &third);
+    service.wait_for_sha(&third_sha);
+    let log = service.wait_log("superseded by a newer candidate", Duration::from_secs(5));
+    assert!(!log.contains("upgrade passed probation"), "{log}");
+    assert_eq!(
+        std::fs::read(&previous).unwrap(),
+        proven,
+        "the rollback point is still the binary that was proven, not the superseded one"
+    );
+    let state =
+        std::fs::read_to_string(service.bin.with_file_name("testbed.handover-state")).unwrap();
+    assert!(
+        state.contains(&third_sha),
+        "probation follows the newest: {state}"
+    );
+    assert!(
+        state.contains(&util::sha256_hex(&proven)),
+        "its previous is the proven binary: {state}"
+    );
+
+    // A newer one that crashes in its probation goes back to the proven binary.
+    let bad = util::with_trailer(&pristine, "crash-after-ready:800");
+    util::drop_file(&service.next_path(), &bad);
+    service.wait_for_sha(&util::sha256_hex(&bad));
+    service.wait_log("upgrade rolled back", Duration::from_secs(15));
+    service.wait_for_sha(&util::sha256_hex(&proven));
+    assert_eq!(std::fs::read(&service.bin).unwrap(), proven);
+    load.wait_progress(200);
+    let stats = load.finish();
+    // Only requests in flight on the crashing worker can fail.
+    assert!(
+        stats.failed <= 16,
+        "{} failed: {:?}",
+        stats.failed,
+        stats.errors
+    );
+    let log = service.log();
+    assert!(log.contains("upgrade stages: download "), "{log}");
+}

@@ -97,6 +97,9 @@ struct Pending {
     reason: Reason,
     /// The pipeline's requests that this hand-over answers.
     replies: Vec<oneshot::Sender<HandoverOutcome>>,
+    /// When its start began, and when the spawn returned.
+    started: Instant,
+    spawned: Instant,
 }
 
 /// The master's event loop, bound and ready to run: processes and sockets, nothing else.

@@ -12,7 +12,7 @@ use super::spawn::{self, Launch, WorkerProc};
 use super::{Event, Master, Pending, Protocol, Reason};
 use crate::digest::short;
 use crate::error::Error;
-use crate::handoff::{HandoverOutcome, WorkerReport};
+use crate::handoff::{HandoverOutcome, HandoverTimes, WorkerReport};
 use crate::protocol::Message;
 
 impl Master {
@@ -54,6 +54,7 @@ impl Master {
     }
 
     pub(super) async fn start_worker(&mut self, reason: Reason) {
+        let started = Instant::now();
         let id = self.next_id;
         self.next_id += 1;
         // A recovery runs the generation that served (sozu #515: never a binary swapped in
@@ -108,6 +109,8 @@ impl Master {
                     worker,
                     reason,
                     replies,
+                    started,
+                    spawned: Instant::now(),
                 });
             }
             Err(source) => {
@@ -155,14 +158,19 @@ impl Master {
         let Some(pending) = self.pending.take_if(|p| p.worker.id == worker) else {
             return;
         };
+        let ready_at = Instant::now();
         let Pending {
             worker: mut new,
             reason,
             replies,
+            started,
+            spawned,
         } = pending;
-        for reply in replies {
-            let _ = reply.send(HandoverOutcome::Ready);
-        }
+        let mut times = HandoverTimes {
+            spawn: spawned.saturating_duration_since(started),
+            ready: ready_at.saturating_duration_since(spawned),
+            drain: Duration::ZERO,
+        };
         self.report(WorkerReport::Ready {
             sha256: new.sha256.clone(),
         });
@@ -182,6 +190,7 @@ impl Master {
             );
             self.counters.0 += 1;
             self.drain(&mut old).await;
+            times.drain = ready_at.elapsed();
             self.draining.push(old);
         } else {
             tracing::info!(
@@ -191,6 +200,9 @@ impl Master {
                 ?took,
                 "worker ready; serving"
             );
+        }
+        for reply in replies {
+            let _ = reply.send(HandoverOutcome::Ready(times));
         }
         self.ever_ready = true;
         // The new generation's binary is the one recoveries run from now on.

@@ -4,6 +4,7 @@
 use handover_fetcher::{Artifact, Running};
 
 use super::stage::{self, Download};
+use super::timing::Stages;
 use super::{perms, sanity, signed, swap, verify, Pipeline};
 use crate::config::Sanity;
 use crate::digest::short;
@@ -44,6 +45,8 @@ pub(super) struct Checked {
     pub(super) origin: String,
     /// The master state format it read in its sanity run (see [`crate::master_state`]).
     pub(super) master_state: Option<u32>,
+    /// Where the time went so far.
+    pub(super) stages: Stages,
 }
 
 impl Pipeline {
@@ -53,6 +56,7 @@ impl Pipeline {
         running: &Running,
         span: tracing::Span,
     ) -> Outcome {
+        let mut stages = Stages::start();
         let refused = |refusal| Outcome::Refused {
             sha256: None,
             refusal,
@@ -108,6 +112,7 @@ impl Pipeline {
             Ok(d) => d,
             Err(refusal) => return refused(refusal),
         };
+        stages.lap("download");
         tracing::info!(path = %download.path.display(), size = download.size, sha256 = %short(&hex::encode(download.sha256)), "downloaded candidate");
         let claims = Claims {
             sha256: artifact.claimed_sha256().copied(),
@@ -130,7 +135,10 @@ impl Pipeline {
         }
         let download = match packing {
             Some((format, member)) => match self.unpack(download, format, &member).await {
-                Ok(d) => d,
+                Ok(d) => {
+                    stages.lap("unpack");
+                    d
+                }
                 Err(refusal) => return refused(refusal),
             },
             None => download,
@@ -142,7 +150,7 @@ impl Pipeline {
             swap::discard(&download.path);
             return Outcome::Unchanged;
         }
-        match self.check(claims, &download, &sha256).await {
+        match self.check(claims, &download, &sha256, &mut stages).await {
             Ok((version, master_state)) => {
                 if let Some(v) = &version {
                     span.record("version", v.to_string());
@@ -154,6 +162,7 @@ impl Pipeline {
                     version,
                     origin,
                     master_state,
+                    stages,
                 };
                 self.install(checked, running, span).await
             }
@@ -174,6 +183,7 @@ impl Pipeline {
         claims: Claims,
         download: &Download,
         sha256: &str,
+        stages: &mut Stages,
     ) -> Result<(Option<semver::Version>, Option<u32>), Refusal> {
         if let Some(q) = self.state.quarantined(sha256) {
             return Err(Refusal::Quarantined {
@@ -216,6 +226,7 @@ impl Pipeline {
                 download.path.display()
             ))
         })?;
+        stages.lap("verify");
         let mut master_state = None;
         let answered = match self.config.sanity {
             Sanity::Handover => {
@@ -234,6 +245,7 @@ impl Pipeline {
             }
             Sanity::None => None,
         };
+        stages.lap("sanity");
         if let Some(metadata) = &signed {
             signed::check_answer(metadata, answered.as_deref())?;
         }
@@ -256,6 +268,7 @@ impl Pipeline {
         if let Some(hook) = &self.config.pre_upgrade {
             sanity::pre_upgrade_hook(hook, &download.path, sha256, self.config.check_timeout)
                 .await?;
+            stages.lap("hook");
         }
         Ok((trusted, master_state))
     }

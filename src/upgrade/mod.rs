@@ -143,7 +143,8 @@ impl Pipeline {
         self.publish();
         let mut next_poll = Instant::now();
         loop {
-            let polling = self.fetcher.is_some() && self.probation.is_none();
+            // Polling goes on during probation: a newer candidate ends it as superseded.
+            let polling = self.fetcher.is_some();
             let deadline = self.probation.as_ref().and_then(|p| p.deadline);
             tokio::select! {
                 _ = tokio::time::sleep_until(next_poll.into()), if polling => {
@@ -159,11 +160,7 @@ impl Pipeline {
                 },
                 command = self.channels.commands.recv() => match command {
                     Some(PipelineCommand::CheckNow { reply }) => {
-                        if self.probation.is_some() {
-                            if let Some(reply) = reply {
-                                let _ = reply.send(Ok("an upgrade is in probation; the next check follows it".into()));
-                            }
-                        } else if self.fetcher.is_none() {
+                        if self.fetcher.is_none() {
                             if let Some(reply) = reply {
                                 let _ = reply.send(Err(Error::Master("no fetcher is configured".into())));
                             }

@@ -6,6 +6,10 @@
 //! binary back and quarantines the hash. The probation in progress is in the state file, so a
 //! master killed mid-probation resumes it when it starts again.
 //!
+//! The fetcher keeps polling during probation. A newer candidate that passes every check ends
+//! the probation as superseded: the superseded binary was never proven, so it raises no floor
+//! and `<live>.previous` stays the binary before it, where a rollback goes.
+//!
 //! Order of writes, so that a SIGKILL at any point leaves something the next start can finish:
 //! install writes the probation to the state file *before* the swap (a master killed between
 //! the two finds the probation's binary not live and drops it); rollback writes the
@@ -55,22 +59,39 @@ impl Pipeline {
             version,
             origin,
             master_state,
+            mut stages,
         } = checked;
         let hand_over = !self.config.stage_only;
+        // An upgrade still in probation is not proven: the rollback point stays the binary
+        // before it, and it is put back only if this swap fails.
+        let superseded = self.end_probation_for(&sha256);
+        let saved = self.state.probation.take();
+        let (previous_sha256, previous_version) = match &superseded {
+            Some(old) => (
+                saved.as_ref().and_then(|p| p.previous_sha256.clone()),
+                old.previous_version.clone(),
+            ),
+            None => (
+                Some(hex::encode(running.sha256)),
+                self.running_version.clone(),
+            ),
+        };
         if hand_over {
             self.state.probation = Some(Probation {
                 sha256: sha256.clone(),
-                previous_sha256: Some(hex::encode(running.sha256)),
+                previous_sha256,
                 version: version.as_ref().map(|v| v.to_string()),
                 origin: origin.clone(),
                 started: state::unix_now(),
             });
             self.save();
+            stages.lap("state");
         }
-        if let Err(error) = swap::install(&self.live, &download.path) {
+        if let Err(error) = swap::install(&self.live, &download.path, superseded.is_some()) {
             swap::discard(&download.path);
-            self.state.probation = None;
+            self.state.probation = saved;
             self.save();
+            self.probation = superseded;
             return Outcome::Refused {
                 sha256: Some(sha256),
                 refusal: Refusal::transient(format!(
@@ -79,6 +100,7 @@ impl Pipeline {
                 )),
             };
         }
+        stages.lap("swap");
         tracing::info!(binary = %self.live.display(), "new binary swapped in; previous kept");
         if !hand_over {
             tracing::info!("upgrade staged; the next restart runs it");
@@ -89,10 +111,16 @@ impl Pipeline {
             self.record(&origin, &sha256, "staged".into());
             return Outcome::Installed { sha256, version };
         }
+        let supersedes = superseded.is_some();
+        if let Some(old) = superseded {
+            old.span.in_scope(|| {
+                tracing::warn!(by = %short(&sha256), "probation ended: superseded by a newer candidate; a rollback now goes to the binary before it");
+            });
+        }
         self.probation = Some(Active {
             sha256: sha256.clone(),
             version: version.clone(),
-            previous_version: self.running_version.clone(),
+            previous_version,
             origin: origin.clone(),
             deadline: None,
             master_state,
@@ -100,8 +128,14 @@ impl Pipeline {
             span,
         });
         match self.hand_over(&sha256).await {
-            HandoverOutcome::Ready => {
+            HandoverOutcome::Ready(times) => {
+                stages.add(&[
+                    ("spawn", times.spawn),
+                    ("ready", times.ready),
+                    ("drain", times.drain),
+                ]);
                 tracing::info!("upgrade installed and serving");
+                tracing::info!("upgrade stages: {}", stages.line());
                 self.start_window();
                 self.running_version = version.clone().or(self.running_version.take());
                 self.record(&origin, &sha256, "installed; in probation".into());
@@ -120,7 +154,9 @@ impl Pipeline {
             }
             HandoverOutcome::Failed(why) => {
                 let reason = format!("the new worker {why}");
-                self.roll_back(&reason, false);
+                // The worker still serving runs the superseded binary, which is no longer the
+                // rollback point: hand over to the one restored.
+                self.roll_back(&reason, supersedes);
                 Outcome::Refused {
                     sha256: Some(sha256),
                     refusal: Refusal::RolledBack { reason },
@@ -197,18 +233,38 @@ impl Pipeline {
     }
 
     pub(super) fn probation_passed(&mut self) {
-        let Some(active) = self.probation.take() else {
-            return;
-        };
-        let _enter = active.span.enter();
-        tracing::info!("upgrade passed probation");
+        if let Some(active) = self.pass_probation() {
+            self.upgrade_master(&active);
+        }
+    }
+
+    fn pass_probation(&mut self) -> Option<Active> {
+        let active = self.probation.take()?;
+        active
+            .span
+            .in_scope(|| tracing::info!("upgrade passed probation"));
         if let Some(version) = &active.version {
             self.raise_floor(version);
         }
         self.state.probation = None;
         self.save();
         self.record(&active.origin, &active.sha256, "installed".into());
-        self.upgrade_master(&active);
+        Some(active)
+    }
+
+    /// Before `sha256` is swapped in: a probation whose window is over passes (without a
+    /// master upgrade: the newer binary brings its own); one still running is ended and
+    /// returned, superseded.
+    fn end_probation_for(&mut self, sha256: &str) -> Option<Active> {
+        let active = self.probation.as_ref()?;
+        if active.sha256 == sha256 {
+            return None;
+        }
+        if active.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.pass_probation();
+            return None;
+        }
+        self.probation.take()
     }
 
     /// After an upgrade of the master's own binary passed probation, the master's code is

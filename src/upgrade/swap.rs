@@ -30,9 +30,11 @@ pub(crate) fn temp_path(live: &Path) -> PathBuf {
     live.with_file_name(format!(".{name}.handover-{}-{n}.tmp", std::process::id()))
 }
 
-/// Installs `staged` at `live`, keeping the old binary as `<live>.previous`.
-pub(crate) fn install(live: &Path, staged: &Path) -> io::Result<()> {
-    if live.exists() {
+/// Installs `staged` at `live`, keeping the old binary as `<live>.previous`, or, with
+/// `keep_previous`, leaving `<live>.previous` as it is (the old binary was never proven, so a
+/// rollback goes further back).
+pub(crate) fn install(live: &Path, staged: &Path, keep_previous: bool) -> io::Result<()> {
+    if live.exists() && !(keep_previous && previous_path(live).exists()) {
         let link = temp_path(live);
         copy_or_link(live, &link)?;
         let renamed = std::fs::rename(&link, previous_path(live));

@@ -28,11 +28,12 @@ pub(crate) const SERVE_FLAG: &str = "--serve-baseline";
 pub(crate) struct BaselineProcess {
     pub(crate) addr: SocketAddr,
     /// Stopped with SIGTERM when dropped; the child also stops when its stdin closes.
-    _process: Guarded,
+    process: Guarded,
 }
 
 impl BaselineProcess {
-    pub(crate) fn start(threads: usize) -> anyhow::Result<Self> {
+    /// Starts the server on `port` of 127.0.0.1 (0: any free port) and waits until it listens.
+    pub(crate) fn start(threads: usize, port: u16) -> anyhow::Result<Self> {
         // Spawned from the main thread, like every child (see `Guarded::spawn`).
         let me = std::env::current_exe().context("finding this binary's path")?;
         let mut command = Command::new(me);
@@ -40,6 +41,8 @@ impl BaselineProcess {
             .arg(SERVE_FLAG)
             .arg("--threads")
             .arg(threads.to_string())
+            .arg("--port")
+            .arg(port.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -69,16 +72,17 @@ impl BaselineProcess {
         let Ok(addr) = line.trim().parse() else {
             bail!("the baseline server did not report its address (it printed {line:?})");
         };
-        Ok(Self {
-            addr,
-            _process: process,
-        })
+        Ok(Self { addr, process })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.process.pid()
     }
 }
 
 /// The child's side: serves until its stdin closes (the bench stopped or died).
-pub(crate) fn serve_until_stdin_closes(threads: usize) -> anyhow::Result<()> {
-    let server = Baseline::start(threads)?;
+pub(crate) fn serve_until_stdin_closes(threads: usize, port: u16) -> anyhow::Result<()> {
+    let server = Baseline::start(threads, port)?;
     println!("{}", server.addr);
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
@@ -93,10 +97,13 @@ pub(crate) struct Baseline {
 }
 
 impl Baseline {
-    pub(crate) fn start(threads: usize) -> anyhow::Result<Self> {
+    pub(crate) fn start(threads: usize, port: u16) -> anyhow::Result<Self> {
         let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        // Binds again at once on the port a stopped server left (the naive restart).
         socket.set_reuse_address(true)?;
-        socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+            .with_context(|| format!("binding 127.0.0.1:{port}"))?;
         socket.listen(1024)?;
         socket.set_nonblocking(true)?;
         let listener: std::net::TcpListener = socket.into();

@@ -29,6 +29,8 @@ pub(crate) struct MasterSpec<'a> {
     pub(crate) drain_timeout: Duration,
     /// Appended to the config file as is (fetcher and upgrade tables).
     pub(crate) extra_toml: String,
+    /// Set in the master's environment (credentials of a fetcher).
+    pub(crate) env: Vec<(&'static str, String)>,
 }
 
 /// One hand-over as seen from outside, in times since the bench's epoch.
@@ -86,6 +88,7 @@ impl Master {
             .env_remove("PORT")
             .env_remove("HANDOVER_WATCH")
             .env_remove("HELLO_JOB_LOG")
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -230,7 +233,7 @@ pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
 }
 
 /// A `Duration` as `{:?}` prints it: `12.5ms`, `950.2µs`, `1.2s`, `80ns`.
-fn parse_debug_duration(text: &str) -> Option<Duration> {
+pub(crate) fn parse_debug_duration(text: &str) -> Option<Duration> {
     let (number, unit) = text.split_at(text.find(|c: char| c.is_alphabetic() || c == 'µ')?);
     let value: f64 = number.parse().ok()?;
     let seconds = match unit {

@@ -52,6 +52,11 @@ impl Guarded {
         self.child.id()
     }
 
+    /// The child's stdin, if it was piped (once).
+    pub(crate) fn stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
     /// The child's stdout, if it was piped (once).
     pub(crate) fn stdout(&mut self) -> Option<std::process::ChildStdout> {
         self.child.stdout.take()
@@ -108,9 +113,9 @@ impl Drop for Guarded {
     }
 }
 
-fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
+pub(crate) fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
-    // SAFETY: kill(2) has no memory-safety preconditions; pid is one of our own children.
+    // SAFETY: kill(2) has no memory-safety preconditions; pid is a process this bench started.
     if unsafe { libc::kill(pid, signal) } != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -190,6 +195,14 @@ pub(crate) fn ticks_per_second() -> f64 {
     } else {
         100.0
     }
+}
+
+/// Whether `pid` runs and its command line contains `name` (so a pid that has been reused by
+/// another program is not signalled).
+pub(crate) fn runs(pid: u32, name: &str) -> bool {
+    alive(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(name))
 }
 
 /// How many file descriptors `pid` has open.

@@ -7,7 +7,11 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::stats::{short, Dist};
+use crate::compare::Comparison;
+use crate::remote::RemoteRow;
+use crate::stats::Dist;
+use crate::tables;
+use crate::upgrades::Stage;
 use crate::wrk::WrkReport;
 
 #[derive(Debug, Serialize)]
@@ -24,6 +28,12 @@ pub(crate) struct Results {
     /// File landing → new sha256 answering: inotify, then polling.
     pub(crate) upgrade: Vec<UpgradePhase>,
     pub(crate) master: MasterFigures,
+    /// Tableflip and a naive restart under the same load as `wrk` (and the hyper client).
+    pub(crate) comparison: Comparison,
+    /// Handover under wrk at `big_connections` and `big_restarts` (None without wrk).
+    pub(crate) big: Option<WrkPhase>,
+    /// Publish → serving through the S3 and GitHub fetchers.
+    pub(crate) remote: Vec<RemoteRow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -82,6 +92,9 @@ pub(crate) struct Settings {
     /// Rounds of (plain hyper, handover) with no restart, for the steady-state ratio.
     pub(crate) steady_rounds: usize,
     pub(crate) steady_round_seconds: f64,
+    /// Connections and restarts of the big wrk row.
+    pub(crate) big_connections: usize,
+    pub(crate) big_restarts: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +116,9 @@ pub(crate) struct WrkPhase {
     pub(crate) requests: u64,
     pub(crate) failed: u64,
     pub(crate) requests_per_second: f64,
+    /// Resident memory of the serving processes after the last restart (handover: master
+    /// and worker).
+    pub(crate) rss_kib: u64,
     /// wrk on `/`.
     pub(crate) fast: WrkReport,
     /// wrk on the slow path.
@@ -201,6 +217,8 @@ pub(crate) struct UpgradePhase {
     pub(crate) latencies_ms: Vec<f64>,
     pub(crate) latency_ms: Dist,
     pub(crate) failures: Vec<String>,
+    /// The p50 of each stage the master logged (`upgrade stages: …`); empty if it logs none.
+    pub(crate) breakdown: Vec<Stage>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -252,11 +270,11 @@ pub(crate) fn write_all(results: &Results, out: &Path) -> anyhow::Result<String>
     std::fs::write(out.join("results.json"), json + "\n")?;
     let markdown = markdown(results);
     std::fs::write(out.join("results.md"), &markdown)?;
-    chart(results, &out.join("latency.svg")).context("drawing latency.svg")?;
+    crate::chart::draw(results, &out.join("latency.svg")).context("drawing latency.svg")?;
     Ok(markdown)
 }
 
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -268,7 +286,7 @@ fn thousands(n: u64) -> String {
     out
 }
 
-fn mib(kib: u64) -> String {
+pub(crate) fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
@@ -426,176 +444,8 @@ fn markdown(r: &Results) -> String {
         client(h2, &steady),
     );
 
-    let _ = writeln!(md, "\n| Upgrades and the master | |");
-    let _ = writeln!(md, "|---|---:|");
-    for upgrade in &r.upgrade {
-        let how = if upgrade.mode == "inotify" {
-            "inotify".to_string()
-        } else {
-            format!("polling every {} ms", upgrade.poll_interval_ms)
-        };
-        let d = &upgrade.latency_ms;
-        let value = if d.count == 0 {
-            "no upgrade completed".to_string()
-        } else {
-            format!(
-                "{} / {} ms (p50 / max of {})",
-                short(d.p50_ms),
-                short(d.max_ms),
-                d.count
-            )
-        };
-        let _ = writeln!(
-            md,
-            "| upgrade, file landing → new sha256 answering, {how} | {value} |"
-        );
-    }
-    let _ = writeln!(
-        md,
-        "| hand-over time under load, all {} restarts above | {} |",
-        r.handover_time_under_load_ms.count,
-        r.handover_time_under_load_ms.cell()
-    );
-    let master = &r.master;
-    let _ = writeln!(
-        md,
-        "| master RSS, idle, polling every {} ms | {} |",
-        master.poll_interval_ms,
-        mib(master.rss_kib_idle)
-    );
-    let cpu = if master.idle_cpu_seconds == 0.0 {
-        format!("< {:.2} % of a core", master.idle_cpu_resolution_percent)
-    } else {
-        format!("{:.2} % of a core", master.idle_cpu_percent)
-    };
-    let _ = writeln!(
-        md,
-        "| master CPU, idle, over {:.0} s | {cpu} |",
-        master.idle_window_seconds
-    );
-    let soak = &master.soak;
-    let _ = writeln!(
-        md,
-        "| master open fds, before → after {} hand-overs | {} → {} |",
-        soak.handovers, soak.fds_before, soak.fds_after
-    );
-    let _ = writeln!(
-        md,
-        "| master RSS, before → after {} hand-overs | {} → {} |",
-        soak.handovers,
-        mib(soak.rss_kib_before),
-        mib(soak.rss_kib_after)
-    );
-    let half = soak.handovers / 2;
-    if let Some(&(at, rss_at_half)) = soak.rss_kib_samples.iter().find(|(n, _)| *n >= half) {
-        let _ = writeln!(
-            md,
-            "| master RSS growth over the last {} hand-overs | {:+.2} MiB |",
-            soak.handovers - at,
-            (soak.rss_kib_after as f64 - rss_at_half as f64) / 1024.0
-        );
-    }
-    let _ = writeln!(
-        md,
-        "| hand-over time without load | {} |",
-        soak.handover_ms.cell()
-    );
-    let in_place = &master.upgrades_in_place;
-    let _ = writeln!(
-        md,
-        "| master upgrade in place (exec and adopt), p50 / p99 / max over {} | {} |",
-        in_place.count,
-        in_place.exec_and_adopt_ms.cell()
-    );
-    let _ = writeln!(
-        md,
-        "| … master PID kept, serving worker kept, master fds before → after | {}, {}, {} → {} |",
-        yes(in_place.master_pid_kept),
-        yes(in_place.worker_kept),
-        in_place.fds_before,
-        in_place.fds_after
-    );
+    tables::comparison(&mut md, r);
+
+    tables::upgrades_and_master(&mut md, r);
     md
-}
-
-fn yes(kept: bool) -> &'static str {
-    if kept {
-        "yes"
-    } else {
-        "NO"
-    }
-}
-
-/// One line of the latency chart: its name, colour and value per bucket.
-type Line = (&'static str, plotters::style::RGBColor, fn(&Bucket) -> f64);
-
-/// Latency of `GET /` over time, one panel per client phase, restarts as vertical lines.
-fn chart(results: &Results, path: &Path) -> anyhow::Result<()> {
-    use plotters::prelude::*;
-
-    let phases: Vec<&ClientPhase> = results.client.iter().collect();
-    let height = 380 * phases.len().max(1) as u32;
-    let root = SVGBackend::new(path, (1200, height)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let panels = root.split_evenly((phases.len().max(1), 1));
-    for (panel, phase) in panels.iter().zip(&phases) {
-        let chart = &phase.chart;
-        // Whole decades, so the log axis has labels at both ends (0.1, 1, 10, 100 ms).
-        let highest = chart.buckets.iter().map(|b| b.max_ms).fold(1.0, f64::max);
-        let lowest = chart
-            .buckets
-            .iter()
-            .map(|b| b.p50_ms)
-            .fold(1.0, f64::min)
-            .max(0.001);
-        let top = 10f64.powf(highest.log10().ceil());
-        let bottom = 10f64.powf(lowest.log10().floor());
-        let mut plot = ChartBuilder::on(panel)
-            .caption(
-                format!(
-                    "{}: latency of GET / per 100 ms, {} connections, {} restarts (red)",
-                    phase.protocol, results.settings.connections, phase.restarts.count
-                ),
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..chart.seconds.max(1.0), (bottom..top).log_scale())?;
-        plot.configure_mesh()
-            // A log axis draws a light line per unit step, which crowds the chart.
-            .light_line_style(WHITE)
-            .y_label_formatter(&|ms| format!("{ms}"))
-            .x_desc("seconds")
-            .y_desc("latency, ms")
-            .draw()?;
-        for (index, t) in chart.restarts.iter().enumerate() {
-            let line =
-                plot.draw_series(LineSeries::new([(*t, bottom), (*t, top)], RED.mix(0.35)))?;
-            if index == 0 {
-                line.label("SIGUSR2")
-                    .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
-            }
-        }
-        let series: [Line; 3] = [
-            ("max", RGBColor(150, 150, 150), |b| b.max_ms),
-            ("p99", RGBColor(230, 140, 20), |b| b.p99_ms),
-            ("p50", RGBColor(30, 90, 200), |b| b.p50_ms),
-        ];
-        for (name, color, value) in series {
-            plot.draw_series(LineSeries::new(
-                chart.buckets.iter().map(|b| (b.t, value(b))),
-                color.stroke_width(1),
-            ))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
-        }
-        plot.configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
-    }
-    root.present()?;
-    Ok(())
 }

@@ -132,7 +132,7 @@ mod tests {
         std::fs::write(&live, b"v1").unwrap();
         let staged = temp_path(&live);
         std::fs::write(&staged, b"v2").unwrap();
-        install(&live, &staged).unwrap();
+        install(&live, &staged, false).unwrap();
         assert_eq!(std::fs::read(&live).unwrap(), b"v2");
         assert_eq!(std::fs::read(previous_path(&live)).unwrap(), b"v1");
         assert!(!staged.exists());
@@ -143,7 +143,7 @@ mod tests {
         // not leave its temporary link behind.
         let staged = temp_path(&live);
         std::fs::write(&staged, b"v3").unwrap();
-        install(&live, &staged).unwrap();
+        install(&live, &staged, false).unwrap();
         assert_eq!(std::fs::read(&live).unwrap(), b"v3");
         assert_eq!(std::fs::read(previous_path(&live)).unwrap(), b"v1");
         let names: Vec<String> = std::fs::read_dir(dir.path())
@@ -156,6 +156,13 @@ mod tests {
             2,
             "only app and app.previous remain: {names:?}"
         );
+
+        // Superseding an unproven binary keeps the rollback point where it was.
+        let staged = temp_path(&live);
+        std::fs::write(&staged, b"v4").unwrap();
+        install(&live, &staged, true).unwrap();
+        assert_eq!(std::fs::read(&live).unwrap(), b"v4");
+        assert_eq!(std::fs::read(previous_path(&live)).unwrap(), b"v1");
     }
 
     #[test]

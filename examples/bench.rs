@@ -26,8 +26,8 @@
 //!    restart (plain hyper stopped and started again on the same port);
 //! 9. handover under wrk at `--big-connections` kept-alive connections and `--big-restarts`;
 //! 10. publish → serving through the S3 fetcher (moto) and the GitHub fetcher (a fake GitHub
-//!    API in this tool), when hello is built with those features; and for every upgrade row,
-//!    the p50 of each stage the master logs (`upgrade stages: …`).
+//!     API in this tool), when hello is built with those features; and for every upgrade row,
+//!     the p50 of each stage the master logs (`upgrade stages: …`).
 //!
 //! Writes `results.json`, `results.md` and `latency.svg` to `--out` (default `target/bench`)
 //! and prints the markdown table. Every process it starts is stopped when it ends, also on a
@@ -244,7 +244,7 @@ fn run(options: Options) -> anyhow::Result<()> {
         settings.connections
     ));
 
-    raise_fd_limit();
+    raise_fd_limit(settings.big_connections);
 
     // 1-4: restarts under load, on one master with no fetcher (nothing but SIGUSR2 restarts).
     let spec = MasterSpec {
@@ -403,8 +403,9 @@ fn find_hello(given: Option<&Path>, workspace: &Path) -> anyhow::Result<PathBuf>
 }
 
 /// Raises the soft limit on open files to the hard limit: the big row holds over a thousand
-/// connections in wrk and as many in the worker (children inherit the limit).
-fn raise_fd_limit() {
+/// connections in wrk and as many in the worker (children inherit the limit). Warns when even
+/// the hard limit is short of `connections` plus headroom.
+fn raise_fd_limit(connections: usize) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -422,7 +423,17 @@ fn raise_fd_limit() {
                     "open files limit raised from {old} to {}",
                     limit.rlim_max
                 ));
+            } else {
+                limit.rlim_cur = old;
             }
         }
+    }
+    let needed = connections as u64 + 256;
+    if limit.rlim_cur < needed {
+        say(&format!(
+            "warning: open files are limited to {} (the hard limit), fewer than the {needed} \
+             the {connections}-connection row needs: expect connect errors there",
+            limit.rlim_cur
+        ));
     }
 }

@@ -1,6 +1,7 @@
 //! Publish → serving through the remote fetchers: an S3 object on moto (`moto_server`, started
 //! here) and a GitHub release on a fake GitHub API (in this process, see `github.rs`). The
-//! master polls every second; each repetition publishes the live binary plus a few bytes with
+//! master polls every second (no jitter, so the figure is the interval plus the pipeline);
+//! each repetition publishes the live binary plus a few bytes with
 //! its SHA-256 (the object's checksum, the asset's digest) and times until a fresh connection
 //! is answered by a worker running it.
 
@@ -73,7 +74,7 @@ pub(crate) fn run(
 
 fn upgrade_toml(fetcher: &str) -> String {
     format!(
-        "fetcher = \"{fetcher}\"\n\n[upgrade]\ninterval = \"{}ms\"\nprobation = \"{}ms\"\n",
+        "fetcher = \"{fetcher}\"\n\n[upgrade]\ninterval = \"{}ms\"\njitter = 0.0\nprobation = \"{}ms\"\n",
         INTERVAL.as_millis(),
         PROBATION.as_millis()
     )

@@ -69,17 +69,17 @@ pub(crate) fn comparison(md: &mut String, r: &Results) {
             format!(
                 "**{}** ({} / {} / {} / {} / {})",
                 thousands(w.failed),
-                f.connect_errors + l.connect_errors,
-                f.read_errors + l.read_errors,
-                f.write_errors + l.write_errors,
-                f.timeouts + l.timeouts,
-                f.non_2xx_3xx + l.non_2xx_3xx
+                thousands(f.connect_errors + l.connect_errors),
+                thousands(f.read_errors + l.read_errors),
+                thousands(f.write_errors + l.write_errors),
+                thousands(f.timeouts + l.timeouts),
+                thousands(f.non_2xx_3xx + l.non_2xx_3xx)
             )
         },
     );
     row(
         md,
-        "hand-over time p50 / p99 (signal → new pid answers)",
+        "hand-over time p50 / p99 (signal, or stop, → new pid answers)",
         &|w| {
             let d = &w.restarts.handover_ms;
             if d.count == 0 {
@@ -196,7 +196,7 @@ pub(crate) fn remote_rows(md: &mut String, r: &Results) {
         };
         let _ = writeln!(
             md,
-            "| upgrade, {what} → new sha256 answering, polling every {} ms | {value} |",
+            "| upgrade, {what} → new sha256 answering, polling every {} ms, no jitter | {value} |",
             phase.poll_interval_ms
         );
         breakdown_row(md, &phase.breakdown);

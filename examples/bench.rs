@@ -244,7 +244,17 @@ fn run(options: Options) -> anyhow::Result<()> {
         settings.connections
     ));
 
-    raise_fd_limit(settings.big_connections);
+    // The big row holds over a thousand connections in wrk and as many in the worker.
+    let needed = settings.big_connections as u64 + 256;
+    match procs::raise_fd_limit() {
+        Some(limit) if limit < needed => say(&format!(
+            "warning: open files are limited to {limit} (the hard limit), fewer than the \
+             {needed} the {}-connection row needs: expect connect errors there",
+            settings.big_connections
+        )),
+        Some(_) => {}
+        None => say("warning: cannot read the open-files limit"),
+    }
 
     // 1-4: restarts under load, on one master with no fetcher (nothing but SIGUSR2 restarts).
     let spec = MasterSpec {
@@ -399,41 +409,5 @@ fn find_hello(given: Option<&Path>, workspace: &Path) -> anyhow::Result<PathBuf>
             hello.display(),
             profile.join(" ")
         ),
-    }
-}
-
-/// Raises the soft limit on open files to the hard limit: the big row holds over a thousand
-/// connections in wrk and as many in the worker (children inherit the limit). Warns when even
-/// the hard limit is short of `connections` plus headroom.
-fn raise_fd_limit(connections: usize) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let old = limit.rlim_cur;
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                say(&format!(
-                    "open files limit raised from {old} to {}",
-                    limit.rlim_max
-                ));
-            } else {
-                limit.rlim_cur = old;
-            }
-        }
-    }
-    let needed = connections as u64 + 256;
-    if limit.rlim_cur < needed {
-        say(&format!(
-            "warning: open files are limited to {} (the hard limit), fewer than the {needed} \
-             the {connections}-connection row needs: expect connect errors there",
-            limit.rlim_cur
-        ));
     }
 }

@@ -205,6 +205,29 @@ pub(crate) fn runs(pid: u32, name: &str) -> bool {
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains(name))
 }
 
+/// Raises this process's soft limit on open files to the hard limit (children inherit it);
+/// returns the limit now in force.
+pub(crate) fn raise_fd_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let old = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                limit.rlim_cur = old;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
 /// How many file descriptors `pid` has open.
 pub(crate) fn fd_count(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())

@@ -142,6 +142,12 @@ pub(crate) fn comparison(md: &mut String, r: &Results) {
             })
         );
     }
+    let _ = writeln!(
+        md,
+        "\nThe tableflip demo serves with Go's net/http, the others with hyper: its throughput \
+         differs for that reason too, not only its restarts. Its RSS is the one process serving; \
+         handover's is the master and its worker."
+    );
     for (name, _, skipped) in &columns[1..3] {
         if let Some(why) = skipped {
             let _ = writeln!(md, "\n{name}: {why}");

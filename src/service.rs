@@ -51,6 +51,7 @@ impl Master {
     }
 
     fn assemble(core: master::Master, config: Config) -> Self {
+        crate::sys::limit_malloc_arenas();
         crate::child_env::pass(&config.pass_env);
         Self {
             core,

@@ -1,5 +1,10 @@
-//! Every `unsafe` block of the crate: descriptor plumbing between fork and exec, and adopting
-//! descriptors inherited from the master or from systemd.
+//! Every `unsafe` block of the crate: descriptor plumbing between fork and exec, adopting
+//! descriptors inherited from the master or from systemd, and (in [`memory`]) the master's
+//! memory housekeeping.
+
+mod memory;
+
+pub(crate) use memory::{limit_malloc_arenas, trim_resident};
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};

@@ -50,6 +50,10 @@ pub(crate) enum Event {
     DrainTimeout {
         worker: u64,
     },
+    /// The master has been serving with nothing to do since the `Serving` phase `generation`.
+    Idle {
+        generation: u64,
+    },
     Respawn {
         generation: u64,
     },
@@ -102,6 +106,9 @@ struct Pending {
     spawned: Instant,
 }
 
+/// How long the master serves with nothing to do before it trims its resident memory.
+const IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The master's event loop, bound and ready to run: processes and sockets, nothing else.
 pub(crate) struct Master {
     config: Config,
@@ -138,6 +145,9 @@ pub(crate) struct Master {
     own: reexec::Own,
     reexec: Option<reexec::Request>,
     upgrading_master: bool,
+    /// Counts the times the phase became `Serving`; `None` while it is another.
+    serving_since: Option<u64>,
+    serving_count: u64,
     manager: Option<std::sync::Arc<notify::ServiceManager>>,
     /// The control socket's descriptor and path (kept across a re-exec).
     control_fd: Option<(std::os::fd::RawFd, PathBuf)>,
@@ -256,6 +266,8 @@ impl Master {
             own,
             reexec: None,
             upgrading_master: false,
+            serving_since: None,
+            serving_count: 0,
             manager: None,
             control_fd: None,
             taken,
@@ -430,6 +442,7 @@ impl Master {
             Event::Exited { worker, status } => self.on_exit(worker, status).await,
             Event::ReadyTimeout { worker } => self.on_ready_timeout(worker).await,
             Event::DrainTimeout { worker } => self.on_drain_timeout(worker),
+            Event::Idle { generation } => self.on_idle(generation),
             Event::Respawn { generation } => {
                 if generation == self.respawn_generation && self.respawn_scheduled {
                     self.respawn_scheduled = false;
@@ -449,7 +462,39 @@ impl Master {
             return Some(Ok(()));
         }
         self.maybe_reexec().await;
+        self.trim_when_idle();
         None
+    }
+
+    /// Once nothing hands over any more, what start-up and the hand-over touched need not stay
+    /// resident (the master idles for hours between hand-overs).
+    /// Two seconds after the phase became `Serving` (the first poll, status and logging are
+    /// done by then), and only if it still is.
+    fn trim_when_idle(&mut self) {
+        if self.phase() != Phase::Serving {
+            self.serving_since = None;
+        } else if self.serving_since.is_none() {
+            self.serving_count += 1;
+            self.serving_since = Some(self.serving_count);
+            let (events, generation) = (self.events_tx.clone(), self.serving_count);
+            tokio::spawn(async move {
+                tokio::time::sleep(IDLE_AFTER).await;
+                let _ = events.send(Event::Idle { generation });
+            });
+        }
+    }
+
+    fn on_idle(&mut self, generation: u64) {
+        if self.serving_since != Some(generation) || self.phase() != Phase::Serving {
+            return;
+        }
+        match crate::sys::trim_resident() {
+            Ok(trimmed) => tracing::debug!(
+                file_kib = trimmed.file_kib,
+                "idle: unmapped clean code and constant pages"
+            ),
+            Err(e) => tracing::debug!(error = %e, "cannot trim the resident memory"),
+        }
     }
 
     /// Whether `signal` is one of the configured restart signals.

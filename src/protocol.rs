@@ -41,7 +41,10 @@ pub(crate) const ENV_MASTER_STATE: &str = "HANDOVER_MASTER_STATE";
 pub(crate) const MASTER_STATE_FORMAT: u32 = 1;
 
 /// Every variable the master sets, removed before a worker starts its own children.
-pub(crate) const ALL_ENV: [&str; 11] = [
+/// When the master spawned the worker (CLOCK_MONOTONIC, µs): the worker logs its start-up.
+pub(crate) const ENV_SPAWNED_AT_US: &str = "HANDOVER_SPAWNED_AT_US";
+/// Every variable above, removed from a worker's environment once read.
+pub(crate) const ALL_ENV: [&str; 12] = [
     ENV_FDS,
     ENV_FD_NAMES,
     ENV_CONTROL_FD,
@@ -53,7 +56,14 @@ pub(crate) const ALL_ENV: [&str; 11] = [
     ENV_CHECK,
     ENV_MASTER_STATE_SAMPLE,
     ENV_MASTER_STATE,
+    ENV_SPAWNED_AT_US,
 ];
+
+/// The CLOCK_MONOTONIC time in µs: the same clock in every process of the machine.
+pub(crate) fn monotonic_us() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
+}
 
 /// The first descriptor a worker's listeners are passed at.
 pub(crate) const FIRST_FD: i32 = 3;

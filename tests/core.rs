@@ -37,6 +37,19 @@ fn restarts_under_load(protocol: Protocol) {
         "{protocol:?}: {} requests, 0 failed, across 20 restarts ({} refused unsent after GOAWAY)",
         stats.ok, stats.refused_before_sending
     );
+    // Every worker says where its start-up went, timed from the master's spawn.
+    let log = service.log();
+    let start_ups: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("worker start-up: exec "))
+        .collect();
+    assert!(start_ups.len() >= 21, "{log}");
+    assert!(
+        start_ups
+            .iter()
+            .all(|l| !l.contains("exec ?") && l.contains(", runtime ")),
+        "{start_ups:#?}"
+    );
 }
 
 #[test]

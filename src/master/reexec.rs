@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::master_state::{
     from_unix_ms, unix_ms, SavedListener, SavedRecord, SavedSocket, SavedState, SavedWorker,
 };
-use crate::protocol::{ENV_MASTER_STATE, MASTER_STATE_FORMAT};
+use crate::protocol::{monotonic_us, ENV_MASTER_STATE, MASTER_STATE_FORMAT};
 
 /// Who this master is, and how it re-executes itself.
 #[derive(Debug)]
@@ -92,12 +92,6 @@ enum Prepared {
     Checking,
     /// Refused: why.
     Refused(String),
-}
-
-/// The CLOCK_MONOTONIC time in µs (the same clock in the old and the new code).
-pub(crate) fn monotonic_us() -> u64 {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
 }
 
 impl Master {

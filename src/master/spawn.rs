@@ -173,6 +173,12 @@ pub(crate) fn spawn_worker(
     );
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(false);
+    if matches!(launch.protocol, Protocol::Library) {
+        command.env(
+            protocol::ENV_SPAWNED_AT_US,
+            protocol::monotonic_us().to_string(),
+        );
+    }
     let mut child = command.spawn()?;
     let pid = child
         .id()

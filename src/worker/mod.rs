@@ -49,6 +49,7 @@ struct Inner {
     names: Vec<String>,
     fds: Mutex<Vec<Option<OwnedFd>>>,
     ready_sent: AtomicBool,
+    start_up: StartUp,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     shutdown: watch::Receiver<bool>,
     exclusive: exclusive::Jobs,
@@ -188,6 +189,7 @@ impl Worker {
     pub fn ready(&self) {
         if !self.inner.ready_sent.swap(true, Ordering::SeqCst) {
             let _ = self.inner.outgoing.send(Outgoing::Message(Message::Ready));
+            self.inner.start_up.log();
         }
     }
 
@@ -244,6 +246,7 @@ where
     Fut: Future<Output = std::result::Result<(), E>>,
     E: std::fmt::Display,
 {
+    let main_us = protocol::monotonic_us();
     let env = WorkerEnv::read()?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = threads {
@@ -253,6 +256,11 @@ where
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the worker runtime", e))?;
+    let start_up = StartUp {
+        spawned_us: env.spawned_us,
+        main_us,
+        runtime_us: protocol::monotonic_us(),
+    };
     let master_signals: Vec<i32> = master_signals
         .iter()
         .filter_map(|name| crate::signals::signal_number(name))
@@ -281,6 +289,7 @@ where
                 names: env.names,
                 fds: Mutex::new(env.fds.into_iter().map(Some).collect()),
                 ready_sent: AtomicBool::new(false),
+                start_up,
                 outgoing,
                 shutdown,
                 exclusive: exclusive.clone(),
@@ -390,6 +399,31 @@ struct WorkerEnv {
     names: Vec<String>,
     fds: Vec<OwnedFd>,
     control: std::os::unix::net::UnixStream,
+    spawned_us: Option<u64>,
+}
+
+/// Where a worker's start-up went, for one log line when it says it is ready.
+struct StartUp {
+    /// When the master spawned it (`None` from a master that does not say).
+    spawned_us: Option<u64>,
+    main_us: u64,
+    runtime_us: u64,
+}
+
+impl StartUp {
+    fn log(&self) {
+        let us = Duration::from_micros;
+        let now = protocol::monotonic_us();
+        let exec = self
+            .spawned_us
+            .map(|spawned| format!("{:.1?}", us(self.main_us.saturating_sub(spawned))))
+            .unwrap_or_else(|| "?".into());
+        tracing::info!(
+            "worker start-up: exec {exec}, runtime {:.1?}, program {:.1?}",
+            us(self.runtime_us.saturating_sub(self.main_us)),
+            us(now.saturating_sub(self.runtime_us)),
+        );
+    }
 }
 
 impl WorkerEnv {
@@ -433,6 +467,7 @@ impl WorkerEnv {
             names,
             fds,
             control,
+            spawned_us: number(protocol::ENV_SPAWNED_AT_US).ok(),
         };
         // Children the program starts must not believe they are workers too.
         for name in protocol::ALL_ENV {

@@ -90,11 +90,16 @@ fn start_master(
 ) -> anyhow::Result<Master> {
     Master::start(spec, hello, dir, logs).map_err(|e| {
         let log = logs.join(format!("master-{}.log", spec.name));
+        let feature = spec.name.trim_start_matches("remote-");
         let last = procs::tail(&log, 1);
+        let why = if last.trim().is_empty() {
+            format!("{e:#}")
+        } else {
+            last
+        };
         anyhow::anyhow!(
-            "the master did not start ({last}); is hello built with `--features {}` (or \
-             `--all-features`)? ({e:#})",
-            spec.name.trim_start_matches("remote-")
+            "the master did not start: {why} (build hello with `cargo build --release \
+             --example hello --features {feature}`, or `--all-features`)"
         )
     })
 }

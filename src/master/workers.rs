@@ -185,6 +185,7 @@ impl Master {
                 old_pid = old.pid,
                 new = new.id,
                 new_pid = new.pid,
+                spawn = ?times.spawn,
                 ?took,
                 "hand-over complete; old worker drains"
             );

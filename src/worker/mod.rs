@@ -4,6 +4,9 @@
 //! Only workers run the program's closure; the master never does. See [`Worker`].
 
 mod exclusive;
+mod start_up;
+
+use start_up::StartUp;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -400,30 +403,6 @@ struct WorkerEnv {
     fds: Vec<OwnedFd>,
     control: std::os::unix::net::UnixStream,
     spawned_us: Option<u64>,
-}
-
-/// Where a worker's start-up went, for one log line when it says it is ready.
-struct StartUp {
-    /// When the master spawned it (`None` from a master that does not say).
-    spawned_us: Option<u64>,
-    main_us: u64,
-    runtime_us: u64,
-}
-
-impl StartUp {
-    fn log(&self) {
-        let us = Duration::from_micros;
-        let now = protocol::monotonic_us();
-        let exec = self
-            .spawned_us
-            .map(|spawned| format!("{:.1?}", us(self.main_us.saturating_sub(spawned))))
-            .unwrap_or_else(|| "?".into());
-        tracing::info!(
-            "worker start-up: exec {exec}, runtime {:.1?}, program {:.1?}",
-            us(self.runtime_us.saturating_sub(self.main_us)),
-            us(now.saturating_sub(self.runtime_us)),
-        );
-    }
 }
 
 impl WorkerEnv {

@@ -17,6 +17,8 @@ pub(crate) enum ToMaster {
     /// to it; `reply` says how that went.
     HandOver {
         sha256: String,
+        /// The digest with the file it is of, so the master need not hash it again.
+        known: Option<crate::digest::Known>,
         reply: oneshot::Sender<HandoverOutcome>,
     },
     /// The pipeline's part of the status changed.

@@ -5,6 +5,7 @@
 //! worker exits, timers and the upgrade task all arrive as [`Event`]s, so there is no locking
 //! and every transition is logged in one place.
 
+mod idle;
 mod inherit;
 pub(crate) mod listeners;
 mod notify;
@@ -105,9 +106,6 @@ struct Pending {
     started: Instant,
     spawned: Instant,
 }
-
-/// How long the master serves with nothing to do before it trims its resident memory.
-const IDLE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The master's event loop, bound and ready to run: processes and sockets, nothing else.
 pub(crate) struct Master {
@@ -435,7 +433,14 @@ impl Master {
             }
             Event::Pipeline(ToMaster::Status(upgrade)) => self.upgrade = *upgrade,
             Event::Pipeline(ToMaster::FetcherMemory(memory)) => self.fetcher_memory = memory,
-            Event::Pipeline(ToMaster::HandOver { sha256, reply }) => {
+            Event::Pipeline(ToMaster::HandOver {
+                sha256,
+                known,
+                reply,
+            }) => {
+                if let Some(known) = known {
+                    self.hash_cache.remember(known);
+                }
                 self.hand_over_for_pipeline(sha256, reply).await
             }
             Event::Control { worker, message } => self.on_control(worker, message).await,
@@ -464,37 +469,6 @@ impl Master {
         self.maybe_reexec().await;
         self.trim_when_idle();
         None
-    }
-
-    /// Once nothing hands over any more, what start-up and the hand-over touched need not stay
-    /// resident (the master idles for hours between hand-overs).
-    /// Two seconds after the phase became `Serving` (the first poll, status and logging are
-    /// done by then), and only if it still is.
-    fn trim_when_idle(&mut self) {
-        if self.phase() != Phase::Serving {
-            self.serving_since = None;
-        } else if self.serving_since.is_none() {
-            self.serving_count += 1;
-            self.serving_since = Some(self.serving_count);
-            let (events, generation) = (self.events_tx.clone(), self.serving_count);
-            tokio::spawn(async move {
-                tokio::time::sleep(IDLE_AFTER).await;
-                let _ = events.send(Event::Idle { generation });
-            });
-        }
-    }
-
-    fn on_idle(&mut self, generation: u64) {
-        if self.serving_since != Some(generation) || self.phase() != Phase::Serving {
-            return;
-        }
-        match crate::sys::trim_resident() {
-            Ok(trimmed) => tracing::debug!(
-                file_kib = trimmed.file_kib,
-                "idle: unmapped clean code and constant pages"
-            ),
-            Err(e) => tracing::debug!(error = %e, "cannot trim the resident memory"),
-        }
     }
 
     /// Whether `signal` is one of the configured restart signals.

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use super::attempt::{Checked, Outcome};
 use super::state::{self, Probation};
 use super::{swap, Pipeline};
-use crate::digest::short;
+use crate::digest::{short, Known};
 use crate::handoff::{HandoverOutcome, ToMaster, WorkerReport};
 use crate::refusal::Refusal;
 
@@ -87,6 +87,8 @@ impl Pipeline {
             self.save();
             stages.lap("state");
         }
+        // Taken before the rename, which keeps the inode: the bytes hashed while downloading.
+        let known = Known::of_file(&download.path, download.sha256).ok();
         if let Err(error) = swap::install(&self.live, &download.path, superseded.is_some()) {
             swap::discard(&download.path);
             self.state.probation = saved;
@@ -127,7 +129,7 @@ impl Pipeline {
             resumed: false,
             span,
         });
-        match self.hand_over(&sha256).await {
+        match self.hand_over(&sha256, known).await {
             HandoverOutcome::Ready(times) => {
                 stages.add(&[
                     ("spawn", times.spawn),
@@ -166,10 +168,11 @@ impl Pipeline {
     }
 
     /// Asks the master to hand over to the live binary and waits for the outcome.
-    async fn hand_over(&mut self, sha256: &str) -> HandoverOutcome {
+    async fn hand_over(&mut self, sha256: &str, known: Option<Known>) -> HandoverOutcome {
         let (reply, outcome) = oneshot::channel();
         let request = ToMaster::HandOver {
             sha256: sha256.to_string(),
+            known,
             reply,
         };
         if self.channels.to_master.send(request).is_err() {
@@ -179,12 +182,17 @@ impl Pipeline {
     }
 
     /// Asks for a hand-over without waiting for it (after a rollback).
-    fn hand_over_later(&self, sha256: String) {
+    fn hand_over_later(&self, known: Known) {
         let (reply, outcome) = oneshot::channel();
+        let sha256 = known.hex();
         if self
             .channels
             .to_master
-            .send(ToMaster::HandOver { sha256, reply })
+            .send(ToMaster::HandOver {
+                sha256,
+                known: Some(known),
+                reply,
+            })
             .is_ok()
         {
             tokio::spawn(async move {
@@ -341,8 +349,8 @@ impl Pipeline {
             format!("rolled back: {reason}"),
         );
         if restart {
-            match self.hashes.hex(&self.live) {
-                Ok(sha256) => self.hand_over_later(sha256),
+            match self.hashes.known(&self.live) {
+                Ok(known) => self.hand_over_later(known),
                 Err(e) => tracing::error!(error = %e, "cannot read the restored binary"),
             }
         }
@@ -365,8 +373,8 @@ impl Pipeline {
         self.state.probation = None;
         self.save();
         tracing::info!("previous binary restored by request; handing over to it");
-        let sha256 = self.hashes.hex(&self.live).map_err(|e| e.to_string())?;
-        self.hand_over_later(sha256);
+        let known = self.hashes.known(&self.live).map_err(|e| e.to_string())?;
+        self.hand_over_later(known);
         Ok(())
     }
 

@@ -320,6 +320,7 @@ fn run(options: Options) -> anyhow::Result<()> {
     } else {
         None
     };
+    let handover_breakdown_under_load = upgrades::handover_breakdown(restarts_master.log());
     drop(restarts_master);
 
     let handover_time_under_load_ms = Dist::from_micros(
@@ -343,6 +344,7 @@ fn run(options: Options) -> anyhow::Result<()> {
 
     // 6: the polling master at rest, then through the soak.
     let master_figures = upgrades::master_phase(&mut polling_master, &settings, epoch)?;
+    let handover_breakdown_without_load = upgrades::handover_breakdown(polling_master.log());
     drop(polling_master);
 
     let results = Results {
@@ -352,6 +354,8 @@ fn run(options: Options) -> anyhow::Result<()> {
         wrk_skipped,
         client: client_phases,
         handover_time_under_load_ms,
+        handover_breakdown_under_load,
+        handover_breakdown_without_load,
         upgrade: vec![inotify, polling],
         master: master_figures,
         comparison,

@@ -169,10 +169,25 @@ pub(crate) fn children(pid: u32) -> HashSet<u32> {
 
 /// Resident memory in KiB (`VmRSS` in `/proc/<pid>/status`).
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
+    kib_field(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// The master's memory three ways, in KiB: resident (shared file pages included), its
+/// proportional share (`Pss`: pages shared with the worker that runs the same binary count
+/// half), and anonymous (its own: heap, stacks, relocated constants).
+pub(crate) fn memory_kib(pid: u32) -> Option<(u64, u64, u64)> {
+    Some((
+        rss_kib(pid)?,
+        kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")?,
+        kib_field(&format!("/proc/{pid}/status"), "RssAnon:")?,
+    ))
+}
+
+fn kib_field(path: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }

@@ -25,6 +25,10 @@ pub(crate) struct Results {
     pub(crate) client: Vec<ClientPhase>,
     /// SIGUSR2 → first answer from the new worker, over every restart under load.
     pub(crate) handover_time_under_load_ms: Dist,
+    /// Where those hand-overs went (master spawn, worker exec, runtime, program), p50.
+    pub(crate) handover_breakdown_under_load: Vec<crate::upgrades::Stage>,
+    /// The same for the soak's hand-overs, without load.
+    pub(crate) handover_breakdown_without_load: Vec<crate::upgrades::Stage>,
     /// File landing → new sha256 answering: inotify, then polling.
     pub(crate) upgrade: Vec<UpgradePhase>,
     pub(crate) master: MasterFigures,
@@ -225,6 +229,10 @@ pub(crate) struct UpgradePhase {
 pub(crate) struct MasterFigures {
     pub(crate) poll_interval_ms: u64,
     pub(crate) rss_kib_idle: u64,
+    /// Its proportional share of those pages (shared ones count in part).
+    pub(crate) pss_kib_idle: u64,
+    /// Its own anonymous memory.
+    pub(crate) anon_kib_idle: u64,
     pub(crate) idle_window_seconds: f64,
     pub(crate) idle_cpu_seconds: f64,
     /// Percent of one core.

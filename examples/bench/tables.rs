@@ -155,6 +155,21 @@ pub(crate) fn comparison(md: &mut String, r: &Results) {
     }
 }
 
+/// `… hand-over breakdown, <when> (p50)`: master spawn, then the worker's exec, runtime and
+/// program until ready.
+fn handover_breakdown_row(md: &mut String, when: &str, stages: &[Stage]) {
+    let value = if stages.is_empty() {
+        "–".to_string()
+    } else {
+        stages
+            .iter()
+            .map(|stage| format!("{} {} ms", stage.name, short(stage.p50_ms)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(md, "| … where it went, {when} (p50) | {value} |");
+}
+
 /// `… stage breakdown (p50)`: `download 3.1 ms, verify 0.4 ms, …`, or `–` when the master
 /// logged no stage line.
 pub(crate) fn breakdown_row(md: &mut String, stages: &[Stage]) {
@@ -243,12 +258,15 @@ pub(crate) fn upgrades_and_master(md: &mut String, r: &Results) {
         r.handover_time_under_load_ms.count,
         r.handover_time_under_load_ms.cell()
     );
+    handover_breakdown_row(md, "under load", &r.handover_breakdown_under_load);
     let master = &r.master;
     let _ = writeln!(
         md,
-        "| master RSS, idle, polling every {} ms | {} |",
+        "| master RSS, idle, polling every {} ms (PSS; anonymous) | {} ({}; {}) |",
         master.poll_interval_ms,
-        mib(master.rss_kib_idle)
+        mib(master.rss_kib_idle),
+        mib(master.pss_kib_idle),
+        mib(master.anon_kib_idle)
     );
     let cpu = if master.idle_cpu_seconds == 0.0 {
         format!("< {:.2} % of a core", master.idle_cpu_resolution_percent)
@@ -287,6 +305,7 @@ pub(crate) fn upgrades_and_master(md: &mut String, r: &Results) {
         "| hand-over time without load | {} |",
         soak.handover_ms.cell()
     );
+    handover_breakdown_row(md, "without load", &r.handover_breakdown_without_load);
     let in_place = &master.upgrades_in_place;
     let _ = writeln!(
         md,

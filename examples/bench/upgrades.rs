@@ -147,14 +147,44 @@ pub(crate) struct Stage {
 }
 
 const STAGES_LINE: &str = "upgrade stages:";
+/// What each worker logs when it says it is ready: `exec 2.0ms, runtime 299.0µs, program …`.
+const START_UP_LINE: &str = "worker start-up:";
 
 /// The p50 of every stage over the `upgrade stages:` lines in a master's log, in the order
 /// the line names them; empty when the master logs no such line.
 pub(crate) fn stage_breakdown(log: &Path) -> Vec<Stage> {
+    breakdown(log, STAGES_LINE)
+}
+
+/// Where hand-overs went, p50 over a master's log: the master's spawn (`spawn=` of its
+/// `hand-over complete` lines), then each worker's start-up (exec from the spawn, runtime,
+/// program until ready).
+pub(crate) fn handover_breakdown(log: &Path) -> Vec<Stage> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let spawns: Vec<Duration> = text
+        .lines()
+        .filter(|l| l.contains("hand-over complete"))
+        .filter_map(|l| l.split_once(" spawn=")?.1.split_whitespace().next())
+        .filter_map(parse_debug_duration)
+        .collect();
+    let mut stages = Vec::new();
+    if !spawns.is_empty() {
+        let dist = Dist::from_durations(spawns);
+        stages.push(Stage {
+            name: "master spawn".into(),
+            count: dist.count,
+            p50_ms: dist.p50_ms,
+        });
+    }
+    stages.extend(breakdown(log, START_UP_LINE));
+    stages
+}
+
+fn breakdown(log: &Path, marker: &str) -> Vec<Stage> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut stages: Vec<(String, Vec<Duration>)> = Vec::new();
     for line in text.lines() {
-        let Some((_, rest)) = line.split_once(STAGES_LINE) else {
+        let Some((_, rest)) = line.split_once(marker) else {
             continue;
         };
         for part in rest.split([',', ';']) {
@@ -199,11 +229,13 @@ pub(crate) fn master_phase(
         IDLE_WINDOW.as_secs_f64()
     ));
     std::thread::sleep(Duration::from_secs(1));
-    let rss_kib_idle = procs::rss_kib(pid).ok_or_else(unreadable)?;
     let cpu_before = procs::cpu_seconds(pid).ok_or_else(unreadable)?;
     let idle_started = Instant::now();
     std::thread::sleep(IDLE_WINDOW);
     let cpu_after = procs::cpu_seconds(pid).ok_or_else(unreadable)?;
+    // At the end of the window: the master trims what it does not need 2 s into being idle.
+    let (rss_kib_idle, pss_kib_idle, anon_kib_idle) =
+        procs::memory_kib(pid).ok_or_else(unreadable)?;
     let idle_window_seconds = idle_started.elapsed().as_secs_f64();
     let idle_cpu_seconds = cpu_after - cpu_before;
 
@@ -243,6 +275,8 @@ pub(crate) fn master_phase(
     Ok(MasterFigures {
         poll_interval_ms: POLL_INTERVAL.as_millis() as u64,
         rss_kib_idle,
+        pss_kib_idle,
+        anon_kib_idle,
         idle_window_seconds,
         idle_cpu_seconds,
         idle_cpu_percent: idle_cpu_seconds / idle_window_seconds * 100.0,

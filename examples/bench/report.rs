@@ -262,11 +262,14 @@ pub(crate) struct SoakFigures {
     pub(crate) incomplete: usize,
     pub(crate) fds_before: usize,
     pub(crate) fds_after: usize,
+    /// Both read with the master idle past its trim (a few seconds without hand-overs).
     pub(crate) rss_kib_before: u64,
     pub(crate) rss_kib_after: u64,
-    /// (hand-overs done, RSS) at every tenth of the soak: a leak keeps climbing to the end,
-    /// allocator warm-up levels off.
-    pub(crate) rss_kib_samples: Vec<(usize, u64)>,
+    /// (hand-overs done, anonymous memory) at every tenth of the soak: a leak keeps climbing
+    /// to the end, allocator warm-up levels off. Anonymous, because the resident set also
+    /// holds code pages that come and go with the idle trim.
+    pub(crate) anon_kib_samples: Vec<(usize, u64)>,
+    pub(crate) anon_kib_after: u64,
     /// Hand-over time without load.
     pub(crate) handover_ms: Dist,
 }

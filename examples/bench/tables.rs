@@ -292,12 +292,12 @@ pub(crate) fn upgrades_and_master(md: &mut String, r: &Results) {
         mib(soak.rss_kib_after)
     );
     let half = soak.handovers / 2;
-    if let Some(&(at, rss_at_half)) = soak.rss_kib_samples.iter().find(|(n, _)| *n >= half) {
+    if let Some(&(at, anon_at_half)) = soak.anon_kib_samples.iter().find(|(n, _)| *n >= half) {
         let _ = writeln!(
             md,
-            "| master RSS growth over the last {} hand-overs | {:+.2} MiB |",
+            "| master anonymous memory growth over the last {} hand-overs | {:+.2} MiB |",
             soak.handovers - at,
-            (soak.rss_kib_after as f64 - rss_at_half as f64) / 1024.0
+            (soak.anon_kib_after as f64 - anon_at_half as f64) / 1024.0
         );
     }
     let _ = writeln!(

@@ -243,12 +243,13 @@ pub(crate) fn master_phase(
     let fds_before = procs::fd_count(pid).ok_or_else(unreadable)?;
     let rss_kib_before = procs::rss_kib(pid).ok_or_else(unreadable)?;
     let mut restarts = Vec::with_capacity(settings.soak);
-    let mut rss_kib_samples = Vec::new();
+    let mut anon_kib_samples = Vec::new();
+    let anon = |pid| procs::memory_kib(pid).map(|(_, _, anon)| anon);
     let tenth = (settings.soak / 10).max(1);
     for index in 0..settings.soak {
         restarts.push(master.restart(epoch, RESTART_LIMIT)?);
         if (index + 1) % tenth == 0 {
-            rss_kib_samples.push((index + 1, procs::rss_kib(pid).ok_or_else(unreadable)?));
+            anon_kib_samples.push((index + 1, anon(pid).ok_or_else(unreadable)?));
         }
         if (index + 1) % 10 == 0 || index + 1 == settings.soak {
             eprint!("\rbench: [soak] {}/{}      ", index + 1, settings.soak);
@@ -260,6 +261,9 @@ pub(crate) fn master_phase(
     std::thread::sleep(Duration::from_millis(200));
     let figures = restart_figures(&restarts);
     let fds_after = procs::fd_count(pid).ok_or_else(unreadable)?;
+    let anon_kib_after = anon(pid).ok_or_else(unreadable)?;
+    // Idle past the master's trim, as for the figure before the soak.
+    std::thread::sleep(Duration::from_secs(3));
     let rss_kib_after = procs::rss_kib(pid).ok_or_else(unreadable)?;
 
     say(&format!(
@@ -288,7 +292,8 @@ pub(crate) fn master_phase(
             fds_after,
             rss_kib_before,
             rss_kib_after,
-            rss_kib_samples,
+            anon_kib_samples,
+            anon_kib_after,
             handover_ms: figures.handover_ms,
         },
         upgrades_in_place: InPlaceFigures {

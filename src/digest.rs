@@ -117,8 +117,16 @@ mod tests {
         std::fs::hard_link(&live, &link).unwrap();
         let mut cache = HashCache::default();
         cache.remember(known);
-        assert_eq!(cache.digest(&live).unwrap(), [7; 32], "same inode after the rename");
-        assert_eq!(cache.digest(&link).unwrap(), [7; 32], "a hard link shares it");
+        assert_eq!(
+            cache.digest(&live).unwrap(),
+            [7; 32],
+            "same inode after the rename"
+        );
+        assert_eq!(
+            cache.digest(&link).unwrap(),
+            [7; 32],
+            "a hard link shares it"
+        );
         std::fs::write(dir.path().join("other"), b"v3").unwrap();
         std::fs::rename(dir.path().join("other"), &live).unwrap();
         assert_eq!(cache.digest(&live).unwrap(), sha256_file(&live).unwrap());

@@ -155,34 +155,27 @@ pub(crate) fn comparison(md: &mut String, r: &Results) {
     }
 }
 
-/// `… hand-over breakdown, <when> (p50)`: master spawn, then the worker's exec, runtime and
+/// `… where it went, <when> (p50)`: master spawn, then the worker's exec, runtime and
 /// program until ready.
 fn handover_breakdown_row(md: &mut String, when: &str, stages: &[Stage]) {
-    let value = if stages.is_empty() {
-        "–".to_string()
-    } else {
-        stages
-            .iter()
-            .map(|stage| format!("{} {} ms", stage.name, short(stage.p50_ms)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let _ = writeln!(md, "| … where it went, {when} (p50) | {value} |");
+    let _ = writeln!(md, "| … where it went, {when} (p50) | {} |", stages_cell(stages));
 }
 
 /// `… stage breakdown (p50)`: `download 3.1 ms, verify 0.4 ms, …`, or `–` when the master
 /// logged no stage line.
 pub(crate) fn breakdown_row(md: &mut String, stages: &[Stage]) {
-    let value = if stages.is_empty() {
-        "–".to_string()
-    } else {
-        stages
-            .iter()
-            .map(|stage| format!("{} {} ms", stage.name, short(stage.p50_ms)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let _ = writeln!(md, "| … stage breakdown (p50) | {value} |");
+    let _ = writeln!(md, "| … stage breakdown (p50) | {} |", stages_cell(stages));
+}
+
+fn stages_cell(stages: &[Stage]) -> String {
+    if stages.is_empty() {
+        return "–".to_string();
+    }
+    stages
+        .iter()
+        .map(|stage| format!("{} {} ms", stage.name, short(stage.p50_ms)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Publish → serving through S3 and GitHub, with the target (interval + 200 ms).

@@ -158,7 +158,11 @@ pub(crate) fn comparison(md: &mut String, r: &Results) {
 /// `… where it went, <when> (p50)`: master spawn, then the worker's exec, runtime and
 /// program until ready.
 fn handover_breakdown_row(md: &mut String, when: &str, stages: &[Stage]) {
-    let _ = writeln!(md, "| … where it went, {when} (p50) | {} |", stages_cell(stages));
+    let _ = writeln!(
+        md,
+        "| … where it went, {when} (p50) | {} |",
+        stages_cell(stages)
+    );
 }
 
 /// `… stage breakdown (p50)`: `download 3.1 ms, verify 0.4 ms, …`, or `–` when the master

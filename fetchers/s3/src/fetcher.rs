@@ -6,18 +6,19 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
-use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
+use aws_sdk_s3::types::ChecksumMode;
 use aws_sdk_s3::Client;
 use handover_fetcher::{
-    async_trait, find_in_checksum_file, parse_sha256, Artifact, FetchError, Fetcher, Running,
-    Settlement, Sha256, Version,
+    async_trait, Artifact, FetchError, Fetcher, Running, Settlement, Sha256, Version,
 };
 
 use crate::error::{classify, Failure};
 use crate::{Error, S3Config};
 
-/// Sidecars (`.sha256`, `.minisig`) larger than this are not what they claim to be.
-const SIDECAR_LIMIT: i64 = 64 * 1024;
+mod claims;
+mod sidecar;
+
+use claims::{full_object_sha256, parse_version, strip_prefix_ignore_case};
 
 /// How many times one poll starts over when the object is replaced while it is being read.
 const RACE_RETRIES: usize = 3;
@@ -371,111 +372,6 @@ impl S3Fetcher {
         })
     }
 
-    /// The digest in `<key><sidecar_suffix>`, when the object publishes none itself: `None`
-    /// without a sidecar, or when it holds no digest for the object.
-    async fn sidecar_sha256(
-        &self,
-        head: &HeadObjectOutput,
-        etag: &str,
-        sidecars: &mut Vec<(String, Option<String>)>,
-    ) -> Result<Option<Sha256>, FetchError> {
-        let why_not_object = if head.checksum_sha256().is_some() {
-            "its SHA-256 checksum is a multipart checksum-of-checksums, not the file's"
-        } else {
-            "it has no SHA-256 checksum"
-        };
-        let suffix = &self.config.sidecar_suffix;
-        if suffix.is_empty() {
-            tracing::debug!(origin = %self.origin, %etag,
-                "no published SHA-256: {why_not_object}, and no sidecar is configured");
-            return Ok(None);
-        }
-        let key = format!("{}{suffix}", self.config.key);
-        let Some((text, sidecar_etag)) = self.small_object(&key).await? else {
-            sidecars.push((key.clone(), None));
-            tracing::debug!(origin = %self.origin, %etag,
-                "no published SHA-256: {why_not_object}, and s3://{}/{key} does not exist",
-                self.config.bucket);
-            return Ok(None);
-        };
-        sidecars.push((key.clone(), Some(sidecar_etag.unwrap_or_default())));
-        let text = String::from_utf8_lossy(&text);
-        let name = self
-            .config
-            .key
-            .rsplit('/')
-            .next()
-            .unwrap_or(&self.config.key);
-        let found = find_in_checksum_file(&text, name).or_else(|| lone_digest(&text));
-        if found.is_none() {
-            tracing::debug!(origin = %self.origin, %etag,
-                "s3://{}/{key} holds no SHA-256 for {name:?}; offering without one",
-                self.config.bucket);
-        }
-        Ok(found)
-    }
-
-    /// The detached signature in `<key><signature_suffix>`, when there is one.
-    async fn signature(
-        &self,
-        sidecars: &mut Vec<(String, Option<String>)>,
-    ) -> Result<Option<Vec<u8>>, FetchError> {
-        if self.config.signature_suffix.is_empty() {
-            return Ok(None);
-        }
-        let key = format!("{}{}", self.config.key, self.config.signature_suffix);
-        let found = self.small_object(&key).await?;
-        let etag = found
-            .as_ref()
-            .map(|(_, etag)| etag.clone().unwrap_or_default());
-        sidecars.push((key, etag));
-        Ok(found.map(|(bytes, _)| bytes))
-    }
-
-    /// A sidecar's bytes and ETag; `None` when it does not exist.
-    async fn small_object(
-        &self,
-        key: &str,
-    ) -> Result<Option<(Vec<u8>, Option<String>)>, FetchError> {
-        let origin = format!("s3://{}/{key}", self.config.bucket);
-        let object = match self
-            .client
-            .get_object()
-            .bucket(&self.config.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| classify(&origin, e))
-        {
-            Ok(object) => object,
-            Err(Failure::NotFound) => return Ok(None),
-            Err(Failure::Fetch(err)) => return Err(err),
-            Err(other) => {
-                return Err(FetchError::invalid(
-                    &origin,
-                    format!("unexpected answer: {other:?}"),
-                ))
-            }
-        };
-        if object
-            .content_length()
-            .is_some_and(|len| len > SIDECAR_LIMIT)
-        {
-            return Err(FetchError::invalid(
-                &origin,
-                format!("larger than {SIDECAR_LIMIT} bytes; not a checksum or signature"),
-            ));
-        }
-        let etag = object.e_tag().map(str::to_owned);
-        let bytes = object
-            .body
-            .collect()
-            .await
-            .map_err(|e| FetchError::unreachable(&origin, e))?
-            .into_bytes();
-        Ok(Some((bytes.to_vec(), etag)))
-    }
-
     fn remember(
         &mut self,
         etag: String,
@@ -568,111 +464,5 @@ fn hint_listing(err: FetchError) -> FetchError {
             )
         }
         err => err,
-    }
-}
-
-/// The object's own SHA-256 when it is the digest of the whole file.
-///
-/// A multipart upload's SHA-256 is a checksum of the parts' checksums (`<base64>-<parts>`, type
-/// `COMPOSITE`); some stores drop the suffix or the type, so a multipart ETag (`"<md5>-<parts>"`)
-/// without an explicit `FULL_OBJECT` type is distrusted too.
-fn full_object_sha256(head: &HeadObjectOutput, etag: &str) -> Option<Sha256> {
-    let value = head.checksum_sha256()?;
-    let composite = value.contains('-')
-        || head.checksum_type() == Some(&ChecksumType::Composite)
-        || (is_multipart_etag(etag) && head.checksum_type() != Some(&ChecksumType::FullObject));
-    if composite {
-        return None;
-    }
-    decode_sha256(value)
-}
-
-pub(crate) fn decode_sha256(base64: &str) -> Option<Sha256> {
-    aws_smithy_types::base64::decode(base64.trim())
-        .ok()?
-        .try_into()
-        .ok()
-}
-
-pub(crate) fn is_multipart_etag(etag: &str) -> bool {
-    etag.trim_matches('"')
-        .rsplit_once('-')
-        .is_some_and(|(_, parts)| !parts.is_empty() && parts.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// A sidecar of one line, `<hex>  <whatever name it was made under>`.
-pub(crate) fn lone_digest(text: &str) -> Option<Sha256> {
-    let mut lines = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'));
-    let line = lines.next()?;
-    if lines.next().is_some() {
-        return None;
-    }
-    parse_sha256(line.split_whitespace().next()?)
-}
-
-pub(crate) fn parse_version(text: &str) -> Option<Version> {
-    let text = text.trim();
-    let text = text.strip_prefix(['v', 'V']).unwrap_or(text);
-    Version::parse(text).ok()
-}
-
-fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &text[prefix.len()..])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn multipart_etags() {
-        assert!(is_multipart_etag("\"8b0be7847da5564ae08e97af63b60885-2\""));
-        assert!(!is_multipart_etag("\"5d41402abc4b2a76b9719d911017c592\""));
-        assert!(!is_multipart_etag("\"abc-\""));
-    }
-
-    #[test]
-    fn object_checksums() {
-        let hello = "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=";
-        assert_eq!(decode_sha256(hello).unwrap()[..2], [0x2c, 0xf2]);
-        assert_eq!(decode_sha256("AAAA"), None);
-        let head = |value: &str, kind: Option<ChecksumType>| {
-            HeadObjectOutput::builder()
-                .checksum_sha256(value)
-                .set_checksum_type(kind)
-                .build()
-        };
-        let single = "\"5d41402abc4b2a76b9719d911017c592\"";
-        let multi = "\"8b0be7847da5564ae08e97af63b60885-2\"";
-        assert!(full_object_sha256(&head(hello, None), single).is_some());
-        assert!(full_object_sha256(&head(&format!("{hello}-2"), None), single).is_none());
-        assert!(full_object_sha256(&head(hello, Some(ChecksumType::Composite)), single).is_none());
-        assert!(full_object_sha256(&head(hello, None), multi).is_none());
-        assert!(full_object_sha256(&head(hello, Some(ChecksumType::FullObject)), multi).is_some());
-    }
-
-    #[test]
-    fn sidecar_formats() {
-        let hex = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
-        assert!(lone_digest(&format!("{hex}\n")).is_some());
-        assert!(lone_digest(&format!("{hex}  app-v2.1\n")).is_some());
-        assert!(lone_digest(&format!("{hex}  a\n{hex}  b\n")).is_none());
-        assert!(lone_digest("nope").is_none());
-    }
-
-    #[test]
-    fn versions() {
-        assert_eq!(parse_version("v1.2.3"), Some(Version::new(1, 2, 3)));
-        assert_eq!(parse_version(" 2.0.0-rc.1 ").unwrap().pre.as_str(), "rc.1");
-        assert_eq!(parse_version("1.2"), None);
-        assert_eq!(
-            strip_prefix_ignore_case("X-Amz-Meta-version", "x-amz-meta-"),
-            Some("version")
-        );
     }
 }

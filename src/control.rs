@@ -279,7 +279,14 @@ pub(crate) fn render(status: &crate::master::Status) -> String {
         let _ = writeln!(out, "starting: {} pid {}", w.id, w.pid);
     }
     for w in &status.draining {
-        let _ = writeln!(out, "draining: {} pid {}", w.id, w.pid);
+        let _ = writeln!(out, "draining: {}", w.describe_draining());
+    }
+    if status.handover_waiting {
+        let _ = writeln!(
+            out,
+            "hand-over: waiting, {} old generations drain (max_draining)",
+            status.draining.len()
+        );
     }
     let _ = writeln!(
         out,

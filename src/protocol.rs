@@ -15,13 +15,16 @@
 //! | `HANDOVER_BINARY` | the live binary's path, as the master sees it |
 //! | `HANDOVER_BINARY_SHA256` | SHA-256 of the binary the worker was started from |
 //! | `HANDOVER_IDLE_GRACE_MS` | how long idle keep-alive connections are kept after drain begins |
+//! | `HANDOVER_DRAIN_TIMEOUTS_MS` | each listener's drain timeout, `:`-separated, in fd order |
+//! | `HANDOVER_STOP_DRAIN_TIMEOUT_MS` | the drain timeout when the master stops, if set apart |
 //! | `HANDOVER_CHECK` | set (to a nonce) only for the sanity run of an upgrade candidate |
 //! | `HANDOVER_MASTER_STATE_SAMPLE` | in the sanity run: a sample of the master's state, which a candidate that can take over the master parses, answering `master-state=<format>` |
 //! | `HANDOVER_MASTER_STATE` | only in a master that re-executed itself: the descriptor of the sealed memfd with the state it takes over (see `master_state`) |
 //!
 //! The control channel carries one word per line. Worker to master: `ready`, `restart` (ask
-//! for a hand-over), `released` (its exclusive jobs have stopped). Master to worker: `drain`
-//! (stop accepting and finish), `grant` (exclusive jobs may start). End of file from the master
+//! for a hand-over), `released` (its exclusive jobs have stopped), `open <n>` (while draining:
+//! connections still open). Master to worker: `drain` (stop accepting and finish), `stopping`
+//! (sent before `drain` when the master stops), `grant` (exclusive jobs may start). End of file from the master
 //! means the master is gone: the worker drains and exits.
 
 pub(crate) const ENV_FDS: &str = "HANDOVER_FDS";
@@ -32,6 +35,8 @@ pub(crate) const ENV_MASTER_PID: &str = "HANDOVER_MASTER_PID";
 pub(crate) const ENV_BINARY: &str = "HANDOVER_BINARY";
 pub(crate) const ENV_BINARY_SHA256: &str = "HANDOVER_BINARY_SHA256";
 pub(crate) const ENV_IDLE_GRACE_MS: &str = "HANDOVER_IDLE_GRACE_MS";
+pub(crate) const ENV_DRAIN_TIMEOUTS_MS: &str = "HANDOVER_DRAIN_TIMEOUTS_MS";
+pub(crate) const ENV_STOP_DRAIN_TIMEOUT_MS: &str = "HANDOVER_STOP_DRAIN_TIMEOUT_MS";
 pub(crate) const ENV_CHECK: &str = "HANDOVER_CHECK";
 pub(crate) const ENV_MASTER_STATE_SAMPLE: &str = "HANDOVER_MASTER_STATE_SAMPLE";
 pub(crate) const ENV_MASTER_STATE: &str = "HANDOVER_MASTER_STATE";
@@ -44,7 +49,7 @@ pub(crate) const MASTER_STATE_FORMAT: u32 = 1;
 /// When the master spawned the worker (CLOCK_MONOTONIC, µs): the worker logs its start-up.
 pub(crate) const ENV_SPAWNED_AT_US: &str = "HANDOVER_SPAWNED_AT_US";
 /// Every variable above, removed from a worker's environment once read.
-pub(crate) const ALL_ENV: [&str; 12] = [
+pub(crate) const ALL_ENV: [&str; 14] = [
     ENV_FDS,
     ENV_FD_NAMES,
     ENV_CONTROL_FD,
@@ -53,6 +58,8 @@ pub(crate) const ALL_ENV: [&str; 12] = [
     ENV_BINARY,
     ENV_BINARY_SHA256,
     ENV_IDLE_GRACE_MS,
+    ENV_DRAIN_TIMEOUTS_MS,
+    ENV_STOP_DRAIN_TIMEOUT_MS,
     ENV_CHECK,
     ENV_MASTER_STATE_SAMPLE,
     ENV_MASTER_STATE,
@@ -77,26 +84,39 @@ pub(crate) enum Message {
     Ready,
     Restart,
     Released,
+    /// Worker to master, while draining: how many connections it still has open.
+    Open(u64),
+    /// Master to worker, before `drain` when the master stops: the stop's drain timeout applies.
+    /// A worker from before this message logs it as unknown and drains on `drain` as before.
+    Stopping,
     Drain,
     Grant,
 }
 
 impl Message {
-    pub(crate) fn as_line(self) -> &'static [u8] {
+    pub(crate) fn as_line(self) -> std::borrow::Cow<'static, [u8]> {
+        use std::borrow::Cow::{Borrowed, Owned};
         match self {
-            Message::Ready => b"ready\n",
-            Message::Restart => b"restart\n",
-            Message::Released => b"released\n",
-            Message::Drain => b"drain\n",
-            Message::Grant => b"grant\n",
+            Message::Ready => Borrowed(b"ready\n"),
+            Message::Restart => Borrowed(b"restart\n"),
+            Message::Released => Borrowed(b"released\n"),
+            Message::Open(n) => Owned(format!("open {n}\n").into_bytes()),
+            Message::Stopping => Borrowed(b"stopping\n"),
+            Message::Drain => Borrowed(b"drain\n"),
+            Message::Grant => Borrowed(b"grant\n"),
         }
     }
 
     pub(crate) fn parse(line: &str) -> Option<Self> {
-        Some(match line.trim() {
+        let line = line.trim();
+        if let Some(n) = line.strip_prefix("open ") {
+            return n.parse().ok().map(Message::Open);
+        }
+        Some(match line {
             "ready" => Message::Ready,
             "restart" => Message::Restart,
             "released" => Message::Released,
+            "stopping" => Message::Stopping,
             "drain" => Message::Drain,
             "grant" => Message::Grant,
             _ => return None,
@@ -114,12 +134,17 @@ mod tests {
             Message::Ready,
             Message::Restart,
             Message::Released,
+            Message::Open(0),
+            Message::Open(1234),
+            Message::Stopping,
             Message::Drain,
             Message::Grant,
         ] {
-            let line = std::str::from_utf8(m.as_line()).unwrap();
+            let bytes = m.as_line();
+            let line = std::str::from_utf8(&bytes).unwrap();
             assert_eq!(Message::parse(line), Some(m));
         }
         assert_eq!(Message::parse("bogus"), None);
+        assert_eq!(Message::parse("open many"), None);
     }
 }

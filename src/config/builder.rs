@@ -57,6 +57,18 @@ impl ConfigBuilder {
         self
     }
 
+    /// See [`Config::stop_drain_timeout`].
+    pub fn stop_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.config.stop_drain_timeout = Some(timeout);
+        self
+    }
+
+    /// See [`Config::max_draining`].
+    pub fn max_draining(mut self, generations: usize) -> Self {
+        self.config.max_draining = generations;
+        self
+    }
+
     /// See [`Config::idle_grace`].
     pub fn idle_grace(mut self, grace: Duration) -> Self {
         self.config.idle_grace = grace;

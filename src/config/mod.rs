@@ -33,9 +33,18 @@ pub struct Config {
     /// How long a new worker has to say it is ready before it is killed and the old one kept.
     #[serde(with = "humantime_serde")]
     pub ready_timeout: Duration,
-    /// How long a draining worker may take to finish in-flight work before it is killed.
+    /// How long a draining worker may take to finish in-flight work before it is killed, for
+    /// a restart or an upgrade. A listener can set its own (`[[listen]] drain_timeout`, e.g.
+    /// `"1h"` for WebSockets); the worker then lives as long as its longest.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// The drain timeout when the master stops (SIGTERM, SIGINT), for every listener. Default:
+    /// the same as for a restart.
+    #[serde(with = "humantime_serde::option")]
+    pub stop_drain_timeout: Option<Duration>,
+    /// How many old generations may drain at once. A hand-over requested while that many still
+    /// drain waits for the oldest to exit, and says so. Default 4.
+    pub max_draining: usize,
     /// After draining begins, how long an idle keep-alive connection stays open (so a request
     /// a client just sent on it is still answered, with `Connection: close`).
     #[serde(with = "humantime_serde")]
@@ -92,6 +101,8 @@ impl Default for Config {
             listen: Vec::new(),
             ready_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
+            stop_drain_timeout: None,
+            max_draining: 4,
             idle_grace: Duration::from_secs(1),
             restart_signals: vec!["SIGUSR2".into(), "SIGHUP".into()],
             parent_death_signal: "SIGTERM".into(),
@@ -132,6 +143,10 @@ pub struct Listen {
     pub backlog: Option<u32>,
     /// Permission bits of a Unix socket file, e.g. `0o660`. Default: from the umask.
     pub mode: Option<u32>,
+    /// How long connections accepted on this listener may drain after a restart or an upgrade
+    /// (`"1h"` for WebSockets). Default: the top-level `drain_timeout`.
+    #[serde(default, with = "humantime_serde::option")]
+    pub drain_timeout: Option<Duration>,
 }
 
 impl Listen {
@@ -144,6 +159,7 @@ impl Listen {
             udp: None,
             backlog: None,
             mode: None,
+            drain_timeout: None,
         }
     }
 
@@ -156,6 +172,7 @@ impl Listen {
             udp: None,
             backlog: None,
             mode: None,
+            drain_timeout: None,
         }
     }
 
@@ -168,12 +185,19 @@ impl Listen {
             udp: Some(address),
             backlog: None,
             mode: None,
+            drain_timeout: None,
         }
     }
 
     /// Sets the listen backlog.
     pub fn with_backlog(mut self, backlog: u32) -> Self {
         self.backlog = Some(backlog);
+        self
+    }
+
+    /// Sets this listener's drain timeout (see [`Listen::drain_timeout`]).
+    pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = Some(timeout);
         self
     }
 
@@ -248,6 +272,27 @@ impl Config {
         }
     }
 
+    /// The drain timeout of each listener, in order: its own, or the top-level one.
+    pub fn listener_drain_timeouts(&self) -> Vec<Duration> {
+        self.listen
+            .iter()
+            .map(|l| l.drain_timeout.unwrap_or(self.drain_timeout))
+            .collect()
+    }
+
+    /// How long a worker may drain: for a stop, `stop_drain_timeout` if set; otherwise the
+    /// longest of its listeners' drain timeouts (the top-level one without listeners).
+    pub fn worker_drain_timeout(&self, stopping: bool) -> Duration {
+        match (stopping, self.stop_drain_timeout) {
+            (true, Some(timeout)) => timeout,
+            _ => self
+                .listener_drain_timeouts()
+                .into_iter()
+                .max()
+                .unwrap_or(self.drain_timeout),
+        }
+    }
+
     /// Starts a builder from the defaults.
     pub fn builder() -> ConfigBuilder {
         ConfigBuilder {
@@ -300,6 +345,12 @@ impl Config {
         }
         if self.ready_timeout.is_zero() {
             return Err(("ready_timeout", "must be more than zero".into()));
+        }
+        if self.max_draining == 0 {
+            return Err((
+                "max_draining",
+                "must be at least 1 (the old worker of a hand-over drains)".into(),
+            ));
         }
         self.upgrade.validate()?;
         if let Some(name) = &self.fetcher {

@@ -101,6 +101,22 @@ impl ServiceManager {
 }
 
 fn status_line(status: &Status) -> String {
+    let mut line = serving_line(status);
+    if !status.draining.is_empty() {
+        let each: Vec<String> = status
+            .draining
+            .iter()
+            .map(|w| w.describe_draining())
+            .collect();
+        line.push_str(&format!("; draining {}", each.join("; ")));
+    }
+    if status.handover_waiting {
+        line.push_str("; a hand-over waits for a generation to exit");
+    }
+    line
+}
+
+fn serving_line(status: &Status) -> String {
     match &status.worker {
         Some(w) => format!(
             "{}: worker {} (pid {}, sha256 {}), {} hand-overs",

@@ -42,6 +42,9 @@ pub(crate) struct Launch<'a> {
     pub(crate) listener_inodes: &'a [u64],
     /// How long what a worker started may outlive it before it is killed.
     pub(crate) drain_timeout: std::time::Duration,
+    /// Each listener's drain timeout, in order, and the stop's if set apart (told to workers).
+    pub(crate) drain_timeouts: &'a [std::time::Duration],
+    pub(crate) stop_drain_timeout: Option<std::time::Duration>,
 }
 
 /// A worker process, owned by the master's state.
@@ -54,6 +57,9 @@ pub(crate) struct WorkerProc {
     pub(crate) started_at: SystemTime,
     pub(crate) ready: bool,
     pub(crate) draining_since: Option<Instant>,
+    /// While draining: when it is killed, and its open connections as it last said.
+    pub(crate) drain_deadline: Option<SystemTime>,
+    pub(crate) open: Option<u64>,
     /// The hard link to the binary it was started from (see `Master::start_worker`).
     pub(crate) pin: Option<std::path::PathBuf>,
     control: Option<OwnedWriteHalf>,
@@ -69,13 +75,15 @@ impl WorkerProc {
             pid: self.pid,
             sha256: self.sha256.clone(),
             started_at: self.started_at,
+            open_connections: self.open,
+            drain_deadline: self.drain_deadline,
         }
     }
 
     /// Sends a control message; a worker that cannot be reached is left to its exit event.
     pub(crate) async fn send(&mut self, message: Message) {
         if let Some(control) = &mut self.control {
-            if let Err(e) = control.write_all(message.as_line()).await {
+            if let Err(e) = control.write_all(&message.as_line()).await {
                 tracing::debug!(worker = self.id, error = %e, "control channel closed");
                 self.control = None;
             }
@@ -155,7 +163,22 @@ pub(crate) fn spawn_worker(
                 .env(
                     protocol::ENV_IDLE_GRACE_MS,
                     launch.idle_grace_ms.to_string(),
+                )
+                .env(
+                    protocol::ENV_DRAIN_TIMEOUTS_MS,
+                    launch
+                        .drain_timeouts
+                        .iter()
+                        .map(|t| t.as_millis().to_string())
+                        .collect::<Vec<_>>()
+                        .join(":"),
                 );
+            if let Some(stop) = launch.stop_drain_timeout {
+                command.env(
+                    protocol::ENV_STOP_DRAIN_TIMEOUT_MS,
+                    stop.as_millis().to_string(),
+                );
+            }
             Some((parent, child))
         }
         Protocol::Program(program) => {
@@ -238,6 +261,8 @@ pub(crate) fn spawn_worker(
         started_at: SystemTime::now(),
         ready: false,
         draining_since: None,
+        drain_deadline: None,
+        open: None,
         pin: None,
         control,
         signals,
@@ -353,6 +378,8 @@ pub(crate) fn adopt_worker(
         started_at,
         ready: true,
         draining_since: None,
+        drain_deadline: None,
+        open: None,
         pin,
         control,
         signals,

@@ -55,6 +55,31 @@ pub struct WorkerInfo {
     pub sha256: String,
     /// When it was started.
     pub started_at: SystemTime,
+    /// While it drains: the connections it still has open, as it last said (a program under
+    /// `handover run` does not say).
+    pub open_connections: Option<u64>,
+    /// While it drains: when it is killed if it has not exited.
+    pub drain_deadline: Option<SystemTime>,
+}
+
+impl WorkerInfo {
+    /// One line about a draining worker: `worker 3 (pid 812): 12 connections open, 29s left`.
+    pub fn describe_draining(&self) -> String {
+        let open = match self.open_connections {
+            Some(1) => "1 connection open".to_string(),
+            Some(n) => format!("{n} connections open"),
+            None => "connections not reported".to_string(),
+        };
+        let left = self
+            .drain_deadline
+            .map(|d| d.duration_since(SystemTime::now()).unwrap_or_default())
+            .map(|left| {
+                let secs = std::time::Duration::from_secs(left.as_secs_f64().ceil() as u64);
+                format!(", {} left", humantime::format_duration(secs))
+            })
+            .unwrap_or_default();
+        format!("worker {} (pid {}): {open}{left}", self.id, self.pid)
+    }
 }
 
 /// A snapshot of the master.
@@ -75,8 +100,10 @@ pub struct Status {
     pub worker: Option<WorkerInfo>,
     /// The worker being started (hand-over or recovery).
     pub starting: Option<WorkerInfo>,
-    /// Old workers finishing their work.
+    /// Old workers finishing their work, oldest first.
     pub draining: Vec<WorkerInfo>,
+    /// A hand-over is waiting for an old generation to exit: `max_draining` of them drain.
+    pub handover_waiting: bool,
     /// Hand-overs that completed.
     pub handovers: u64,
     /// Hand-overs whose new worker failed, leaving the old one serving.
@@ -141,6 +168,7 @@ impl super::Master {
             worker: self.current.as_ref().map(|w| w.info()),
             starting: self.pending.as_ref().map(|p| p.worker.info()),
             draining: self.draining.iter().map(|w| w.info()).collect(),
+            handover_waiting: self.waiting_for_drain,
             handovers: self.counters.0,
             failed_handovers: self.counters.1,
             crashes: self.counters.2,

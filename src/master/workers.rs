@@ -28,6 +28,9 @@ impl Master {
         } else if self.pending.is_some() {
             tracing::info!("hand-over already under way; one more will follow it");
             self.again = true;
+        } else if self.draining.len() >= self.config.max_draining {
+            self.again = true;
+            self.wait_for_drain();
         } else {
             if self.current.is_none() {
                 // A manual request while recovering starts at once instead of after the back-off.
@@ -91,7 +94,9 @@ impl Master {
             parent_death_signal: crate::signals::signal_number(&self.config.parent_death_signal)
                 .unwrap_or(libc::SIGTERM),
             listener_inodes: &self.listener_inodes,
-            drain_timeout: self.config.drain_timeout,
+            drain_timeout: self.config.worker_drain_timeout(false),
+            drain_timeouts: &self.config.listener_drain_timeouts(),
+            stop_drain_timeout: self.config.stop_drain_timeout,
         };
         match spawn::spawn_worker(id, sha256.clone(), &launch, &self.events_tx) {
             Ok(mut worker) => {
@@ -147,7 +152,13 @@ impl Master {
                     self.grant_exclusive().await;
                 }
             }
-            Message::Drain | Message::Grant => {
+            Message::Open(open) => {
+                let all = self.draining.iter_mut().chain(self.current.as_mut());
+                if let Some(w) = all.into_iter().find(|w| w.id == worker) {
+                    w.open = Some(open);
+                }
+            }
+            Message::Drain | Message::Grant | Message::Stopping => {
                 tracing::warn!(worker, ?message, "unexpected message from a worker")
             }
         }
@@ -227,16 +238,49 @@ impl Master {
 
     pub(super) async fn drain(&mut self, worker: &mut WorkerProc) {
         worker.draining_since = Some(Instant::now());
+        let timeout = self.config.worker_drain_timeout(self.stopping);
         match &self.protocol {
-            Protocol::Library => worker.send(Message::Drain).await,
+            Protocol::Library => {
+                if self.stopping {
+                    worker.send(Message::Stopping).await;
+                }
+                worker.send(Message::Drain).await;
+            }
             Protocol::Program(program) => worker.signal(program.drain_signal),
         }
+        self.kill_after_drain(worker, timeout);
+    }
+
+    /// Arms the drain timeout of a draining worker. A library worker closes what is left at its
+    /// listeners' timeouts itself and exits; it is killed only if it has not a grace later.
+    pub(super) fn kill_after_drain(&self, worker: &mut WorkerProc, timeout: Duration) {
+        let deadline = std::time::SystemTime::now() + timeout;
+        if worker.drain_deadline.is_some_and(|d| d <= deadline) {
+            return;
+        }
+        worker.drain_deadline = Some(deadline);
+        let kill_at = match &self.protocol {
+            Protocol::Library => timeout + SELF_CLOSE_GRACE,
+            Protocol::Program(_) => timeout,
+        };
         let events = self.events_tx.clone();
-        let (id, timeout) = (worker.id, self.config.drain_timeout);
+        let id = worker.id;
         tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
+            tokio::time::sleep(kill_at).await;
             let _ = events.send(Event::DrainTimeout { worker: id });
         });
+    }
+
+    /// A hand-over waits: `max_draining` old generations drain. Said once per wait.
+    fn wait_for_drain(&mut self) {
+        if !self.waiting_for_drain {
+            self.waiting_for_drain = true;
+            tracing::warn!(
+                draining = self.draining.len(),
+                max_draining = self.config.max_draining,
+                "hand-over waits: max_draining old generations still drain; it starts when the oldest exits"
+            );
+        }
     }
 
     pub(super) async fn grant_exclusive(&mut self) {
@@ -254,6 +298,17 @@ impl Master {
         if self.pending.is_some() || self.stopping {
             return;
         }
+        if self.again && self.draining.len() >= self.config.max_draining {
+            self.wait_for_drain();
+            return;
+        }
+        if self.waiting_for_drain {
+            self.waiting_for_drain = false;
+            tracing::info!(
+                draining = self.draining.len(),
+                "an old generation exited; the waiting hand-over starts"
+            );
+        }
         if std::mem::take(&mut self.again) {
             self.start_worker(Reason::Restart).await;
         }
@@ -269,6 +324,7 @@ impl Master {
             let drained_in = old.draining_since.map(|t| t.elapsed()).unwrap_or_default();
             tracing::info!(worker, pid = old.pid, status = %how, ?drained_in, "old worker exited");
             self.grant_exclusive().await;
+            self.after_handover().await;
             return;
         }
         if self.pending.as_ref().is_some_and(|p| p.worker.id == worker) {
@@ -415,6 +471,17 @@ impl Master {
     pub(super) async fn begin_stop(&mut self) {
         self.stopping = true;
         self.respawn_scheduled = false;
+        // Generations that drain after a restart drain no longer than the stop allows.
+        if let Some(stop) = self.config.stop_drain_timeout {
+            let mut draining = std::mem::take(&mut self.draining);
+            for old in &mut draining {
+                if matches!(self.protocol, Protocol::Library) {
+                    old.send(Message::Stopping).await;
+                }
+                self.kill_after_drain(old, stop);
+            }
+            self.draining = draining;
+        }
         if let Some(mut current) = self.current.take() {
             tracing::info!(worker = current.id, pid = current.pid, "draining for stop");
             self.drain(&mut current).await;
@@ -436,6 +503,10 @@ impl Master {
 /// How long a new worker that was not ready in time has to finish what it took after it was
 /// asked to drain, before SIGKILL.
 const NOT_READY_GRACE: Duration = Duration::from_secs(2);
+
+/// How long after its drain timeout a library worker, which closes what is left itself at that
+/// timeout, has to exit before it is killed.
+const SELF_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// After this many crashes in a row, a recovery runs the binary on disk instead of the pinned
 /// generation.

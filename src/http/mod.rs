@@ -7,7 +7,19 @@
 //!    clients move to a new connection (and so to the new worker) without an error;
 //! 4. closes an HTTP/1.1 connection only after it has been idle for the idle grace
 //!    ([`Worker::idle_grace`]), so a request a client has just sent is still answered;
-//! 5. sends HTTP/2 connections a graceful GOAWAY at once (in-flight streams complete).
+//! 5. sends HTTP/2 connections a graceful GOAWAY at once (in-flight streams complete): h2's
+//!    two-phase one, a GOAWAY with the highest stream id and a PING, and the real last stream id
+//!    only once the PING is answered, so no stream a client sent in between is refused;
+//! 6. keeps counting upgraded connections (WebSockets): [`serve`] returns only once the
+//!    application has dropped them. It learns that the drain began from
+//!    [`Worker::shutdown`], and should close them politely (a WebSocket with close code 1001,
+//!    "going away", so that clients reconnect, to the new worker);
+//! 7. cuts what is still open when its listener's drain timeout passes (`[[listen]]
+//!    drain_timeout`, else the top-level one; `stop_drain_timeout` when the master stops): its
+//!    reads and writes fail, so hyper and the application let go of it.
+//!
+//! While it drains, the worker tells the master how many connections are still open:
+//! `handover status` shows them.
 //!
 //! Closing idle connections at once, as most servers do on shutdown, races with clients that
 //! are sending on them: those clients see a reset with no response.
@@ -31,25 +43,25 @@
 //! }
 //! ```
 
+mod connection;
+mod tracked;
+
 use std::future::Future;
-use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
-use hyper::header::{HeaderValue, CONNECTION};
 use hyper::service::Service;
-use hyper::{Request, Response, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::worker::Worker;
+use tracked::Connections;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// A hyper service [`serve`] can run: any `Service<Request<Incoming>>` answering with a
 /// [`ResponseBody`], shareable across connections. Implemented for every such type
 /// (`hyper::service::service_fn(...)`, an axum router through `TowerToHyperService`).
@@ -90,6 +102,13 @@ pub trait Accept: Send + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     /// Accepts one connection.
     fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+
+    /// How long this listener's connections may drain, as the master configured it
+    /// ([`Worker::drain_timeout`]). None: until the master's own timeout.
+    fn drain_timeout(&self, worker: &Worker) -> Option<Duration> {
+        let _ = worker;
+        None
+    }
 }
 
 impl Accept for tokio::net::TcpListener {
@@ -99,6 +118,10 @@ impl Accept for tokio::net::TcpListener {
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
+
+    fn drain_timeout(&self, worker: &Worker) -> Option<Duration> {
+        worker.drain_timeout_of(&socket2::SockRef::from(self).local_addr().ok()?)
+    }
 }
 
 impl Accept for tokio::net::UnixListener {
@@ -107,6 +130,10 @@ impl Accept for tokio::net::UnixListener {
         tokio::net::UnixListener::accept(self)
             .await
             .map(|(stream, _)| stream)
+    }
+
+    fn drain_timeout(&self, worker: &Worker) -> Option<Duration> {
+        worker.drain_timeout_of(&socket2::SockRef::from(self).local_addr().ok()?)
     }
 }
 
@@ -131,16 +158,13 @@ where
 {
     let idle_grace = worker.idle_grace();
     let (draining_tx, draining) = watch::channel(false);
-    let open = Arc::new(AtomicUsize::new(0));
-    let all_closed = Arc::new(tokio::sync::Notify::new());
+    let connections = Arc::new(Connections::default());
+    let timeouts: Vec<Option<Duration>> =
+        listeners.iter().map(|l| l.drain_timeout(worker)).collect();
     let mut acceptors = tokio::task::JoinSet::new();
-    for mut listener in listeners {
-        let (service, draining, open, all_closed) = (
-            service.clone(),
-            draining.clone(),
-            open.clone(),
-            all_closed.clone(),
-        );
+    for (index, mut listener) in listeners.into_iter().enumerate() {
+        let (service, draining, connections) =
+            (service.clone(), draining.clone(), connections.clone());
         acceptors.spawn(async move {
             loop {
                 let io = tokio::select! {
@@ -156,19 +180,11 @@ where
                         }
                     },
                 };
-                open.fetch_add(1, Ordering::SeqCst);
-                let (service, draining, open, all_closed) = (
-                    service.clone(),
-                    draining.clone(),
-                    open.clone(),
-                    all_closed.clone(),
-                );
-                tokio::spawn(async move {
-                    serve_connection(io, service, draining, idle_grace).await;
-                    if open.fetch_sub(1, Ordering::SeqCst) == 1 {
-                        all_closed.notify_waiters();
-                    }
-                });
+                let io = connections.track(index, io);
+                let (service, draining) = (service.clone(), draining.clone());
+                tokio::spawn(connection::serve_connection(
+                    io, service, draining, idle_grace,
+                ));
             }
         });
     }
@@ -177,169 +193,76 @@ where
     let _ = draining_tx.send(true);
     while acceptors.join_next().await.is_some() {}
     tracing::info!(
-        open = open.load(Ordering::SeqCst),
+        open = connections.open(),
         "stopped accepting; draining connections"
     );
-    loop {
-        let notified = all_closed.notified();
-        if open.load(Ordering::SeqCst) == 0 {
-            break;
-        }
-        notified.await;
-    }
+    drain(worker, &connections, timeouts).await;
     Ok::<(), Error>(())
 }
 
-/// One connection's activity, shared between the service wrapper and the drain logic.
-#[derive(Default)]
-struct Activity {
-    in_flight: AtomicUsize,
-    last_change_ms: AtomicU64,
-    http2: AtomicBool,
+/// How often at most a draining worker tells the master its open connection count.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
+
+/// Waits until every connection has closed, cutting a listener's connections when its drain
+/// timeout passes (or the stop's, once the master says it stops), and reporting the count.
+async fn drain(worker: &Worker, connections: &Connections, timeouts: Vec<Option<Duration>>) {
+    let began = Instant::now();
+    let mut deadlines: Vec<Option<Instant>> =
+        timeouts.iter().map(|t| t.map(|t| began + t)).collect();
+    let mut stopping = worker.stopping_signal();
+    let mut stop_seen = false;
+    let mut reported: Option<usize> = None;
+    let mut next_report = Instant::now();
+    loop {
+        let open = connections.open();
+        if reported != Some(open) && Instant::now() >= next_report {
+            worker.report_open(open as u64);
+            reported = Some(open);
+            next_report = Instant::now() + REPORT_EVERY;
+        }
+        if open == 0 {
+            return;
+        }
+        let next_deadline = deadlines.iter().flatten().min().copied();
+        let report_due = (reported != Some(open)).then_some(next_report);
+        tokio::select! {
+            _ = connections.changed_or_zero() => {}
+            _ = sleep_until_some(report_due) => {}
+            _ = sleep_until_some(next_deadline) => {
+                let now = Instant::now();
+                for (index, deadline) in deadlines.iter_mut().enumerate() {
+                    if deadline.is_some_and(|d| d <= now) {
+                        *deadline = None;
+                        let cut = connections.cut(index);
+                        tracing::warn!(
+                            listener = worker.listener_names().get(index).map(String::as_str).unwrap_or("?"),
+                            connections = cut,
+                            drained_for = ?began.elapsed(),
+                            "the listener's drain timeout passed; closing its connections"
+                        );
+                    }
+                }
+            }
+            _ = stopping.wait_for(|s| *s), if !stop_seen => {
+                stop_seen = true;
+                if let Some(stop) = worker.stop_drain_timeout() {
+                    let cap = Instant::now() + stop;
+                    for deadline in &mut deadlines {
+                        *deadline = Some(deadline.map_or(cap, |d| d.min(cap)));
+                    }
+                }
+            }
+        }
+    }
 }
 
-impl Activity {
-    fn touch(&self, epoch: Instant) {
-        self.last_change_ms
-            .store(epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
-    }
-
-    fn idle_for(&self, epoch: Instant) -> Option<Duration> {
-        if self.in_flight.load(Ordering::SeqCst) > 0 {
-            return None;
-        }
-        let last = Duration::from_millis(self.last_change_ms.load(Ordering::SeqCst));
-        Some(epoch.elapsed().saturating_sub(last))
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
 async fn until_draining(mut draining: watch::Receiver<bool>) {
     let _ = draining.wait_for(|d| *d).await;
-}
-
-async fn serve_connection<I, S, B>(
-    io: I,
-    service: S,
-    draining: watch::Receiver<bool>,
-    idle_grace: Duration,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService<B>,
-    B: ResponseBody,
-{
-    let epoch = Instant::now();
-    let activity = Arc::new(Activity::default());
-    let wrapped = Draining {
-        inner: service,
-        draining: draining.clone(),
-        activity: activity.clone(),
-        epoch,
-    };
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    builder.http2().timer(TokioTimer::new());
-    let mut connection = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), wrapped));
-    let mut drain_seen = *draining.borrow();
-    let draining = draining;
-    let mut closing = false;
-    loop {
-        let idle_check = async {
-            if drain_seen && !closing {
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = until_draining(draining.clone()), if !drain_seen => {
-                drain_seen = true;
-                if activity.http2.load(Ordering::SeqCst) {
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-            _ = idle_check => {
-                // HTTP/2 gets its GOAWAY as soon as it is known to be HTTP/2: a connection whose
-                // first request came after draining began, and that never goes idle, would
-                // otherwise keep the old worker alive until the drain timeout.
-                // regression: h2 connection first seen during drain was never told to go away.
-                let http2 = activity.http2.load(Ordering::SeqCst);
-                if http2 || activity.idle_for(epoch).is_some_and(|idle| idle >= idle_grace) {
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-        }
-    }
-}
-
-/// Wraps the user's service: counts requests in flight and, once draining, asks HTTP/1.1
-/// clients to close the connection after the response.
-#[derive(Clone)]
-struct Draining<S> {
-    inner: S,
-    draining: watch::Receiver<bool>,
-    activity: Arc<Activity>,
-    epoch: Instant,
-}
-
-impl<S, B> Service<Request<Incoming>> for Draining<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + Sync + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<B>;
-    type Error = S::Error;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = std::result::Result<Response<B>, S::Error>> + Send>>;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let activity = self.activity.clone();
-        if request.version() == Version::HTTP_2 {
-            activity.http2.store(true, Ordering::SeqCst);
-        }
-        let http1 = request.version() < Version::HTTP_2;
-        activity.in_flight.fetch_add(1, Ordering::SeqCst);
-        activity.touch(self.epoch);
-        let guard = InFlight {
-            activity,
-            epoch: self.epoch,
-        };
-        let future = self.inner.call(request);
-        let draining = self.draining.clone();
-        Box::pin(async move {
-            let mut response = future.await;
-            if http1 && *draining.borrow() {
-                if let Ok(response) = &mut response {
-                    response
-                        .headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-            }
-            drop(guard);
-            response
-        })
-    }
-}
-
-/// Decrements the in-flight count even when the request future is dropped (client went away).
-struct InFlight {
-    activity: Arc<Activity>,
-    epoch: Instant,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.activity.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.activity.touch(self.epoch);
-    }
 }

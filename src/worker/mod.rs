@@ -50,11 +50,17 @@ struct Inner {
     sha256: String,
     idle_grace: Duration,
     names: Vec<String>,
+    /// Each listener's address, to find a taken listener's drain timeout by.
+    addresses: Vec<Option<socket2::SockAddr>>,
+    drain_timeouts: Vec<Option<Duration>>,
+    stop_drain_timeout: Option<Duration>,
     fds: Mutex<Vec<Option<OwnedFd>>>,
     ready_sent: AtomicBool,
     start_up: StartUp,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     shutdown: watch::Receiver<bool>,
+    /// Set when the master said it stops (before its `drain`).
+    stopping: watch::Receiver<bool>,
     exclusive: exclusive::Jobs,
 }
 
@@ -97,6 +103,42 @@ impl Worker {
     /// The listeners' names, in fd order.
     pub fn listener_names(&self) -> &[String] {
         &self.inner.names
+    }
+
+    /// How long the connections of listener `name` may drain after a restart or an upgrade:
+    /// its `[[listen]] drain_timeout`, else the top-level `drain_timeout`. None for an unknown
+    /// name, or under a master too old to say.
+    pub fn drain_timeout(&self, name: &str) -> Option<Duration> {
+        let index = self.inner.names.iter().position(|n| n == name)?;
+        self.inner.drain_timeouts.get(index).copied().flatten()
+    }
+
+    /// The drain timeout when the master stops, if it is set apart (`stop_drain_timeout`).
+    pub fn stop_drain_timeout(&self) -> Option<Duration> {
+        self.inner.stop_drain_timeout
+    }
+
+    /// The drain timeout of the listener bound at `address`.
+    pub(crate) fn drain_timeout_of(&self, address: &socket2::SockAddr) -> Option<Duration> {
+        let index = self
+            .inner
+            .addresses
+            .iter()
+            .position(|a| a.as_ref() == Some(address))?;
+        self.inner.drain_timeouts.get(index).copied().flatten()
+    }
+
+    /// Becomes true when the master says it stops.
+    pub(crate) fn stopping_signal(&self) -> watch::Receiver<bool> {
+        self.inner.stopping.clone()
+    }
+
+    /// While draining: tells the master how many connections are still open.
+    pub(crate) fn report_open(&self, open: u64) {
+        let _ = self
+            .inner
+            .outgoing
+            .send(Outgoing::Message(Message::Open(open)));
     }
 
     /// Takes the TCP listener called `name`. Each listener can be taken once.
@@ -281,6 +323,7 @@ where
         let (read, mut write) = control.into_split();
         let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<Outgoing>();
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let (stopping_tx, stopping) = watch::channel(false);
         let exclusive = exclusive::Jobs::new(outgoing.clone(), Shutdown::new(shutdown.clone()));
         let worker = Worker {
             inner: Arc::new(Inner {
@@ -289,12 +332,20 @@ where
                 binary: env.binary,
                 sha256: env.sha256,
                 idle_grace: env.idle_grace,
+                addresses: env
+                    .fds
+                    .iter()
+                    .map(|fd| socket2::SockRef::from(fd).local_addr().ok())
+                    .collect(),
+                drain_timeouts: env.drain_timeouts,
+                stop_drain_timeout: env.stop_drain_timeout,
                 names: env.names,
                 fds: Mutex::new(env.fds.into_iter().map(Some).collect()),
                 ready_sent: AtomicBool::new(false),
                 start_up,
                 outgoing,
                 shutdown,
+                stopping,
                 exclusive: exclusive.clone(),
             }),
         };
@@ -302,7 +353,7 @@ where
             while let Some(item) = outgoing_rx.recv().await {
                 match item {
                     Outgoing::Message(message) => {
-                        if write.write_all(message.as_line()).await.is_err() {
+                        if write.write_all(&message.as_line()).await.is_err() {
                             break;
                         }
                     }
@@ -322,6 +373,9 @@ where
                     Ok(Some(line)) => match Message::parse(&line) {
                         Some(Message::Drain) => {
                             let _ = reader_shutdown.send(true);
+                        }
+                        Some(Message::Stopping) => {
+                            let _ = stopping_tx.send(true);
                         }
                         Some(Message::Grant) => grants.grant(),
                         _ => tracing::warn!(line = %line, "unexpected control message"),
@@ -400,6 +454,8 @@ struct WorkerEnv {
     sha256: String,
     idle_grace: Duration,
     names: Vec<String>,
+    drain_timeouts: Vec<Option<Duration>>,
+    stop_drain_timeout: Option<Duration>,
     fds: Vec<OwnedFd>,
     control: std::os::unix::net::UnixStream,
     spawned_us: Option<u64>,
@@ -438,12 +494,25 @@ impl WorkerEnv {
             .map(|i| adopt(protocol::FIRST_FD + i))
             .collect::<Result<Vec<_>>>()?;
         let control = std::os::unix::net::UnixStream::from(adopt(control_fd)?);
+        let millis = |text: &str| text.parse().ok().map(Duration::from_millis);
+        let mut drain_timeouts: Vec<Option<Duration>> =
+            std::env::var(protocol::ENV_DRAIN_TIMEOUTS_MS)
+                .unwrap_or_default()
+                .split(':')
+                .filter(|t| !t.is_empty())
+                .map(millis)
+                .collect();
+        drain_timeouts.resize(count, None);
         let env = WorkerEnv {
             id: number(protocol::ENV_WORKER_ID)?,
             binary: PathBuf::from(var(protocol::ENV_BINARY)?),
             sha256: var(protocol::ENV_BINARY_SHA256)?,
             idle_grace: Duration::from_millis(number(protocol::ENV_IDLE_GRACE_MS).unwrap_or(1000)),
             names,
+            drain_timeouts,
+            stop_drain_timeout: std::env::var(protocol::ENV_STOP_DRAIN_TIMEOUT_MS)
+                .ok()
+                .and_then(|t| millis(&t)),
             fds,
             control,
             spawned_us: number(protocol::ENV_SPAWNED_AT_US).ok(),

@@ -53,6 +53,8 @@ pub struct Options<'a> {
     pub example: &'a str,
     /// Extra TOML appended after the generated `[[listen]]` for `http`.
     pub config: &'a str,
+    /// Extra TOML appended to the `http` listener's `[[listen]]` table.
+    pub listen: &'a str,
     pub env: Vec<(String, String)>,
     /// RLIMIT_FSIZE for the master and its workers (SIGXFSZ ignored, so writes fail with EFBIG,
     /// as on a full disk).
@@ -64,6 +66,7 @@ impl Default for Options<'_> {
         Self {
             example: "hello",
             config: "",
+            listen: "",
             env: Vec::new(),
             file_size_limit: None,
         }
@@ -88,8 +91,8 @@ impl Service {
         .map(|(key, value)| format!("{key} = {value}\n"))
         .collect();
         let config = format!(
-            "{defaults}{}\n[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:{port}\"\n",
-            options.config
+            "{defaults}{}\n[[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:{port}\"\n{}\n",
+            options.config, options.listen
         );
         std::fs::write(&config_path, config).unwrap();
         let log = dir.path().join("master.log");

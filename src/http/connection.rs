@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use super::{until_draining, HttpService, ResponseBody};
+use super::service::{until_draining, HttpService, ResponseBody};
 
 /// One connection's activity, shared between the service wrapper and the drain logic.
 #[derive(Default)]

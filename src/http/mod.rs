@@ -44,58 +44,22 @@
 //! ```
 
 mod connection;
+mod service;
 mod tracked;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::{Body, Incoming};
-use hyper::service::Service;
-use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::worker::Worker;
+use service::until_draining;
+pub use service::{HttpService, ResponseBody};
 use tracked::Connections;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// A hyper service [`serve`] can run: any `Service<Request<Incoming>>` answering with a
-/// [`ResponseBody`], shareable across connections. Implemented for every such type
-/// (`hyper::service::service_fn(...)`, an axum router through `TowerToHyperService`).
-pub trait HttpService<B>:
-    Service<
-        Request<Incoming>,
-        Response = Response<B>,
-        Future: Send + 'static,
-        Error: Into<BoxError>,
-    > + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<S, B> HttpService<B> for S where
-    S: Service<
-            Request<Incoming>,
-            Response = Response<B>,
-            Future: Send + 'static,
-            Error: Into<BoxError>,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
-
-/// A response body [`serve`] can send.
-pub trait ResponseBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
-
-impl<B> ResponseBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
-
 /// A listener [`serve`] can accept from: TCP or Unix.
 pub trait Accept: Send + 'static {
     /// The connection type.
@@ -261,8 +225,4 @@ async fn sleep_until_some(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-async fn until_draining(mut draining: watch::Receiver<bool>) {
-    let _ = draining.wait_for(|d| *d).await;
 }

@@ -5,6 +5,7 @@
 //! worker exits, timers and the upgrade task all arrive as [`Event`]s, so there is no locking
 //! and every transition is logged in one place.
 
+mod drain;
 mod idle;
 mod inherit;
 pub(crate) mod listeners;

@@ -70,6 +70,8 @@ mod stats;
 mod tables;
 #[path = "bench/upgrades.rs"]
 mod upgrades;
+#[path = "bench/websocket.rs"]
+mod websocket;
 #[path = "bench/wrk.rs"]
 mod wrk;
 
@@ -136,6 +138,15 @@ struct Options {
     /// Restarts of the big wrk row [default: 100].
     #[arg(long)]
     big_restarts: Option<usize>,
+    /// WebSockets held open through the WebSocket row's restarts [default: 1000].
+    #[arg(long)]
+    websockets: Option<usize>,
+    /// Restarts of the WebSocket row [default: 20].
+    #[arg(long)]
+    websocket_restarts: Option<usize>,
+    /// Run only the WebSocket row, print it and stop.
+    #[arg(long)]
+    websocket_only: bool,
     /// Internal: serve the baseline (plain hyper) until stdin closes.
     #[arg(long = "serve-baseline", hide = true)]
     serve_baseline: bool,
@@ -229,11 +240,29 @@ fn run(options: Options) -> anyhow::Result<()> {
         .unwrap_or_else(|| workspace.join("target/bench"));
     let logs = out.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let hello = find_hello(options.hello.as_deref(), workspace)?;
     let scratch = tempfile::Builder::new()
         .prefix("handover-bench-")
         .tempdir()
         .context("creating a temporary directory")?;
+    let websocket_row = || -> anyhow::Result<String> {
+        let binary = find_example(None, workspace, "websocket")?;
+        let (sockets, restarts) = (
+            options.websockets.unwrap_or(1000),
+            options.websocket_restarts.unwrap_or(20),
+        );
+        say(&format!(
+            "websocket row: {sockets} sockets × {restarts} restarts"
+        ));
+        let row = websocket::run(&binary, sockets, restarts, scratch.path(), &logs)?;
+        let table = websocket::markdown(&row);
+        std::fs::write(out.join("websocket.md"), &table)?;
+        Ok(table)
+    };
+    if options.websocket_only {
+        println!("{}", websocket_row()?);
+        return Ok(());
+    }
+    let hello = find_example(options.hello.as_deref(), workspace, "hello")?;
     let epoch = Instant::now();
     let machine = report::Machine::read();
     say(&format!(
@@ -364,6 +393,11 @@ fn run(options: Options) -> anyhow::Result<()> {
     };
     let markdown = report::write_all(&results, &out)?;
     println!("{markdown}");
+    // 11: WebSockets through restarts (its own table, websocket.md).
+    match websocket_row() {
+        Ok(table) => println!("{table}"),
+        Err(e) => say(&format!("websocket row skipped: {e:#}")),
+    }
     say(&format!(
         "wrote {}/results.json, results.md and latency.svg",
         out.display()
@@ -376,16 +410,17 @@ pub(crate) fn say(message: &str) {
     eprintln!("bench: {message}");
 }
 
-/// The hello binary: given, or beside this one (same profile), built if missing.
-fn find_hello(given: Option<&Path>, workspace: &Path) -> anyhow::Result<PathBuf> {
+/// An example's binary (`hello`, `websocket`): given, or beside this one (same profile), built
+/// if missing.
+fn find_example(given: Option<&Path>, workspace: &Path, name: &str) -> anyhow::Result<PathBuf> {
     if let Some(path) = given {
         if !path.is_file() {
-            bail!("--hello {}: no such file", path.display());
+            bail!("--{name} {}: no such file", path.display());
         }
         return Ok(path.to_path_buf());
     }
     let me = std::env::current_exe().context("finding this binary's path")?;
-    let hello = me.with_file_name("hello");
+    let hello = me.with_file_name(name);
     if hello.is_file() {
         return Ok(hello);
     }
@@ -395,7 +430,7 @@ fn find_hello(given: Option<&Path>, workspace: &Path) -> anyhow::Result<PathBuf>
         vec!["--release"]
     };
     say(&format!(
-        "{} is missing; running `cargo build {} --example hello`",
+        "{} is missing; running `cargo build {} --example {name}`",
         hello.display(),
         profile.join(" ")
     ));
@@ -403,13 +438,13 @@ fn find_hello(given: Option<&Path>, workspace: &Path) -> anyhow::Result<PathBuf>
     let status = std::process::Command::new(cargo)
         .arg("build")
         .args(&profile)
-        .args(["--example", "hello"])
+        .args(["--example", name])
         .current_dir(workspace)
         .status();
     match status {
         Ok(status) if status.success() && hello.is_file() => Ok(hello),
         _ => bail!(
-            "{} is missing and could not be built; run `cargo build {} --example hello` first",
+            "{} is missing and could not be built; run `cargo build {} --example {name}` first",
             hello.display(),
             profile.join(" ")
         ),

@@ -444,4 +444,27 @@ mod example_file {
             Some(std::time::Duration::from_millis(250))
         );
     }
+
+    #[test]
+    fn drain_timeouts_per_listener_and_for_the_stop() {
+        use super::Config;
+        use std::time::Duration;
+        let text = "drain_timeout = \"30s\"\nstop_drain_timeout = \"5s\"\nmax_draining = 2\n\
+            [[listen]]\nname = \"http\"\ntcp = \"127.0.0.1:1\"\n\
+            [[listen]]\nname = \"ws\"\ntcp = \"127.0.0.1:2\"\ndrain_timeout = \"1h\"\n";
+        let config = Config::from_toml(text, "t.toml").unwrap();
+        let (thirty, hour) = (Duration::from_secs(30), Duration::from_secs(3600));
+        assert_eq!(config.listener_drain_timeouts(), vec![thirty, hour]);
+        assert_eq!(config.worker_drain_timeout(false), hour);
+        assert_eq!(config.worker_drain_timeout(true), Duration::from_secs(5));
+        assert_eq!(config.max_draining, 2);
+        let plain = Config::from_toml("drain_timeout = \"7s\"\n", "t.toml").unwrap();
+        assert_eq!(plain.worker_drain_timeout(true), Duration::from_secs(7));
+        let zero = Config::from_toml("max_draining = 0\n", "t.toml").unwrap_err();
+        assert!(zero.to_string().contains("t.toml:1"), "{zero}");
+        assert!(
+            zero.to_string().contains("max_draining must be at least 1"),
+            "{zero}"
+        );
+    }
 }

@@ -324,4 +324,44 @@ mod tests {
         assert!(!in_process_tree(0, me));
         assert!(!in_process_tree(u32::MAX, me));
     }
+
+    #[test]
+    fn the_status_line_shows_each_draining_generation_and_a_waiting_hand_over() {
+        let worker = |id: u64, pid: u32, open: Option<u64>| super::super::status::WorkerInfo {
+            id,
+            pid,
+            sha256: "ab".repeat(32),
+            started_at: std::time::SystemTime::now(),
+            open_connections: open,
+            drain_deadline: open
+                .map(|_| std::time::SystemTime::now() + std::time::Duration::from_secs(90)),
+        };
+        let status = Status {
+            phase: Phase::Draining,
+            master_pid: 1,
+            binary: "app".into(),
+            version: None,
+            started_at: std::time::SystemTime::now(),
+            worker: Some(worker(4, 40, None)),
+            starting: None,
+            draining: vec![worker(2, 20, Some(1)), worker(3, 30, Some(12))],
+            handover_waiting: true,
+            handovers: 3,
+            failed_handovers: 0,
+            crashes: 0,
+            upgrade: Default::default(),
+            master: Default::default(),
+        };
+        let line = status_line(&status);
+        assert!(line.starts_with("draining: worker 4 (pid 40"), "{line}");
+        assert!(
+            line.contains("; draining worker 2 (pid 20): 1 connection open, 1m 30s left; worker 3 (pid 30): 12 connections open, 1m 30s left"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("; a hand-over waits for a generation to exit"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "one line: {line}");
+    }
 }

@@ -1,7 +1,7 @@
 //! WebSockets under handover: an axum echo service whose sockets survive the drain helper and
 //! are closed politely when the worker drains.
 //!
-//! `GET /` answers `pid=<pid> worker=<id>` like `hello`; `GET /ws` is an echo WebSocket that
+//! `GET /` answers `pid=<pid> worker=<id> sha256=<hash>` like `hello`; `GET /ws` is an echo WebSocket that
 //! first sends `pid=<pid>`. When a restart or an upgrade drains this worker, every socket gets a
 //! close frame with code 1001 ("going away"), so clients reconnect (to the new worker) without an
 //! error. `GET /ws/linger` is the same echo but ignores the drain, as a careless application
@@ -36,7 +36,12 @@ fn main() -> std::process::ExitCode {
             .version(env!("CARGO_PKG_VERSION"))
             .run(|worker| async move {
                 let listener = worker.tcp("http")?;
-                let line = format!("pid={} worker={}\n", std::process::id(), worker.id());
+                let line = format!(
+                    "pid={} worker={} sha256={}\n",
+                    std::process::id(),
+                    worker.id(),
+                    &worker.binary_sha256()[..12]
+                );
                 let polite = worker.shutdown_signal();
                 let app = axum::Router::new()
                     .route("/", get(move || std::future::ready(line.clone())))

@@ -43,6 +43,12 @@ impl Master {
         });
     }
 
+    /// Whether a hand-over must wait: `max_draining` old generations drain while a worker
+    /// serves. With none serving (a crash), a hand-over never waits: nothing would serve.
+    pub(super) fn draining_is_full(&self) -> bool {
+        self.current.is_some() && self.draining.len() >= self.config.max_draining
+    }
+
     /// A hand-over waits: `max_draining` old generations drain. Said once per wait.
     pub(super) fn wait_for_drain(&mut self) {
         if !self.waiting_for_drain {

@@ -28,7 +28,7 @@ impl Master {
         } else if self.pending.is_some() {
             tracing::info!("hand-over already under way; one more will follow it");
             self.again = true;
-        } else if self.draining.len() >= self.config.max_draining {
+        } else if self.draining_is_full() {
             self.again = true;
             self.wait_for_drain();
         } else {
@@ -251,7 +251,7 @@ impl Master {
         if self.pending.is_some() || self.stopping {
             return;
         }
-        if self.again && self.draining.len() >= self.config.max_draining {
+        if self.again && self.draining_is_full() {
             self.wait_for_drain();
             return;
         }

@@ -1,6 +1,6 @@
 //! HTTP/2 through restarts, seen frame by frame with the `h2` client: no stream the client sent
-//! breaks, one refused by the final GOAWAY is refused gracefully and answered when sent again,
-//! and what the client declined to send after a GOAWAY goes, sent again, to a new connection.
+//! breaks or is refused, and what the client declined to send after a GOAWAY goes, sent again,
+//! to a new connection.
 //!
 //! The drain sends h2's two-phase GOAWAY: first with the highest stream id (and a PING), then,
 //! once the PING is answered, the real last stream id. A stream the client opened before it
@@ -180,7 +180,7 @@ async fn connection(index: usize, port: u16, tally: Arc<Tally>, stop: Arc<Atomic
 }
 
 #[test]
-fn no_http2_stream_a_client_sent_breaks_across_restarts() {
+fn no_http2_stream_a_client_sent_breaks_or_is_refused_across_restarts() {
     let service = Service::serving(Options::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -216,14 +216,12 @@ fn no_http2_stream_a_client_sent_breaks_across_restarts() {
         failed.len()
     );
     assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(10)]);
-    // Streams sent and then refused do occur, rarely (0 to 3 in 7,400 here): h2's client writes
-    // its PING ack before the HEADERS of a stream it queued just before it read the first
-    // GOAWAY, and h2's server sends the final GOAWAY on that ack. Each was refused gracefully
-    // (never processed) and answered when sent again, which `failed` covers; refusing none
-    // needs a wait after the PING ack that h2 does not offer (issue 16, still open).
+    // h2's client writes its PING ack ahead of a stream it queued just before it read the first
+    // GOAWAY; without the drain holding that ack back (src/http/ping_ack.rs), h2's server sent
+    // the final GOAWAY on it and refused such a stream: 0 to 3 in 7,400 here.
     assert!(
-        refused.len() * 100 <= ok,
-        "more than 1 % of streams refused after they were sent: {:?}",
+        refused.is_empty(),
+        "streams refused after they were sent: {:?}",
         &refused[..refused.len().min(10)]
     );
     // Every connection was told to go away at every restart, and moved.

@@ -63,7 +63,10 @@ pub(super) async fn serve_connection<I, S, B>(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(TokioTimer::new());
-    let mut connection = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), wrapped));
+    let mut connection = pin!(builder.serve_connection_with_upgrades(
+        TokioIo::new(super::ping_ack::HoldPingAcks::new(io)),
+        wrapped
+    ));
     let mut drain_seen = *draining.borrow();
     let draining = draining;
     let mut closing = false;

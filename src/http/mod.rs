@@ -9,7 +9,10 @@
 //!    ([`Worker::idle_grace`]), so a request a client has just sent is still answered;
 //! 5. sends HTTP/2 connections a graceful GOAWAY at once (in-flight streams complete): h2's
 //!    two-phase one, a GOAWAY with the highest stream id and a PING, and the real last stream id
-//!    only once the PING is answered, so no stream a client sent in between is refused;
+//!    only once the PING is answered; the answer is handed to h2 20 ms after the bytes that
+//!    follow it, so a stream the client queued just before it read the first GOAWAY (h2's client
+//!    writes the answer ahead of it) is below the last stream id too, and no stream a client
+//!    sent is refused;
 //! 6. keeps counting upgraded connections (WebSockets): [`serve`] returns only once the
 //!    application has dropped them. It learns that the drain began from
 //!    [`Worker::shutdown`], and should close them politely (a WebSocket with close code 1001,
@@ -44,6 +47,7 @@
 //! ```
 
 mod connection;
+mod ping_ack;
 mod service;
 mod tracked;
 

@@ -13,6 +13,7 @@
 //!    client (HTTP/1.1 and HTTP/2);
 //! 2. hand-over time: SIGUSR2 → first answer from a new worker pid;
 //! 3. latency inside restart windows (SIGUSR2 → old worker gone) vs steady state;
+//!    h2load (HTTP/2, counting its own errors) runs without and through the same restarts;
 //! 4. throughput under handover vs the same hyper service without handover (a baseline server
 //!    inside this tool), same client, connections, threads and duration; and the same pair
 //!    with no restart at all, in alternating rounds (what handover costs when idle);
@@ -29,7 +30,7 @@
 //!     API in this tool), when hello is built with those features; and for every upgrade row,
 //!     the p50 of each stage the master logs (`upgrade stages: …`).
 //!
-//! Writes `results.json`, `results.md` and `latency.svg` to `--out` (default `target/bench`)
+//! Writes `results.json`, `results.md`, `http2.md`, `websocket.md` and `latency.svg` to `--out` (default `target/bench`)
 //! and prints the markdown table. Every process it starts is stopped when it ends, also on a
 //! panic; every phase is bounded in time and count.
 
@@ -50,6 +51,8 @@ mod client;
 mod compare;
 #[path = "bench/github.rs"]
 mod github;
+#[path = "bench/h2load.rs"]
+mod h2load;
 #[path = "bench/master.rs"]
 mod master;
 #[path = "bench/peers.rs"]
@@ -147,6 +150,10 @@ struct Options {
     /// Run only the WebSocket row, print it and stop.
     #[arg(long)]
     websocket_only: bool,
+    /// Run only the HTTP/2 table (the h2 client and h2load under `--restarts` restarts), print
+    /// it and stop.
+    #[arg(long)]
+    http2_only: bool,
     /// Internal: serve the baseline (plain hyper) until stdin closes.
     #[arg(long = "serve-baseline", hide = true)]
     serve_baseline: bool,
@@ -295,6 +302,20 @@ fn run(options: Options) -> anyhow::Result<()> {
     };
     let mut restarts_master =
         Master::start(&spec, &hello, &scratch.path().join("restarts"), &logs)?;
+    if options.http2_only {
+        let phase = phases::client_phase(
+            &mut restarts_master,
+            &BaselineProcess::start(settings.server_threads, 0)?,
+            Protocol::Http2,
+            &settings,
+            epoch,
+        )?;
+        let h2load = h2load::runs(&mut restarts_master, &settings, epoch, &logs)?;
+        let table = h2load::markdown(Some(&phase), &h2load);
+        std::fs::write(out.join("http2.md"), &table)?;
+        println!("{table}");
+        return Ok(());
+    }
     let shape = Shape::of(&settings);
     let (wrk_phase, wrk_skipped) = if wrk::available() {
         let phase = phases::wrk_phase(
@@ -322,6 +343,13 @@ fn run(options: Options) -> anyhow::Result<()> {
         )?);
     }
     drop(baseline);
+    // 4b: h2load, counting its own errors, without and with restarts (its table: http2.md).
+    let h2load = h2load::runs(&mut restarts_master, &settings, epoch, &logs)?;
+    let http2_table = h2load::markdown(
+        client_phases.iter().find(|c| c.protocol == "HTTP/2"),
+        &h2load,
+    );
+    std::fs::write(out.join("http2.md"), &http2_table)?;
 
     // 8: handover, tableflip and a naive restart side by side, same load and restart count.
     let comparison = compare::run(
@@ -393,6 +421,7 @@ fn run(options: Options) -> anyhow::Result<()> {
     };
     let markdown = report::write_all(&results, &out)?;
     println!("{markdown}");
+    println!("{http2_table}");
     // 11: WebSockets through restarts (its own table, websocket.md).
     match websocket_row() {
         Ok(table) => println!("{table}"),

@@ -1,5 +1,6 @@
-//! The bench's own load generator: hyper 1 client connections with keep-alive, HTTP/1.1 or
-//! HTTP/2 (prior knowledge), that never retry and time-stamp every request.
+//! The bench's own load generator: client connections with keep-alive, HTTP/1.1 (hyper 1's
+//! client) or HTTP/2 (prior knowledge, through `h2`, the HTTP/2 engine under hyper's client),
+//! that never retry and time-stamp every request.
 //!
 //! Every request that was sent and did not get a complete 2xx answer within the timeout is a
 //! failure, and so is every refused connection. A connection the server closed (after
@@ -9,6 +10,10 @@
 //! RFC 9113 guarantees the server never processed them, and any HTTP/2 client would send them
 //! again on a new connection. So are requests hyper hands back unwritten because the
 //! connection closed first ("unsent").
+//!
+//! HTTP/2 goes through `h2` directly because hyper's client reports a stream the server refused
+//! after it was sent (above the final GOAWAY's last stream id) exactly as it reports one it
+//! declined to send: `h2` tells them apart, so the bench counts "sent, then refused" on its own.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +24,7 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Protocol {
@@ -52,6 +57,9 @@ pub(crate) enum Outcome {
     Status,
     /// HTTP/2 only: not sent, because the server had announced GOAWAY (not a failure).
     RefusedUnsent,
+    /// HTTP/2 only: sent, then refused by the server's final GOAWAY (never processed, safe to
+    /// send again, but many clients and proxies surface it as an error). Counted apart.
+    RefusedSent,
     /// Not sent: the connection closed before the request was written, and hyper handed the
     /// request back (not a failure: the server never saw it; hyper-util's pooled client
     /// retries exactly these by default).
@@ -60,7 +68,10 @@ pub(crate) enum Outcome {
 
 impl Outcome {
     pub(crate) fn failed(self) -> bool {
-        !matches!(self, Outcome::Ok | Outcome::RefusedUnsent | Outcome::Unsent)
+        !matches!(
+            self,
+            Outcome::Ok | Outcome::RefusedUnsent | Outcome::RefusedSent | Outcome::Unsent
+        )
     }
 }
 
@@ -205,7 +216,7 @@ impl Drop for Load {
 
 enum Sender {
     H1(hyper::client::conn::http1::SendRequest<Empty<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+    H2(h2::client::SendRequest<Bytes>),
 }
 
 struct Connection {
@@ -223,20 +234,18 @@ impl Connection {
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
         match self.protocol {
             Protocol::Http1 => {
-                let (sender, conn) = hyper::client::conn::http1::handshake(io)
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                     .await
                     .map_err(|e| format!("handshake: {e}"))?;
                 tokio::spawn(conn);
                 Ok(Sender::H1(sender))
             }
             Protocol::Http2 => {
-                let (sender, conn) =
-                    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                        .await
-                        .map_err(|e| format!("handshake: {e}"))?;
+                let (sender, conn) = h2::client::handshake(stream)
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
                 tokio::spawn(conn);
                 Ok(Sender::H2(sender))
             }
@@ -277,7 +286,14 @@ impl Connection {
             let ready = tokio::time::timeout(self.timeout, async {
                 match &mut current {
                     Sender::H1(s) => s.ready().await.is_ok(),
-                    Sender::H2(s) => s.ready().await.is_ok() && !s.is_closed(),
+                    // After a GOAWAY h2 refuses new streams here: the connection is replaced.
+                    Sender::H2(s) => match s.clone().ready().await {
+                        Ok(ready) => {
+                            *s = ready;
+                            true
+                        }
+                        Err(_) => false,
+                    },
                 }
             })
             .await
@@ -288,48 +304,10 @@ impl Connection {
             // The request's own clock starts here, so latency excludes connection set-up.
             let start = Instant::now();
             record.start_us = (start - self.epoch).as_micros() as u64;
-            let request = match Request::get(&*self.path)
-                .header("host", "127.0.0.1")
-                .body(Empty::new())
-            {
-                Ok(request) => request,
-                Err(e) => {
-                    record.outcome = Outcome::Request;
-                    log.fail(record, start, format!("building the request: {e}"));
-                    continue;
-                }
-            };
             let exchange = async {
-                // try_send_request hands a request back when it was never written to the
-                // connection, which proves the server never saw it.
-                let response = match &mut current {
-                    Sender::H1(s) => s.try_send_request(request).await,
-                    Sender::H2(s) => s.try_send_request(request).await,
-                };
-                let response = match response {
-                    Ok(response) => response,
-                    Err(e) if refused_by_goaway(e.error()) => {
-                        return (Outcome::RefusedUnsent, None, String::new(), true)
-                    }
-                    Err(e) if e.message().is_some() => {
-                        return (Outcome::Unsent, None, String::new(), true)
-                    }
-                    Err(e) => {
-                        let why = format!("request: {:?}", e.error());
-                        return (Outcome::Request, None, why, true);
-                    }
-                };
-                let status = response.status();
-                let close = response
-                    .headers()
-                    .get("connection")
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-                match response.into_body().collect().await {
-                    Ok(_) if !status.is_success() => {
-                        (Outcome::Status, None, format!("status {status}"), close)
-                    }
-                    Ok(body) => (Outcome::Ok, Some(body.to_bytes()), String::new(), close),
-                    Err(e) => (Outcome::Body, None, format!("body: {e}"), true),
+                match &mut current {
+                    Sender::H1(s) => self.exchange_h1(s).await,
+                    Sender::H2(s) => self.exchange_h2(s).await,
                 }
             };
             let (outcome, body, why, close) =
@@ -356,7 +334,103 @@ impl Connection {
         }
         log
     }
+    /// One request on an HTTP/1.1 connection: (outcome, body, why it failed, connection closes).
+    async fn exchange_h1(
+        &self,
+        sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    ) -> Exchange {
+        let request = match Request::get(&*self.path)
+            .header("host", "127.0.0.1")
+            .body(Empty::new())
+        {
+            Ok(request) => request,
+            Err(e) => {
+                return (
+                    Outcome::Request,
+                    None,
+                    format!("building the request: {e}"),
+                    true,
+                )
+            }
+        };
+        // try_send_request hands a request back when it was never written to the connection,
+        // which proves the server never saw it.
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(e) if e.message().is_some() => return (Outcome::Unsent, None, String::new(), true),
+            Err(e) => {
+                return (
+                    Outcome::Request,
+                    None,
+                    format!("request: {:?}", e.error()),
+                    true,
+                )
+            }
+        };
+        let status = response.status();
+        let close = response
+            .headers()
+            .get("connection")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        match response.into_body().collect().await {
+            Ok(_) if !status.is_success() => {
+                (Outcome::Status, None, format!("status {status}"), close)
+            }
+            Ok(body) => (Outcome::Ok, Some(body.to_bytes()), String::new(), close),
+            Err(e) => (Outcome::Body, None, format!("body: {e}"), true),
+        }
+    }
+
+    /// One stream on an HTTP/2 connection, telling a stream h2 declined to open after a GOAWAY
+    /// (never sent) from one the server refused after it was sent.
+    async fn exchange_h2(&self, sender: &mut h2::client::SendRequest<Bytes>) -> Exchange {
+        let request = match Request::get(format!("http://127.0.0.1{}", self.path)).body(()) {
+            Ok(request) => request,
+            Err(e) => {
+                return (
+                    Outcome::Request,
+                    None,
+                    format!("building the request: {e}"),
+                    true,
+                )
+            }
+        };
+        let response = match sender.send_request(request, true) {
+            Ok((response, _)) => response,
+            Err(e) if graceful_goaway(&e) => {
+                return (Outcome::RefusedUnsent, None, String::new(), true)
+            }
+            Err(e) => return (Outcome::Request, None, format!("send: {e}"), true),
+        };
+        let response = match response.await {
+            Ok(response) => response,
+            // Above the final GOAWAY's last stream id (RFC 9113 6.8): sent, never processed.
+            Err(e) if graceful_goaway(&e) => {
+                return (Outcome::RefusedSent, None, format!("refused: {e}"), true)
+            }
+            Err(e) => return (Outcome::Request, None, format!("request: {e}"), true),
+        };
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            match chunk {
+                Ok(chunk) => {
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    bytes.extend_from_slice(&chunk);
+                }
+                Err(e) => return (Outcome::Body, None, format!("body: {e}"), true),
+            }
+        }
+        if !status.is_success() {
+            return (Outcome::Status, None, format!("status {status}"), false);
+        }
+        (Outcome::Ok, Some(Bytes::from(bytes)), String::new(), false)
+    }
 }
+
+/// How one exchange ended: the outcome, the body, why it failed, whether the connection closes.
+type Exchange = (Outcome, Option<Bytes>, String, bool);
 
 impl ConnectionLog {
     fn fail(&mut self, mut record: Record, start: Instant, why: String) {
@@ -378,11 +452,7 @@ fn pid_of(body: &[u8]) -> Option<u32> {
         .ok()
 }
 
-/// A graceful (NO_ERROR) GOAWAY from the server, surfacing on a request the client had not sent.
-fn refused_by_goaway(error: &hyper::Error) -> bool {
-    let Some(h2) = std::error::Error::source(error).and_then(|s| s.downcast_ref::<h2::Error>())
-    else {
-        return false;
-    };
-    h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR)
+/// A graceful (NO_ERROR) GOAWAY from the server.
+fn graceful_goaway(error: &h2::Error) -> bool {
+    error.is_go_away() && error.is_remote() && error.reason() == Some(h2::Reason::NO_ERROR)
 }

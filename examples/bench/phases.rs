@@ -305,7 +305,8 @@ fn analyse(
     let seconds = (run.stopped - run.started).as_secs_f64();
 
     let mut failures = Failures::default();
-    let (mut ok, mut refused_unsent, mut unsent, mut slow_ok, mut ok_outside) = (0, 0, 0, 0, 0);
+    let (mut ok, mut refused_unsent, mut refused_sent, mut unsent) = (0, 0, 0, 0);
+    let (mut slow_ok, mut ok_outside) = (0, 0);
     let mut pids = HashSet::new();
     let (mut steady, mut in_windows) = (Vec::new(), Vec::new());
     let buckets = ((stopped_us - started_us) / CHART_BUCKET_US + 1) as usize;
@@ -314,6 +315,7 @@ fn analyse(
         match record.outcome {
             Outcome::Ok => ok += 1,
             Outcome::RefusedUnsent => refused_unsent += 1,
+            Outcome::RefusedSent => refused_sent += 1,
             Outcome::Unsent => unsent += 1,
             Outcome::Connect => failures.connect += 1,
             Outcome::Request => failures.request += 1,
@@ -379,6 +381,7 @@ fn analyse(
         failed: failures.total(),
         failures,
         refused_unsent,
+        refused_sent,
         unsent,
         slow_ok,
         workers_seen: pids.len(),

@@ -101,7 +101,7 @@ pub(crate) struct Settings {
     pub(crate) big_restarts: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct RestartFigures {
     pub(crate) count: usize,
     /// Restarts where no new pid answered, or an old worker was still there, within the limit.
@@ -174,6 +174,9 @@ pub(crate) struct ClientPhase {
     pub(crate) failures: Failures,
     /// HTTP/2 requests the client refused unsent after a GOAWAY (not failures).
     pub(crate) refused_unsent: u64,
+    /// HTTP/2 streams the server refused after they were sent (its final GOAWAY's last
+    /// stream id below them). The drain's goal: 0.
+    pub(crate) refused_sent: u64,
     /// Requests hyper handed back unwritten because the connection closed first (not failures).
     pub(crate) unsent: u64,
     pub(crate) slow_ok: u64,
@@ -338,7 +341,7 @@ fn markdown(r: &Results) -> String {
     };
     let _ = writeln!(
         md,
-        "| Under restarts | wrk, HTTP/1.1 | hyper client, HTTP/1.1 | hyper client, HTTP/2 |"
+        "| Under restarts | wrk, HTTP/1.1 | hyper client, HTTP/1.1 | h2 client, HTTP/2 |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|");
     row(
@@ -367,7 +370,14 @@ fn markdown(r: &Results) -> String {
     );
     row(
         &mut md,
-        "not sent, so not failed: refused after GOAWAY / handed back unwritten",
+        "**HTTP/2 streams sent, then refused** (above the final GOAWAY)",
+        dash(),
+        dash(),
+        client(h2, &|c| format!("**{}**", c.refused_sent)),
+    );
+    row(
+        &mut md,
+        "not sent, so not failed: declined after GOAWAY / handed back unwritten",
         dash(),
         client(h1, &|c| format!("{} / {}", c.refused_unsent, c.unsent)),
         client(h2, &|c| format!("{} / {}", c.refused_unsent, c.unsent)),

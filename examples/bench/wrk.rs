@@ -15,9 +15,14 @@ use crate::procs::Guarded;
 
 /// Whether `wrk` is on the PATH.
 pub(crate) fn available() -> bool {
+    on_path("wrk")
+}
+
+/// Whether an executable `name` is on the PATH.
+pub(crate) fn on_path(name: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path).any(|dir| {
-            let candidate = dir.join("wrk");
+            let candidate = dir.join(name);
             candidate.is_file()
                 && std::fs::metadata(&candidate).is_ok_and(|m| {
                     std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0

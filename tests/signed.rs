@@ -209,7 +209,12 @@ fn a_replayed_older_signed_release_is_refused_after_the_master_is_killed() {
     // SIGKILL the master and its worker; the new master starts from the live binary, and the
     // floor comes from the state file, whatever that binary declares.
     service.kill_all();
-    std::fs::copy(util::example("testbed"), &service.bin).unwrap();
+    // Replaced by a rename, as an operator would: the killed worker may still be exiting and
+    // keep the old file mapped, and writing over a running binary fails with "Text file busy".
+    util::drop_file(
+        &service.bin,
+        &std::fs::read(util::example("testbed")).unwrap(),
+    );
     service.spawn_master();
     service.wait_serving();
     std::fs::write(signature_path(&service), &replay).unwrap();

@@ -313,6 +313,9 @@ pub(crate) fn render(status: &crate::master::Status) -> String {
     if let Some(release) = &upgrade.newest_signed_release {
         let _ = writeln!(out, "newest signed release: {release}");
     }
+    if let Some(rollout) = &upgrade.rollout {
+        let _ = writeln!(out, "rollout: {rollout}");
+    }
     for warning in &upgrade.warnings {
         let _ = writeln!(out, "warning: {warning}");
     }

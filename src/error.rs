@@ -87,6 +87,15 @@ pub enum Error {
     /// A fetcher failed.
     #[error(transparent)]
     Fetch(#[from] handover_fetcher::FetchError),
+
+    /// A staged rollout's manifest could not be used: where it is, and what is wrong with it.
+    #[error("rollout manifest {location}: {message}")]
+    Rollout {
+        /// Where the manifest is (`s3://bucket/prefix/rollout.json`, a path).
+        location: String,
+        /// What is wrong: malformed, unsigned, badly signed, replayed.
+        message: String,
+    },
     /// The master is gone or refused the request.
     #[error("master: {0}")]
     Master(String),

@@ -149,4 +149,7 @@ pub struct UpgradeStatus {
     pub newest_signed_release: Option<String>,
     /// What needs a person's attention (a release source that serves only stale releases).
     pub warnings: Vec<String>,
+    /// The staged rollout in force, when the release store has one: its step, its reports,
+    /// whether it halted, and what this host does about it.
+    pub rollout: Option<String>,
 }

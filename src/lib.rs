@@ -68,6 +68,7 @@ mod master_state;
 mod protocol;
 mod refusal;
 pub mod release;
+pub mod rollout;
 mod service;
 pub mod sign;
 mod signals;

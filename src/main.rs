@@ -7,6 +7,7 @@
 //! handover status|restart|upgrade|rollback|reexec --config handover.toml
 //! handover forget SHA256 --config handover.toml
 //! handover sign -s release.key target/release/app
+//! handover rollout start|status|halt|resume|promote --config handover.toml
 //! ```
 
 use std::ffi::OsString;
@@ -15,6 +16,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+
+mod rollout_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +71,10 @@ enum Command {
     /// in the trusted comment, read off the binary (its check-mode answer, size and sha256).
     /// The password of an encrypted key comes from HANDOVER_SIGN_PASSWORD, else the terminal.
     Sign(SignArgs),
+    /// Stage a release across a fleet: write, sign and change the rollout manifest in the
+    /// release store, and show the hosts' reports.
+    #[command(subcommand)]
+    Rollout(rollout_cmd::Rollout),
 }
 
 #[derive(Args)]
@@ -158,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback(control) => talk(&control, "rollback"),
         Command::Reexec(control) => talk(&control, "reexec"),
         Command::Sign(args) => sign(args),
+        Command::Rollout(command) => rollout_cmd::run(command),
         Command::Forget { sha256, control } => {
             let sha256 = sha256.trim().to_ascii_lowercase();
             let hex = sha256.chars().all(|c| c.is_ascii_hexdigit());

@@ -80,6 +80,9 @@ pub struct UpgradeConfig {
     /// Where the upgrade state file (`<bin>.handover-state`: quarantined hashes, the highest
     /// version installed, the upgrade in probation) is kept. Default: beside the live binary.
     pub state_dir: Option<PathBuf>,
+    /// This host's id in staged rollouts (its bucket, its reports). Default: the machine id
+    /// (`/etc/machine-id`), else the host name.
+    pub host_id: Option<String>,
     /// Draw a progress bar for long downloads when stderr is a terminal. Off by default in
     /// the library (a log line every few seconds instead); `handover run` turns it on.
     pub progress_bar: bool,
@@ -108,6 +111,7 @@ impl Default for UpgradeConfig {
             refuse_shared_directory: true,
             state_dir: None,
             progress_bar: false,
+            host_id: None,
         }
     }
 }

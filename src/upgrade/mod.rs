@@ -19,7 +19,9 @@ mod progress;
 mod sanity;
 mod signed;
 mod stage;
+mod staged;
 pub(crate) mod state;
+mod status;
 pub(crate) mod swap;
 mod timing;
 pub(crate) mod verify;
@@ -36,12 +38,10 @@ pub(crate) use sanity::{answer as answer_check, check as check_candidate, TARGET
 use crate::config::UpgradeConfig;
 use crate::digest::{short, HashCache};
 use crate::error::Error;
-use crate::handoff::{
-    PipelineCommand, ProbationInfo, QuarantineEntry, ToMaster, UpgradeRecord, UpgradeStatus,
-    WorkerReport,
-};
+use crate::handoff::{PipelineCommand, ToMaster, UpgradeRecord, WorkerReport};
 use crate::refusal::{Disposition, Refusal};
 use attempt::Outcome;
+use staged::{Gate, Staged};
 use state::{State, StateFile};
 use timing::{backoff, with_jitter};
 
@@ -78,6 +78,8 @@ pub(crate) struct Pipeline {
     master_warning: Option<String>,
     /// What the fetcher learned, as last passed to the master.
     fetcher_memory: Option<String>,
+    /// The staged rollout in force, if the release store has one.
+    staged: Staged,
 }
 
 impl Pipeline {
@@ -110,6 +112,7 @@ impl Pipeline {
             master_is_live: false,
             master_warning: None,
             fetcher_memory: None,
+            staged: Staged::default(),
         };
         pipeline.resume();
         pipeline
@@ -203,6 +206,21 @@ impl Pipeline {
             return interval;
         };
         let name = fetcher.name().to_string();
+        let release = match self.staged_gate(&hex::encode(sha256)).await {
+            Gate::Free => None,
+            Gate::Release(manifest) => Some(manifest.release),
+            Gate::Closed(why) => {
+                answer(Ok(why));
+                return interval;
+            }
+            Gate::Broken(error) => {
+                answer(Err(error));
+                return interval;
+            }
+        };
+        let Some(fetcher) = self.fetcher.as_mut() else {
+            return interval;
+        };
         let artifact = match fetcher.fetch(&running).await {
             Ok(Some(artifact)) => artifact,
             Ok(None) => {
@@ -226,6 +244,14 @@ impl Pipeline {
             }
         };
         self.failures = 0;
+        let artifact = match self.only_the_release(artifact, release.as_ref()) {
+            Ok(artifact) => artifact,
+            Err(why) => {
+                self.wait_for(why.clone());
+                answer(Ok(why));
+                return interval;
+            }
+        };
         let id = artifact.id().map(str::to_string);
         let origin = artifact.origin().to_string();
         let span = tracing::info_span!(
@@ -273,6 +299,15 @@ impl Pipeline {
                     sha256.as_deref().unwrap_or("-"),
                     refusal_outcome(&refusal),
                 );
+                let staged = release.as_ref().map(|r| r.sha256.as_str());
+                if matches!(
+                    refusal.disposition(),
+                    Disposition::Rejected | Disposition::Quarantine
+                ) && staged.is_some()
+                    && staged == sha256.as_deref()
+                {
+                    self.staged_refused(staged.unwrap_or_default(), refusal.to_string());
+                }
                 match refusal.disposition() {
                     Disposition::NotReady => {
                         self.wait_for(error.to_string());
@@ -405,62 +440,6 @@ impl Pipeline {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    fn publish(&mut self) {
-        let memory = self.fetcher.as_ref().and_then(|f| f.memory());
-        if memory != self.fetcher_memory {
-            self.fetcher_memory = memory.clone();
-            let _ = self
-                .channels
-                .to_master
-                .send(ToMaster::FetcherMemory(memory));
-        }
-        let status = UpgradeStatus {
-            running_version: self.running_version.as_ref().map(|v| v.to_string()),
-            highest_installed: self.state.highest_installed.clone(),
-            probation: self.probation.as_ref().map(|p| ProbationInfo {
-                sha256: p.sha256.clone(),
-                version: p.version.as_ref().map(|v| v.to_string()),
-                until: p
-                    .deadline
-                    .map(|d| SystemTime::now() + d.saturating_duration_since(Instant::now())),
-            }),
-            quarantine: self
-                .state
-                .quarantine
-                .iter()
-                .map(|q| QuarantineEntry {
-                    sha256: q.sha256.clone(),
-                    reason: q.reason.clone(),
-                    at: state::from_unix(q.at),
-                })
-                .collect(),
-            waiting: self.waiting.clone(),
-            last: self.last.clone(),
-            newest_signed_release: self.state.newest_release.as_ref().map(|seen| {
-                format!(
-                    "{}, signed {}",
-                    seen.version,
-                    humantime::format_rfc3339_seconds(state::from_unix(seen.released))
-                )
-            }),
-            warnings: signed::staleness(
-                self.state
-                    .newest_release
-                    .as_ref()
-                    .map(|seen| (seen.version.as_str(), state::from_unix(seen.released))),
-                self.config.max_signature_age,
-                SystemTime::now(),
-            )
-            .into_iter()
-            .chain(self.master_warning.clone())
-            .collect(),
-        };
-        let _ = self
-            .channels
-            .to_master
-            .send(ToMaster::Status(Box::new(status)));
     }
 }
 

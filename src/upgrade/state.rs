@@ -41,6 +41,17 @@ pub(crate) struct State {
     /// The most recently signed release seen (installed or not), for the staleness warning.
     #[serde(default)]
     pub(crate) newest_release: Option<SeenRelease>,
+    /// The highest serial seen of a staged rollout's manifest, per release: a lower one is an
+    /// old manifest replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rollout: Option<SeenRollout>,
+}
+
+/// The newest rollout manifest seen for a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SeenRollout {
+    pub(crate) sha256: String,
+    pub(crate) serial: u64,
 }
 
 /// A validly signed release, as its metadata said.

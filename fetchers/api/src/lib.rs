@@ -42,10 +42,12 @@ mod checksum;
 mod legacy;
 mod loopback;
 pub mod size;
+mod store;
 
 pub use checksum::{find_in_checksum_file, parse_sha256};
 pub use legacy::LegacyPolicy;
 pub use loopback::is_loopback_host;
+pub use store::{Listed, Store};
 
 use std::fmt;
 use std::pin::Pin;
@@ -332,6 +334,12 @@ pub trait Fetcher: Send + Sync {
     fn restore(&mut self, memory: &str) {
         let _ = memory;
     }
+
+    /// The place beside the releases where a staged rollout's manifest and the hosts' reports
+    /// are kept, when this fetcher's source has one. Without it, upgrades are not staged.
+    fn store(&mut self) -> Option<&mut dyn Store> {
+        None
+    }
 }
 
 #[async_trait]
@@ -353,6 +361,9 @@ impl<F: Fetcher + ?Sized> Fetcher for Box<F> {
     }
     fn restore(&mut self, memory: &str) {
         (**self).restore(memory)
+    }
+    fn store(&mut self) -> Option<&mut dyn Store> {
+        (**self).store()
     }
 }
 

@@ -27,8 +27,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod complete;
+mod store;
 
-use handover_fetcher::{async_trait, Artifact, FetchError, Fetcher, Notify, Running, Settlement};
+pub use store::DirStore;
+
+use handover_fetcher::{
+    async_trait, Artifact, FetchError, Fetcher, Notify, Running, Settlement, Store,
+};
 use notify::{RecursiveMode, Watcher};
 
 /// How long a file must stay unchanged before it is taken, unless configured.
@@ -50,6 +55,8 @@ pub struct FileFetcher {
     settled: Option<String>,
     /// The version of the file that inotify last said arrived whole.
     whole: Arc<Mutex<Option<Stamp>>>,
+    /// The directory of the watched path, where a rollout manifest is looked for.
+    store: DirStore,
 }
 
 impl std::fmt::Debug for FileFetcher {
@@ -90,8 +97,14 @@ impl Stamp {
 impl FileFetcher {
     /// Watches `path` (it need not exist yet).
     pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         Self {
-            path: path.into(),
+            store: DirStore::new(dir),
+            path,
             poll_only: false,
             settle: DEFAULT_SETTLE,
             wake: Arc::new(Notify::new()),
@@ -331,6 +344,10 @@ impl Fetcher for FileFetcher {
 
     fn settled(&mut self, id: &str, _settlement: Settlement) {
         self.settled = Some(id.to_string());
+    }
+
+    fn store(&mut self) -> Option<&mut dyn Store> {
+        Some(&mut self.store)
     }
 }
 

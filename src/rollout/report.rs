@@ -1,0 +1,89 @@
+//! What a host reports about a release: one small document per host and release, rewritten as
+//! the host's outcome changes, at `reports/<release sha256>/<host id>.json`.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the reports about the release with `sha256` are kept.
+pub fn prefix(sha256: &str) -> String {
+    format!("reports/{sha256}/")
+}
+
+/// Where `host_id`'s report about the release with `sha256` is kept.
+pub fn name(sha256: &str, host_id: &str) -> String {
+    format!("{}{host_id}.json", prefix(sha256))
+}
+
+/// How a host's upgrade to the release went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Swapped in; a worker of it is starting or in probation.
+    Installed,
+    /// Passed probation: serving.
+    Ready,
+    /// Crashed or failed in probation, and the previous binary was restored.
+    RolledBack,
+    /// Failed a check before it was installed (a signature, a checksum, its sanity run).
+    Refused,
+}
+
+impl Outcome {
+    /// Whether the outcome counts against the release in the halt rule.
+    pub fn failed(self) -> bool {
+        matches!(self, Self::RolledBack | Self::Refused)
+    }
+
+    /// The outcome as written in reports and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Installed => "installed",
+            Self::Ready => "ready",
+            Self::RolledBack => "rolled-back",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// One host's report about one release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Report {
+    /// The host.
+    pub host: String,
+    /// The release's SHA-256 (hex), as the manifest names it.
+    pub sha256: String,
+    /// How it went.
+    pub outcome: Outcome,
+    /// Why, for a rollback or a refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the host wrote it.
+    #[serde(with = "humantime_serde")]
+    pub at: SystemTime,
+}
+
+impl Report {
+    /// `host`'s report of `outcome` for the release with `sha256`, written now.
+    pub fn new(host: &str, sha256: &str, outcome: Outcome, reason: Option<String>) -> Self {
+        Self {
+            host: host.into(),
+            sha256: sha256.into(),
+            outcome,
+            reason,
+            at: SystemTime::now(),
+        }
+    }
+
+    /// Reads a report; `None` for bytes that are not one.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    /// The report as stored.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}

@@ -1,0 +1,232 @@
+//! Staged rollouts in the pipeline: before asking the fetcher for a candidate, read the
+//! release store's rollout manifest (when there is one), write this host's report, and decide
+//! from the step in force and the other hosts' reports whether to install now.
+
+use std::time::SystemTime;
+
+use handover_fetcher::{Artifact, Settlement};
+
+use crate::digest::short;
+use crate::rollout::{self, Book, Manifest, Outcome, Report, Tally, Verdict};
+
+use super::state::SeenRollout;
+use super::Pipeline;
+
+/// What the pipeline knows of the rollout in force.
+#[derive(Debug, Default)]
+pub(super) struct Staged {
+    book: Book,
+    /// The release this host refused (it failed a check), and why.
+    refused: Option<(String, String)>,
+    /// What the status shows.
+    pub(super) status: Option<String>,
+    /// What was last logged: the status without the counts.
+    gist: Option<String>,
+}
+
+/// Whether the fetcher is asked for a candidate.
+pub(super) enum Gate {
+    /// No manifest: upgrades as without staging.
+    Free,
+    /// This host's turn: install the manifest's release, and only it.
+    Release(Manifest),
+    /// Not now, and why.
+    Closed(String),
+    /// The manifest or the reports cannot be used: nothing is installed until they can.
+    Broken(crate::error::Error),
+}
+
+impl Pipeline {
+    /// Reads the manifest and the reports, reports this host's outcome, and decides.
+    pub(super) async fn staged_gate(&mut self, running_sha: &str) -> Gate {
+        let keys = self.config.public_keys.clone();
+        let Some(store) = self.fetcher.as_mut().and_then(|f| f.store()) else {
+            return Gate::Free;
+        };
+        let manifest = match rollout::read(store, &keys).await {
+            Ok(Some(manifest)) => manifest,
+            Ok(None) => {
+                self.staged.status = None;
+                self.staged.gist = None;
+                return Gate::Free;
+            }
+            Err(e) => return self.broken(e),
+        };
+        let sha = manifest.release.sha256.clone();
+        match &self.state.rollout {
+            Some(seen) if seen.sha256 == sha && seen.serial > manifest.serial => {
+                let location = store.locate(rollout::MANIFEST);
+                let message = format!(
+                    "serial {} is older than serial {} seen before (an old manifest replayed?)",
+                    manifest.serial, seen.serial
+                );
+                return self.broken(crate::error::Error::Rollout { location, message });
+            }
+            Some(seen) if seen.sha256 == sha && seen.serial == manifest.serial => {}
+            _ => {
+                self.state.rollout = Some(SeenRollout {
+                    sha256: sha.clone(),
+                    serial: manifest.serial,
+                });
+                self.save();
+            }
+        }
+        let host = match rollout::host_id(self.config.host_id.as_deref()) {
+            Ok(host) => host,
+            Err(e) => return self.broken(e),
+        };
+        let mine = self.own_outcome(&sha, running_sha);
+        let Some(store) = self.fetcher.as_mut().and_then(|f| f.store()) else {
+            return Gate::Free;
+        };
+        let mut reports = match self.staged.book.reports(store, &sha).await {
+            Ok(reports) => reports,
+            Err(e) => return self.broken(e.into()),
+        };
+        if let Some(mine) = mine {
+            let written = reports.iter().find(|r| r.host == host);
+            if written.is_none_or(|r| (r.outcome, &r.reason) != (mine.0, &mine.1)) {
+                let report = Report::new(&host, &sha, mine.0, mine.1);
+                let name = rollout::report_name(&sha, &host);
+                match store.put(&name, report.to_json()).await {
+                    Ok(()) => {
+                        tracing::info!(outcome = report.outcome.as_str(), report = %store.locate(&name), "rollout report written")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot write this host's rollout report; trying again at the next poll")
+                    }
+                }
+                reports.retain(|r| r.host != host);
+                reports.push(report);
+            }
+        }
+        let tally = Tally::of(&manifest, &reports);
+        let now = SystemTime::now();
+        let bucket = rollout::bucket(&host, &sha);
+        let verdict = rollout::decide(&manifest, bucket, &tally, now);
+        let release = match &manifest.release.version {
+            Some(v) => format!("{v} (sha256 {})", short(&sha)),
+            None => format!("sha256 {}", short(&sha)),
+        };
+        let counts = format!(
+            "{} hosts reported: {} ready, {} installed, {} rolled back, {} refused",
+            tally.hosts(),
+            tally.ready,
+            tally.installed,
+            tally.rolled_back,
+            tally.refused
+        );
+        let halt = rollout::halted(&manifest, &tally)
+            .map(|r| format!(" (HALTED: {r})"))
+            .unwrap_or_default();
+        let (gist, gate) = if running_sha == sha {
+            (format!("release {release} runs here{halt}"), None)
+        } else if let Some(q) = self.state.quarantined(&sha) {
+            (
+                format!(
+                    "this host rolled release {release} back ({}); it is not installed again{halt}",
+                    q.reason
+                ),
+                None,
+            )
+        } else {
+            match verdict {
+                Verdict::Install { step } => (
+                    format!("release {release}: step {} of {} covers this host (bucket {bucket}); installing", step + 1, manifest.steps.len()),
+                    Some(manifest),
+                ),
+                Verdict::Wait { reason } => (format!("release {release}: {reason}"), None),
+                Verdict::Halted(reason) => (format!("release {release} HALTED: {reason}"), None),
+                Verdict::Expired => (
+                    format!("release {release}: the rollout expired at {} before this host's turn", humantime::format_rfc3339_seconds(manifest.expires)),
+                    None,
+                ),
+            }
+        };
+        // Logged when the gist changes, not on every new report.
+        if self.staged.gist.as_deref() != Some(gist.as_str()) {
+            tracing::info!("rollout: {gist}");
+        }
+        self.staged.status = Some(format!("{gist}; {counts}"));
+        let gate = match gate {
+            Some(manifest) => Gate::Release(manifest),
+            None => Gate::Closed(gist.clone()),
+        };
+        self.staged.gist = Some(gist);
+        gate
+    }
+
+    /// With a rollout in force, only its release is taken: a candidate the store publishes
+    /// with another SHA-256 waits (a publication half done), and one published without any is
+    /// checked against the manifest's.
+    pub(super) fn only_the_release(
+        &mut self,
+        artifact: Artifact,
+        release: Option<&rollout::Release>,
+    ) -> Result<Artifact, String> {
+        let Some(release) = release else {
+            return Ok(artifact);
+        };
+        let Some(named) = handover_fetcher::parse_sha256(&release.sha256) else {
+            return Err(format!(
+                "the rollout names no valid sha256: {:?}",
+                release.sha256
+            ));
+        };
+        match artifact.claimed_sha256() {
+            Some(claimed) if *claimed != named => {
+                let why = format!(
+                    "{} publishes sha256 {} but the rollout names {}; waiting until they agree",
+                    artifact.origin(),
+                    short(&hex::encode(claimed)),
+                    short(&release.sha256)
+                );
+                if let (Some(id), Some(fetcher)) = (artifact.id(), self.fetcher.as_mut()) {
+                    fetcher.settled(id, Settlement::NotReady);
+                }
+                Err(why)
+            }
+            Some(_) => Ok(artifact),
+            None => Ok(artifact.with_sha256(named)),
+        }
+    }
+
+    /// Remembers that this host refused the release with `sha256` (it failed a check).
+    pub(super) fn staged_refused(&mut self, sha256: &str, reason: String) {
+        self.staged.refused = Some((sha256.to_string(), reason));
+    }
+
+    /// What this host has to report about the release with `sha`, derived from what it runs
+    /// and what it remembers, so that a report lost to a crash is written again.
+    fn own_outcome(&self, sha: &str, running_sha: &str) -> Option<(Outcome, Option<String>)> {
+        if running_sha == sha {
+            let in_probation = self.probation.as_ref().is_some_and(|p| p.sha256 == sha);
+            return Some((
+                if in_probation {
+                    Outcome::Installed
+                } else {
+                    Outcome::Ready
+                },
+                None,
+            ));
+        }
+        if let Some((refused, reason)) = &self.staged.refused {
+            if refused == sha {
+                return Some((Outcome::Refused, Some(reason.clone())));
+            }
+        }
+        self.state
+            .quarantined(sha)
+            .map(|q| (Outcome::RolledBack, Some(q.reason.clone())))
+    }
+
+    fn broken(&mut self, error: crate::error::Error) -> Gate {
+        let why = format!("{error}; nothing is installed until it is put right");
+        if self.staged.gist.as_deref() != Some(why.as_str()) {
+            tracing::warn!("rollout: {why}");
+        }
+        self.staged.status = Some(why.clone());
+        self.staged.gist = Some(why);
+        Gate::Broken(error)
+    }
+}

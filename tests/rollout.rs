@@ -96,6 +96,29 @@ impl Fleet {
     /// with their signature (Debian's `minisign`): the manifest first, so that no host takes
     /// the release unstaged.
     fn publish_and_start(&self, bytes: &[u8], steps: &str, halt_hosts: u32) {
+        let file = self.stage(bytes);
+        let halt = halt_hosts.to_string();
+        let args = [
+            "start",
+            "--steps",
+            steps,
+            "--halt-hosts",
+            &halt,
+            "--halt-percent",
+            "0",
+        ];
+        let out = self.cli(&args, Some(&file));
+        assert!(out.contains("started (serial 1)"), "{out}");
+        std::fs::rename(
+            file.with_extension("minisig"),
+            self.path("testbed.next.minisig"),
+        )
+        .unwrap();
+        util::drop_file(&self.release(), bytes);
+    }
+
+    /// Writes `bytes` to a staging directory and signs them there (Debian's `minisign`).
+    fn stage(&self, bytes: &[u8]) -> PathBuf {
         let staging = self.path("staging");
         std::fs::create_dir_all(&staging).unwrap();
         let file = staging.join("testbed");
@@ -112,24 +135,7 @@ impl Fleet {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let halt = halt_hosts.to_string();
-        let args = [
-            "start",
-            "--steps",
-            steps,
-            "--halt-hosts",
-            &halt,
-            "--halt-percent",
-            "0",
-        ];
-        let out = self.cli(&args, Some(&file));
-        assert!(out.contains("started (serial 1)"), "{out}");
-        std::fs::rename(
-            staging.join("testbed.minisig"),
-            self.path("testbed.next.minisig"),
-        )
-        .unwrap();
-        util::drop_file(&self.release(), bytes);
+        file
     }
 
     fn cli(&self, args: &[&str], file: Option<&Path>) -> String {
@@ -421,4 +427,91 @@ fn a_bad_release_halts_itself_after_the_first_cohort() {
     );
     assert!(fleet.cli(&["resume"], None).contains("resumed (serial 5)"));
     assert_eq!(fleet.status_json()["halted"], serde_json::Value::Null);
+}
+
+/// Waits until `handover status` on `socket` contains `needle`.
+fn wait_status(socket: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shown = control_status(socket);
+        if shown.contains(needle) || Instant::now() > deadline {
+            let check = Command::new(HANDOVER)
+                .args(["upgrade", "--socket"])
+                .arg(socket)
+                .output()
+                .unwrap();
+            let check = String::from_utf8_lossy(&check.stdout).into_owned()
+                + &String::from_utf8_lossy(&check.stderr);
+            assert!(
+                shown.contains(needle),
+                "no {needle:?} in:\n{shown}\n(handover upgrade: {check})"
+            );
+            return shown;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_unsigned_or_replayed_manifest_stops_upgrades_with_the_reason_and_a_valid_one_installs() {
+    let fleet = Fleet::new();
+    let (mut service, socket) = fleet.master("solo");
+    let old_sha = service.served_sha();
+    let good = util::with_trailer(&util::example("testbed"), "version:0.2.0");
+    let sha = util::sha256_hex(&good);
+
+    // An unsigned manifest, with the release published and signed: nothing is installed, and
+    // status says why.
+    let start = SystemTime::now();
+    let unsigned = rollout::Manifest::new(
+        rollout::Release::new(None, sha.clone()),
+        start,
+        vec![rollout::Step::new(100.0, None)],
+        start + Duration::from_secs(3600),
+    );
+    std::fs::write(fleet.path(rollout::MANIFEST), unsigned.to_json()).unwrap();
+    let file = fleet.stage(&good);
+    std::fs::rename(
+        file.with_extension("minisig"),
+        fleet.path("testbed.next.minisig"),
+    )
+    .unwrap();
+    util::drop_file(&fleet.release(), &good);
+    wait_status(
+        &socket,
+        "rollout.json.minisig is missing, and upgrade.public_keys is set",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(service.served_sha(), old_sha);
+    assert_eq!(
+        service.log_count("downloaded candidate"),
+        0,
+        "nothing was even downloaded"
+    );
+
+    // The publisher signs it: the release is installed.
+    let out = fleet.cli(&["start", "--steps", "100%"], Some(&file));
+    assert!(out.contains("started (serial 1)"), "{out}");
+    service.wait_for_sha(&sha);
+    wait_status(&socket, "runs here");
+
+    // The serial-1 manifest is kept, the publisher halts (serial 2), and the old one is
+    // replayed: refused, also after a SIGKILL of the master.
+    let kept = (
+        std::fs::read(fleet.path(rollout::MANIFEST)).unwrap(),
+        std::fs::read(fleet.path(rollout::SIGNATURE)).unwrap(),
+    );
+    assert!(fleet
+        .cli(&["halt", "--reason", "hold"], None)
+        .contains("serial 2"));
+    wait_status(&socket, "halted by the publisher: hold");
+    std::fs::write(fleet.path(rollout::SIGNATURE), &kept.1).unwrap();
+    std::fs::write(fleet.path(rollout::MANIFEST), &kept.0).unwrap();
+    let replayed = "serial 1 is older than serial 2 seen before";
+    wait_status(&socket, replayed);
+    service.kill_all();
+    service.spawn_master();
+    service.wait_serving();
+    wait_status(&socket, replayed);
+    assert_eq!(service.served_sha(), sha[..12]);
 }

@@ -290,8 +290,12 @@ fn parse_steps(text: &str) -> anyhow::Result<Vec<Step>> {
 
 fn sha256_of(file: &Path) -> anyhow::Result<String> {
     use sha2::Digest;
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    Ok(hex::encode(sha2::Sha256::digest(&bytes)))
+    let mut input =
+        std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut input, &mut hasher)
+        .with_context(|| format!("reading {}", file.display()))?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn short(sha: &str) -> &str {

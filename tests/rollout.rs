@@ -27,22 +27,7 @@ struct Fleet {
 impl Fleet {
     fn new() -> Fleet {
         let dir = tempfile::tempdir().unwrap();
-        let (public, secret) = (
-            dir.path().join("release.pub"),
-            dir.path().join("release.key"),
-        );
-        let out = Command::new("minisign")
-            .args(["-G", "-W", "-p"])
-            .arg(&public)
-            .arg("-s")
-            .arg(&secret)
-            .output()
-            .expect("Debian's minisign (apt install minisign; .ci/run installs it)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (public, secret) = util::minisign_keypair(dir.path());
         let public = std::fs::read_to_string(&public)
             .unwrap()
             .lines()

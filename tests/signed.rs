@@ -379,24 +379,6 @@ impl Drop for Run {
     }
 }
 
-/// A key made by Debian's `minisign -G -W` (no password), in `dir`.
-fn minisign_keypair(dir: &Path) -> (PathBuf, PathBuf) {
-    let (public, secret) = (dir.join("release.pub"), dir.join("release.key"));
-    let out = Command::new("minisign")
-        .args(["-G", "-W", "-p"])
-        .arg(&public)
-        .arg("-s")
-        .arg(&secret)
-        .output()
-        .expect("Debian's minisign (apt install minisign; .ci/run installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (public, secret)
-}
-
 fn public_key_line(public: &Path) -> String {
     std::fs::read_to_string(public)
         .unwrap()
@@ -426,7 +408,7 @@ fn handover_sign(args: &[&str], file: &Path, env: &[(&str, &str)]) -> Result<Str
 #[test]
 fn handover_run_refuses_a_replayed_release_signed_with_handover_sign_across_a_master_kill() {
     let keys = tempfile::tempdir().unwrap();
-    let (public, secret) = minisign_keypair(keys.path());
+    let (public, secret) = util::minisign_keypair(keys.path());
     let mut run = Run::start(&format!(
         "fetcher = \"file\"\n[upgrade]\ninterval = \"300ms\"\nprobation = \"1s\"\npublic_keys = [\"{}\"]\nrelease_name = \"pyserver\"\n",
         public_key_line(&public)
@@ -509,7 +491,7 @@ fn handover_run_refuses_a_replayed_release_signed_with_handover_sign_across_a_ma
 #[test]
 fn handover_sign_writes_what_debian_minisign_verifies() {
     let dir = tempfile::tempdir().unwrap();
-    let (public, secret) = minisign_keypair(dir.path());
+    let (public, secret) = util::minisign_keypair(dir.path());
     let binary = dir.path().join("app");
     std::fs::copy(util::example("testbed"), &binary).unwrap();
     let bytes = std::fs::read(&binary).unwrap();
@@ -672,7 +654,7 @@ fn an_unsigned_version_in_s3_metadata_neither_lifts_the_floor_nor_passes_for_the
     let server = s3util::Server::start();
     let bucket = rt.block_on(server.bucket("floor"));
     let keys = tempfile::tempdir().unwrap();
-    let (public, secret) = minisign_keypair(keys.path());
+    let (public, secret) = util::minisign_keypair(keys.path());
     let config = {
         format!(
             "fetcher = \"s3\"\n[upgrade]\ninterval = \"300ms\"\nprobation = \"1s\"\npublic_keys = [\"{}\"]\nrequire_signed_metadata = false\n\

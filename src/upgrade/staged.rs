@@ -16,6 +16,8 @@ use super::Pipeline;
 #[derive(Debug, Default)]
 pub(super) struct Staged {
     book: Book,
+    /// This host's id, resolved once.
+    host: Option<String>,
     /// The release this host refused (it failed a check), and why.
     refused: Option<(String, String)>,
     /// What the status shows.
@@ -71,9 +73,15 @@ impl Pipeline {
                 self.save();
             }
         }
-        let host = match rollout::host_id(self.config.host_id.as_deref()) {
-            Ok(host) => host,
-            Err(e) => return self.broken(e),
+        let host = match &self.staged.host {
+            Some(host) => host.clone(),
+            None => match rollout::host_id(self.config.host_id.as_deref()) {
+                Ok(host) => {
+                    self.staged.host = Some(host.clone());
+                    host
+                }
+                Err(e) => return self.broken(e),
+            },
         };
         let mine = self.own_outcome(&sha, running_sha);
         let Some(store) = self.fetcher.as_mut().and_then(|f| f.store()) else {

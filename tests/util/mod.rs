@@ -580,3 +580,22 @@ pub fn resident_kib(pid: u32) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// A key pair written by Debian's `minisign -G -W` (no password) into `dir`: the public and
+/// secret key files.
+pub fn minisign_keypair(dir: &Path) -> (PathBuf, PathBuf) {
+    let (public, secret) = (dir.join("release.pub"), dir.join("release.key"));
+    let out = Command::new("minisign")
+        .args(["-G", "-W", "-p"])
+        .arg(&public)
+        .arg("-s")
+        .arg(&secret)
+        .output()
+        .expect("Debian's minisign (apt install minisign; .ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (public, secret)
+}

@@ -1,227 +1,45 @@
-//! Staged rollouts through a release directory shared by a fleet: 5 real masters and 45
-//! in-process simulated hosts read the same signed manifest (written by `handover rollout`)
-//! and write reports beside it. A good release reaches 100 % step by step; a bad one (it
-//! crashes after ready) halts itself after its first cohort, and the hosts outside that cohort
-//! never take it.
+//! Staged rollouts through a release store shared by a fleet (a directory, and a bucket in
+//! moto): 5 real masters and 45 in-process simulated hosts read the same signed manifest
+//! (written by `handover rollout`) and write reports beside it. A good release reaches 100 %
+//! step by step; a bad one (it crashes after ready) halts itself after its first cohort, and
+//! the hosts outside that cohort never take it.
 
+#[path = "rollout/fleet.rs"]
+mod fleet;
+#[cfg(feature = "s3")]
+#[path = "../fetchers/s3/tests/util/mod.rs"]
+mod s3util;
 mod util;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use handover::fetcher::Store;
-use handover::rollout::{self, Outcome, Report, Tally, Verdict};
-use handover_fetcher_file::DirStore;
-use util::{Options, Service};
-
-const HANDOVER: &str = env!("CARGO_BIN_EXE_handover");
-
-/// The release directory, its keys and the publisher's config.
-struct Fleet {
-    dir: tempfile::TempDir,
-    secret: PathBuf,
-    public: String,
-}
-
-impl Fleet {
-    fn new() -> Fleet {
-        let dir = tempfile::tempdir().unwrap();
-        let (public, secret) = util::minisign_keypair(dir.path());
-        let public = std::fs::read_to_string(&public)
-            .unwrap()
-            .lines()
-            .nth(1)
-            .unwrap()
-            .to_string();
-        let fleet = Fleet {
-            dir,
-            secret,
-            public,
-        };
-        std::fs::write(
-            fleet.path("publisher.toml"),
-            format!(
-                "fetcher = \"file\"\n[file]\npath = \"{}\"\n[upgrade]\npublic_keys = [\"{}\"]\n",
-                fleet.release().display(),
-                fleet.public
-            ),
-        )
-        .unwrap();
-        fleet
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Where the release is published.
-    fn release(&self) -> PathBuf {
-        self.path("testbed.next")
-    }
-
-    /// A real master watching the release directory as `host`.
-    fn master(&self, host: &str) -> (Service, PathBuf) {
-        let socket = self.path(&format!("{host}.sock"));
-        let config = format!(
-            "control_socket = \"{}\"\nfetcher = \"file\"\n[file]\npath = \"{}\"\n[upgrade]\ninterval = \"300ms\"\nprobation = \"2s\"\ncheck_timeout = \"5s\"\nhost_id = \"{host}\"\nrequire_signed_metadata = false\npublic_keys = [\"{}\"]\n",
-            socket.display(),
-            self.release().display(),
-            self.public
-        );
-        let service = Service::serving(Options {
-            example: "testbed",
-            config: &config,
-            ..Default::default()
-        });
-        (service, socket)
-    }
-
-    /// Starts a rollout of `bytes` in `steps` (`handover rollout start`), then publishes them
-    /// with their signature (Debian's `minisign`): the manifest first, so that no host takes
-    /// the release unstaged.
-    fn publish_and_start(&self, bytes: &[u8], steps: &str, halt_hosts: u32) {
-        let file = self.stage(bytes);
-        let halt = halt_hosts.to_string();
-        let args = [
-            "start",
-            "--steps",
-            steps,
-            "--halt-hosts",
-            &halt,
-            "--halt-percent",
-            "0",
-        ];
-        let out = self.cli(&args, Some(&file));
-        assert!(out.contains("started (serial 1)"), "{out}");
-        std::fs::rename(
-            file.with_extension("minisig"),
-            self.path("testbed.next.minisig"),
-        )
-        .unwrap();
-        util::drop_file(&self.release(), bytes);
-    }
-
-    /// Writes `bytes` to a staging directory and signs them there (Debian's `minisign`).
-    fn stage(&self, bytes: &[u8]) -> PathBuf {
-        let staging = self.path("staging");
-        std::fs::create_dir_all(&staging).unwrap();
-        let file = staging.join("testbed");
-        std::fs::write(&file, bytes).unwrap();
-        let out = Command::new("minisign")
-            .args(["-S", "-s"])
-            .arg(&self.secret)
-            .arg("-m")
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        file
-    }
-
-    fn cli(&self, args: &[&str], file: Option<&Path>) -> String {
-        let mut command = Command::new(HANDOVER);
-        command
-            .arg("rollout")
-            .args(&args[..1])
-            .arg("--config")
-            .arg(self.path("publisher.toml"));
-        if args[0] != "status" {
-            command.arg("--secret-key").arg(&self.secret);
-        }
-        command.args(&args[1..]);
-        if let Some(file) = file {
-            command.arg(file);
-        }
-        let out = command.output().unwrap();
-        assert!(
-            out.status.success(),
-            "handover rollout {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn status_json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.cli(&["status", "--json"], None)).unwrap()
-    }
-}
-
-/// A host simulated in this process: the same manifest, bucket, halt rule and reports as a
-/// real master, with the download and install reduced to reading the bytes and checking them.
-struct Simulated {
-    host: String,
-    book: rollout::Book,
-    /// When it took the release, and the step in force then.
-    took: Option<(Instant, usize)>,
-}
-
-impl Simulated {
-    /// `size` is the published release's size: its SHA-256 was checked once by the test, so
-    /// that 45 hosts need not hash a 300 MB debug build each.
-    async fn poll(&mut self, store: &mut DirStore, keys: &[String], release: &Path, size: u64) {
-        if self.took.is_some() {
-            return;
-        }
-        let Some(manifest) = rollout::read(store, keys).await.unwrap() else {
-            return;
-        };
-        let sha = manifest.release.sha256.clone();
-        let reports = self.book.reports(store, &sha).await.unwrap();
-        let bucket = rollout::bucket(&self.host, &sha);
-        let verdict = rollout::decide(
-            &manifest,
-            bucket,
-            &Tally::of(&manifest, &reports),
-            SystemTime::now(),
-        );
-        if let Verdict::Install { step } = verdict {
-            let published = std::fs::metadata(release).map(|m| m.len()).unwrap_or(0);
-            if published != size {
-                return; // not published yet
-            }
-            let report = Report::new(&self.host, &sha, Outcome::Ready, None);
-            store
-                .put(&rollout::report_name(&sha, &self.host), report.to_json())
-                .await
-                .unwrap();
-            self.took = Some((Instant::now(), step));
-        }
-    }
-}
-
-/// Host ids whose buckets for `sha` satisfy `keep`, `count` of them.
-fn hosts(prefix: &str, sha: &str, count: usize, keep: impl Fn(u32) -> bool) -> Vec<String> {
-    (0..)
-        .map(|i| format!("{prefix}-{i}"))
-        .filter(|h| keep(rollout::bucket(h, sha)))
-        .take(count)
-        .collect()
-}
-
-/// Whether `table` has a line that reads `words` (whatever the spacing).
-fn has_line(table: &str, words: &[&str]) -> bool {
-    table
-        .lines()
-        .any(|l| l.split_whitespace().eq(words.iter().copied()))
-}
-
-fn control_status(socket: &Path) -> String {
-    let out = Command::new(HANDOVER)
-        .args(["status", "--socket"])
-        .arg(socket)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use fleet::{control_status, has_line, hosts, wait_status, Backend, Fleet};
+use handover::rollout;
 
 #[test]
 fn a_good_release_reaches_every_host_step_by_step() {
-    let fleet = Fleet::new();
+    good_release(Backend::Dir);
+}
+
+#[cfg(feature = "s3")]
+#[test]
+fn a_good_release_reaches_every_host_step_by_step_on_s3() {
+    good_release(Backend::S3);
+}
+
+#[test]
+fn a_bad_release_halts_itself_after_the_first_cohort() {
+    bad_release(Backend::Dir);
+}
+
+#[cfg(feature = "s3")]
+#[test]
+fn a_bad_release_halts_itself_after_the_first_cohort_on_s3() {
+    bad_release(Backend::S3);
+}
+
+fn good_release(backend: Backend) {
+    let fleet = Fleet::new(backend);
     let base = std::fs::read(util::example("testbed")).unwrap();
     let good = util::with_trailer(&util::example("testbed"), "version:0.2.0");
     let sha = util::sha256_hex(&good);
@@ -230,22 +48,10 @@ fn a_good_release_reaches_every_host_step_by_step() {
     real.extend(hosts("real", &sha, 2, |b| (1_000..5_000).contains(&b)));
     real.extend(hosts("real", &sha, 1, |b| b >= 5_000));
     let masters: Vec<_> = real.iter().map(|h| fleet.master(h)).collect();
-    let mut simulated: Vec<Simulated> = (0..45)
-        .map(|i| Simulated {
-            host: format!("sim-{i}"),
-            book: rollout::Book::new(),
-            took: None,
-        })
-        .collect();
+    let mut simulated = fleet.simulated((0..45).map(|i| format!("sim-{i}")).collect());
 
     // Steps far longer than the test: `handover rollout promote` moves them on.
     fleet.publish_and_start(&good, "10%:1h,50%:1h,100%", 3);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut store = DirStore::new(fleet.dir.path());
-    let keys = vec![fleet.public.clone()];
     let size = good.len() as u64;
     let turn_of = |host: &str| {
         [10.0, 50.0, 100.0]
@@ -257,14 +63,12 @@ fn a_good_release_reaches_every_host_step_by_step() {
     for step in 0..3 {
         let in_step = simulated
             .iter()
-            .filter(|s| turn_of(&s.host) <= step)
+            .filter(|s| turn_of(s.host()) <= step)
             .count()
             + real_turns.iter().filter(|t| **t <= step).count();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            for sim in &mut simulated {
-                runtime.block_on(sim.poll(&mut store, &keys, &fleet.release(), size));
-            }
+            fleet.poll_all(&mut simulated, size);
             let status = fleet.status_json();
             if status["ready"] == in_step || Instant::now() > deadline {
                 break;
@@ -278,9 +82,9 @@ fn a_good_release_reaches_every_host_step_by_step() {
         for sim in &simulated {
             assert_eq!(
                 sim.took.is_some(),
-                turn_of(&sim.host) <= step,
+                turn_of(sim.host()) <= step,
                 "{} at step {}",
-                sim.host,
+                sim.host(),
                 step + 1
             );
         }
@@ -304,6 +108,15 @@ fn a_good_release_reaches_every_host_step_by_step() {
         "every host serves the release: {status:#}"
     );
     assert_eq!(status["rolled_back"], 0);
+    // Once a host runs the release, a poll is one request (the manifest, a 304 on S3): no
+    // signature, no listing of the fleet's reports, no report rewritten.
+    let before: Vec<u64> = simulated.iter().map(|s| s.follower.requests()).collect();
+    for _ in 0..3 {
+        fleet.poll_all(&mut simulated, size);
+    }
+    for (sim, before) in simulated.iter().zip(before) {
+        assert_eq!(sim.follower.requests() - before, 3, "{}", sim.host());
+    }
     assert_eq!(status["halted"], serde_json::Value::Null);
     assert_ne!(util::sha256_hex(&base), sha);
     let table = fleet.cli(&["status"], None);
@@ -311,9 +124,8 @@ fn a_good_release_reaches_every_host_step_by_step() {
     assert!(table.contains("3 of 3 (100 % of hosts"), "{table}");
 }
 
-#[test]
-fn a_bad_release_halts_itself_after_the_first_cohort() {
-    let fleet = Fleet::new();
+fn bad_release(backend: Backend) {
+    let fleet = Fleet::new(backend);
     let bad = util::with_trailer(&util::example("testbed"), "crash-after-ready:300");
     let sha = util::sha256_hex(&bad);
     // Three real masters in the first step (10 %), two outside the second one (50 %).
@@ -322,33 +134,15 @@ fn a_bad_release_halts_itself_after_the_first_cohort() {
     let masters: Vec<_> = real.iter().map(|h| fleet.master(h)).collect();
     let old_sha = masters[3].0.served_sha();
     // Simulated hosts outside the first cohort.
-    let mut simulated: Vec<Simulated> = hosts("sim", &sha, 45, |b| b >= 1_000)
-        .into_iter()
-        .map(|host| Simulated {
-            host,
-            book: rollout::Book::new(),
-            took: None,
-        })
-        .collect();
+    let mut simulated = fleet.simulated(hosts("sim", &sha, 45, |b| b >= 1_000));
 
     // The halt rule halts at 3 hosts. Once halted, the publisher promotes the rollout to
     // 100 %: it stays halted, and no host outside the first cohort takes the release.
     fleet.publish_and_start(&bad, "10%:1h,50%:1h,100%", 3);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut store = DirStore::new(fleet.dir.path());
-    let keys = vec![fleet.public.clone()];
     let size = bad.len() as u64;
-    let poll_all = |simulated: &mut Vec<Simulated>, store: &mut DirStore| {
-        for sim in simulated.iter_mut() {
-            runtime.block_on(sim.poll(store, &keys, &fleet.release(), size));
-        }
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while fleet.status_json()["halted"].is_null() && Instant::now() < deadline {
-        poll_all(&mut simulated, &mut store);
+        fleet.poll_all(&mut simulated, size);
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(fleet
@@ -359,7 +153,7 @@ fn a_bad_release_halts_itself_after_the_first_cohort() {
         .contains("promoted (serial 3)"));
     let until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < until {
-        poll_all(&mut simulated, &mut store);
+        fleet.poll_all(&mut simulated, size);
         std::thread::sleep(Duration::from_millis(200));
     }
     let status = fleet.status_json();
@@ -371,7 +165,7 @@ fn a_bad_release_halts_itself_after_the_first_cohort() {
     );
     assert_eq!(status["step"], 3, "the halt holds at 100 %: {status:#}");
     for sim in &simulated {
-        assert!(sim.took.is_none(), "{} took the bad release", sim.host);
+        assert!(sim.took.is_none(), "{} took the bad release", sim.host());
     }
     for (service, socket) in &masters[3..] {
         assert_eq!(
@@ -414,32 +208,9 @@ fn a_bad_release_halts_itself_after_the_first_cohort() {
     assert_eq!(fleet.status_json()["halted"], serde_json::Value::Null);
 }
 
-/// Waits until `handover status` on `socket` contains `needle`.
-fn wait_status(socket: &Path, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let shown = control_status(socket);
-        if shown.contains(needle) || Instant::now() > deadline {
-            let check = Command::new(HANDOVER)
-                .args(["upgrade", "--socket"])
-                .arg(socket)
-                .output()
-                .unwrap();
-            let check = String::from_utf8_lossy(&check.stdout).into_owned()
-                + &String::from_utf8_lossy(&check.stderr);
-            assert!(
-                shown.contains(needle),
-                "no {needle:?} in:\n{shown}\n(handover upgrade: {check})"
-            );
-            return shown;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn an_unsigned_or_replayed_manifest_stops_upgrades_with_the_reason_and_a_valid_one_installs() {
-    let fleet = Fleet::new();
+    let fleet = Fleet::new(Backend::Dir);
     let (mut service, socket) = fleet.master("solo");
     let old_sha = service.served_sha();
     let good = util::with_trailer(&util::example("testbed"), "version:0.2.0");
@@ -456,12 +227,7 @@ fn an_unsigned_or_replayed_manifest_stops_upgrades_with_the_reason_and_a_valid_o
     );
     std::fs::write(fleet.path(rollout::MANIFEST), unsigned.to_json()).unwrap();
     let file = fleet.stage(&good);
-    std::fs::rename(
-        file.with_extension("minisig"),
-        fleet.path("testbed.next.minisig"),
-    )
-    .unwrap();
-    util::drop_file(&fleet.release(), &good);
+    fleet.publish_signed(&file, &good);
     wait_status(
         &socket,
         "rollout.json.minisig is missing, and upgrade.public_keys is set",

@@ -28,6 +28,7 @@
 //! ```
 
 mod book;
+mod follow;
 mod manifest;
 mod plan;
 mod publish;
@@ -36,6 +37,7 @@ mod report;
 use handover_fetcher::Store;
 
 pub use book::Book;
+pub use follow::{Follower, View, RECOUNT};
 pub use manifest::{verify, HaltRule, Manifest, Release, Step, MANIFEST, SIGNATURE};
 pub use plan::{bucket, covers, decide, halted, step_at, Tally, Verdict, BUCKETS};
 pub use publish::{promote, publish, set_halted, sign, Overview};
@@ -59,17 +61,26 @@ impl Release {
 /// Reads and checks the manifest in `store`: `Ok(None)` when there is none (upgrades are not
 /// staged). With `keys`, its signature must verify.
 pub async fn read(store: &mut dyn Store, keys: &[String]) -> Result<Option<Manifest>, Error> {
-    let location = store.locate(MANIFEST);
     let Some(bytes) = store.get(MANIFEST).await? else {
         return Ok(None);
     };
     let signature = store.get(SIGNATURE).await?;
+    checked(store, &bytes, signature.as_deref(), keys).map(Some)
+}
+
+/// The manifest in `bytes`, once its `signature` verifies with `keys` (when there are keys).
+fn checked(
+    store: &dyn Store,
+    bytes: &[u8],
+    signature: Option<&[u8]>,
+    keys: &[String],
+) -> Result<Manifest, Error> {
     let bad = |message: String| Error::Rollout {
-        location: location.clone(),
+        location: store.locate(MANIFEST),
         message,
     };
-    verify(&bytes, signature.as_deref(), keys).map_err(bad)?;
-    Manifest::parse(&bytes).map(Some).map_err(bad)
+    verify(bytes, signature, keys).map_err(bad)?;
+    Manifest::parse(bytes).map_err(bad)
 }
 
 /// This host's id: `configured`, else the machine id (`/etc/machine-id`), else the host name.

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use handover_fetcher::{Artifact, Settlement};
 
 use crate::digest::short;
-use crate::rollout::{self, Book, Manifest, Outcome, Report, Tally, Verdict};
+use crate::rollout::{self, Follower, Manifest, Outcome, Verdict};
 
 use super::state::SeenRollout;
 use super::Pipeline;
@@ -15,9 +15,8 @@ use super::Pipeline;
 /// What the pipeline knows of the rollout in force.
 #[derive(Debug, Default)]
 pub(super) struct Staged {
-    book: Book,
-    /// This host's id, resolved once.
-    host: Option<String>,
+    /// This host's view of the store, once its id is resolved.
+    follower: Option<Follower>,
     /// The release this host refused (it failed a check), and why.
     refused: Option<(String, String)>,
     /// What the status shows.
@@ -39,13 +38,26 @@ pub(super) enum Gate {
 }
 
 impl Pipeline {
-    /// Reads the manifest and the reports, reports this host's outcome, and decides.
+    /// Reads the manifest (and, when needed, the reports), reports this host's outcome, and
+    /// decides.
     pub(super) async fn staged_gate(&mut self, running_sha: &str) -> Gate {
+        if self.fetcher.as_mut().and_then(|f| f.store()).is_none() {
+            return Gate::Free;
+        }
+        if self.staged.follower.is_none() {
+            match rollout::host_id(self.config.host_id.as_deref()) {
+                Ok(host) => self.staged.follower = Some(Follower::new(host)),
+                Err(e) => return self.broken(e),
+            }
+        }
         let keys = self.config.public_keys.clone();
-        let Some(store) = self.fetcher.as_mut().and_then(|f| f.store()) else {
+        let (Some(store), Some(follower)) = (
+            self.fetcher.as_mut().and_then(|f| f.store()),
+            self.staged.follower.as_mut(),
+        ) else {
             return Gate::Free;
         };
-        let manifest = match rollout::read(store, &keys).await {
+        let manifest = match follower.manifest(store, &keys).await {
             Ok(Some(manifest)) => manifest,
             Ok(None) => {
                 self.staged.status = None;
@@ -73,58 +85,33 @@ impl Pipeline {
                 self.save();
             }
         }
-        let host = match &self.staged.host {
-            Some(host) => host.clone(),
-            None => match rollout::host_id(self.config.host_id.as_deref()) {
-                Ok(host) => {
-                    self.staged.host = Some(host.clone());
-                    host
-                }
-                Err(e) => return self.broken(e),
-            },
-        };
         let mine = self.own_outcome(&sha, running_sha);
-        let Some(store) = self.fetcher.as_mut().and_then(|f| f.store()) else {
+        let (Some(store), Some(follower)) = (
+            self.fetcher.as_mut().and_then(|f| f.store()),
+            self.staged.follower.as_mut(),
+        ) else {
             return Gate::Free;
         };
-        let mut reports = match self.staged.book.reports(store, &sha).await {
-            Ok(reports) => reports,
-            Err(e) => return self.broken(e.into()),
-        };
-        if let Some(mine) = mine {
-            let written = reports.iter().find(|r| r.host == host);
-            if written.is_none_or(|r| (r.outcome, &r.reason) != (mine.0, &mine.1)) {
-                let report = Report::new(&host, &sha, mine.0, mine.1);
-                let name = rollout::report_name(&sha, &host);
-                match store.put(&name, report.to_json()).await {
-                    Ok(()) => {
-                        tracing::info!(outcome = report.outcome.as_str(), report = %store.locate(&name), "rollout report written")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot write this host's rollout report; trying again at the next poll")
-                    }
-                }
-                reports.retain(|r| r.host != host);
-                reports.push(report);
-            }
-        }
-        let tally = Tally::of(&manifest, &reports);
         let now = SystemTime::now();
-        let bucket = rollout::bucket(&host, &sha);
-        let verdict = rollout::decide(&manifest, bucket, &tally, now);
+        let view = match follower.look(store, &manifest, mine, now).await {
+            Ok(view) => view,
+            Err(e) => return self.broken(e),
+        };
+        let (bucket, tally) = (view.bucket, &view.tally);
         let release = match &manifest.release.version {
             Some(v) => format!("{v} (sha256 {})", short(&sha)),
             None => format!("sha256 {}", short(&sha)),
         };
         let counts = format!(
-            "{} hosts reported: {} ready, {} installed, {} rolled back, {} refused",
+            "{} hosts reported: {} ready, {} installed, {} rolled back, {} refused (counted {})",
             tally.hosts(),
             tally.ready,
             tally.installed,
             tally.rolled_back,
-            tally.refused
+            tally.refused,
+            humantime::format_rfc3339_seconds(view.counted_at)
         );
-        let halt = rollout::halted(&manifest, &tally)
+        let halt = rollout::halted(&manifest, tally)
             .map(|r| format!(" (HALTED: {r})"))
             .unwrap_or_default();
         let (gist, gate) = if running_sha == sha {
@@ -138,7 +125,7 @@ impl Pipeline {
                 None,
             )
         } else {
-            match verdict {
+            match view.verdict {
                 Verdict::Install { step } => (
                     format!("release {release}: step {} of {} covers this host (bucket {bucket}); installing", step + 1, manifest.steps.len()),
                     Some(manifest),

@@ -9,11 +9,11 @@ use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::types::ChecksumMode;
 use aws_sdk_s3::Client;
 use handover_fetcher::{
-    async_trait, Artifact, FetchError, Fetcher, Running, Settlement, Sha256, Version,
+    async_trait, Artifact, FetchError, Fetcher, Running, Settlement, Sha256, Store, Version,
 };
 
 use crate::error::{classify, Failure};
-use crate::{Error, S3Config};
+use crate::{Error, S3Config, S3Store};
 
 mod claims;
 mod sidecar;
@@ -41,6 +41,8 @@ pub struct S3Fetcher {
     pending: Option<Seen>,
     /// The candidate last settled, or skipped as not newer.
     last: Option<Seen>,
+    /// The key's prefix, for a staged rollout's manifest and reports.
+    store: S3Store,
 }
 
 /// A candidate the fetcher has seen, by ETag.
@@ -133,6 +135,7 @@ impl S3Fetcher {
     pub fn with_client(config: S3Config, client: Client) -> Self {
         Self {
             origin: config.origin(),
+            store: S3Store::beside(client.clone(), &config.bucket, &config.key),
             client,
             config,
             pending: None,
@@ -427,6 +430,10 @@ impl Fetcher for S3Fetcher {
                 self.remember(id.to_owned(), None, Vec::new(), turned_down, None);
             }
         }
+    }
+
+    fn store(&mut self) -> Option<&mut dyn Store> {
+        Some(&mut self.store)
     }
 }
 

@@ -54,16 +54,21 @@
 //! on this machine) with [`S3Config::allow_insecure_loopback`], the rule of the HTTP and GitHub
 //! fetchers.
 //!
+//! The key's prefix is also the fetcher's [`S3Store`]: a staged rollout's `rollout.json` beside
+//! the release, and the hosts' reports at `reports/<sha256>/<host>.json` below it.
+//!
 //! In `handover.toml` the same is the `[s3]` table; see [`S3Config`] for every field.
 
 mod config;
 mod endpoint;
 mod error;
 mod fetcher;
+mod store;
 
 pub use config::S3Config;
 pub use error::Error;
 pub use fetcher::S3Fetcher;
+pub use store::S3Store;
 
 /// The AWS crates this fetcher is built on, for callers that build an
 /// [`SdkConfig`](aws_config::SdkConfig) or a [`Client`](aws_sdk_s3::Client) themselves.

@@ -1,0 +1,217 @@
+//! A host following a rollout: what it reads from the store on each poll, and how rarely.
+//!
+//! A fleet polls often, so each poll reads as little as it can. The manifest is one request,
+//! and a store that answers conditional reads (S3) makes it a `304` when it has not changed.
+//! Its signature is read only when the manifest's bytes change. The reports, the one listing
+//! that grows with the fleet, are read when the host is about to install (the halt rule must be
+//! checked then), when the manifest changes, and otherwise no more than once every
+//! [`RECOUNT`] per thousand reports, for the status line.
+
+use std::time::{Duration, SystemTime};
+
+use handover_fetcher::Store;
+
+use super::plan::{self, Tally, Verdict};
+use super::{manifest, report, Book, Manifest, Outcome, Report};
+use crate::error::Error;
+
+/// How often a host that is not about to install counts the reports again, per thousand
+/// reports listed (a listing page on S3).
+pub const RECOUNT: Duration = Duration::from_secs(600);
+
+/// One host's view of the rollouts in a store, kept between polls.
+#[derive(Debug)]
+pub struct Follower {
+    host: String,
+    /// The manifest's bytes as last verified, and what they say.
+    verified: Option<(Vec<u8>, Manifest)>,
+    book: Book,
+    counted: Option<Counted>,
+    /// The report this host last wrote: release, outcome, reason.
+    written: Option<(String, Outcome, Option<String>)>,
+    requests: u64,
+}
+
+/// The reports as last counted.
+#[derive(Debug)]
+struct Counted {
+    sha256: String,
+    serial: u64,
+    at: SystemTime,
+    reports: Vec<Report>,
+}
+
+/// What a host knows of the rollout after a look.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct View {
+    /// This host's bucket for the release.
+    pub bucket: u32,
+    /// The reports, counted.
+    pub tally: Tally,
+    /// When they were counted.
+    pub counted_at: SystemTime,
+    /// What the host does now.
+    pub verdict: Verdict,
+}
+
+impl Follower {
+    /// A follower for the host `host_id` (see [`host_id`](super::host_id)).
+    pub fn new(host_id: impl Into<String>) -> Self {
+        Self {
+            host: host_id.into(),
+            verified: None,
+            book: Book::new(),
+            counted: None,
+            written: None,
+            requests: 0,
+        }
+    }
+
+    /// The host this follower is for.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Reads the manifest in `store` and checks it with `keys` (see [`read`](super::read)):
+    /// one request when its bytes are those verified last, two when they changed.
+    pub async fn manifest(
+        &mut self,
+        store: &mut dyn Store,
+        keys: &[String],
+    ) -> Result<Option<Manifest>, Error> {
+        self.requests += 1;
+        let Some(bytes) = store.get(manifest::MANIFEST).await? else {
+            self.verified = None;
+            return Ok(None);
+        };
+        if let Some((known, manifest)) = &self.verified {
+            if *known == bytes {
+                return Ok(Some(manifest.clone()));
+            }
+        }
+        self.requests += 1;
+        let signature = store.get(manifest::SIGNATURE).await?;
+        let manifest = super::checked(store, &bytes, signature.as_deref(), keys)?;
+        self.verified = Some((bytes, manifest.clone()));
+        Ok(Some(manifest))
+    }
+
+    /// Writes this host's report when `mine` (its outcome with the release, if it has one)
+    /// changed since it last wrote one, counts the reports when it needs them, and decides.
+    ///
+    /// A host that has the release already (ready, installed, rolled back) never needs a fresh
+    /// count; one that is about to install always counts first.
+    pub async fn look(
+        &mut self,
+        store: &mut dyn Store,
+        manifest: &Manifest,
+        mine: Option<(Outcome, Option<String>)>,
+        now: SystemTime,
+    ) -> Result<View, Error> {
+        let sha = manifest.release.sha256.as_str();
+        let bucket = plan::bucket(&self.host, sha);
+        let counted = self
+            .counted
+            .as_ref()
+            .filter(|c| c.sha256 == sha && c.serial == manifest.serial);
+        let may_install = mine.as_ref().is_none_or(|(o, _)| *o == Outcome::Refused);
+        let fresh = counted.is_some_and(|c| {
+            let pages = c.reports.len().div_ceil(1000).max(1) as u32;
+            now.duration_since(c.at).unwrap_or_default() < RECOUNT * pages
+        });
+        let about_to_install = may_install
+            && matches!(
+                plan::decide(
+                    manifest,
+                    bucket,
+                    &counted
+                        .map(|c| Tally::of(manifest, &c.reports))
+                        .unwrap_or_default(),
+                    now
+                ),
+                Verdict::Install { .. }
+            );
+        if counted.is_none() || !fresh || about_to_install {
+            let reports = self.book.reports(store, sha).await?;
+            self.counted = Some(Counted {
+                sha256: sha.to_string(),
+                serial: manifest.serial,
+                at: now,
+                reports,
+            });
+            // Reports already read again are kept whatever the host wrote before.
+            if let Some((_, outcome, reason)) = self.written.as_ref().filter(|w| w.0 == sha) {
+                let listed = self.own_listed();
+                if listed.is_none_or(|r| (r.outcome, &r.reason) != (*outcome, reason)) {
+                    self.written = None;
+                }
+            }
+        }
+        if let Some((outcome, reason)) = mine {
+            self.report(store, sha, outcome, reason, now).await;
+        }
+        let counted = self.counted.as_ref().expect("counted above");
+        let tally = Tally::of(manifest, &counted.reports);
+        let verdict = plan::decide(manifest, bucket, &tally, now);
+        Ok(View {
+            bucket,
+            tally,
+            counted_at: counted.at,
+            verdict,
+        })
+    }
+
+    /// Requests made to the store so far: manifest and signature reads, listings, report
+    /// reads and writes.
+    pub fn requests(&self) -> u64 {
+        self.requests + self.book.requests()
+    }
+
+    fn own_listed(&self) -> Option<&Report> {
+        let counted = self.counted.as_ref()?;
+        counted.reports.iter().find(|r| r.host == self.host)
+    }
+
+    async fn report(
+        &mut self,
+        store: &mut dyn Store,
+        sha: &str,
+        outcome: Outcome,
+        reason: Option<String>,
+        now: SystemTime,
+    ) {
+        let wanted = (sha.to_string(), outcome, reason.clone());
+        if self.written.as_ref() == Some(&wanted)
+            || self
+                .own_listed()
+                .is_some_and(|r| r.sha256 == sha && (r.outcome, &r.reason) == (outcome, &reason))
+        {
+            self.written = Some(wanted);
+            return;
+        }
+        let report = Report {
+            host: self.host.clone(),
+            sha256: sha.to_string(),
+            outcome,
+            reason,
+            at: now,
+        };
+        let name = report::name(sha, &self.host);
+        self.requests += 1;
+        match store.put(&name, report.to_json()).await {
+            Ok(()) => {
+                tracing::info!(outcome = outcome.as_str(), report = %store.locate(&name), "rollout report written");
+                self.written = Some(wanted);
+                if let Some(counted) = self.counted.as_mut() {
+                    counted.reports.retain(|r| r.host != report.host);
+                    counted.reports.push(report);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, report = %store.locate(&name),
+                    "cannot write this host's rollout report; trying again at the next poll");
+            }
+        }
+    }
+}

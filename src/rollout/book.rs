@@ -1,7 +1,7 @@
-//! The reports about one release as last read: listing is one request, and only reports whose
-//! tag changed since are read again.
+//! The reports about one release as last read: listing is one request per thousand reports,
+//! and only documents whose tag changed since are read again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use handover_fetcher::{FetchError, Store};
 
@@ -10,10 +10,22 @@ use super::report::{self, Report};
 /// A reader of the reports about releases, keeping what it read.
 #[derive(Debug, Default)]
 pub struct Book {
-    /// Report name → (tag, report; `None` for a document that is not a report).
+    /// Document name → (tag, report; `None` for a document that is not a report).
     read: HashMap<String, (String, Option<Report>)>,
     /// Requests made: lists and reads.
     requests: u64,
+}
+
+/// What a host needs for the halt rule: how many hosts reported, and the failures.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Count {
+    /// Hosts with a report (listed, not read).
+    pub reported: usize,
+    /// Whether the host asked about has one.
+    pub listed: bool,
+    /// The failure index, read.
+    pub failures: Vec<Report>,
 }
 
 impl Book {
@@ -22,17 +34,70 @@ impl Book {
         Self::default()
     }
 
-    /// The reports about the release with `sha256`, one per host, read from `store`.
+    /// Every report about the release with `sha256`, one per host, read from `store` (the
+    /// publisher's view).
     pub async fn reports(
         &mut self,
         store: &mut dyn Store,
         sha256: &str,
     ) -> Result<Vec<Report>, FetchError> {
+        self.read_all(store, &report::prefix(sha256), sha256, report::name)
+            .await
+    }
+
+    /// The failure index of the release with `sha256`.
+    pub async fn failures(
+        &mut self,
+        store: &mut dyn Store,
+        sha256: &str,
+    ) -> Result<Vec<Report>, FetchError> {
+        self.read_all(
+            store,
+            &report::failures_prefix(sha256),
+            sha256,
+            report::failure_name,
+        )
+        .await
+    }
+
+    /// The reports about the release with `sha256`, counted from their listing without reading
+    /// them, and its failures, read: a host's view, whose cost grows with the failures, not
+    /// with the fleet. `host` is the host asking.
+    pub async fn count(
+        &mut self,
+        store: &mut dyn Store,
+        sha256: &str,
+        host: &str,
+    ) -> Result<Count, FetchError> {
         let prefix = report::prefix(sha256);
         let listed = store.list(&prefix).await?;
         self.requests += 1;
+        let own = report::name(sha256, host);
+        let mut count = Count::default();
+        for entry in &listed {
+            if let Some(rest) = entry.name.strip_prefix(&prefix) {
+                if rest.ends_with(".json") && !rest.contains('/') {
+                    count.reported += 1;
+                    count.listed |= entry.name == own;
+                }
+            }
+        }
+        count.failures = self.failures(store, sha256).await?;
+        Ok(count)
+    }
+
+    async fn read_all(
+        &mut self,
+        store: &mut dyn Store,
+        prefix: &str,
+        sha256: &str,
+        name: fn(&str, &str) -> String,
+    ) -> Result<Vec<Report>, FetchError> {
+        let listed = store.list(prefix).await?;
+        self.requests += 1;
+        let names: HashSet<&str> = listed.iter().map(|l| l.name.as_str()).collect();
         self.read
-            .retain(|name, _| !name.starts_with(&prefix) || listed.iter().any(|l| &l.name == name));
+            .retain(|n, _| !n.starts_with(prefix) || names.contains(n.as_str()));
         let mut reports = Vec::with_capacity(listed.len());
         for entry in listed {
             let known = self
@@ -53,7 +118,7 @@ impl Book {
                 }
             };
             // A report is trusted for the host its name says, whatever it claims inside.
-            if let Some(report) = parsed.filter(|r| entry.name == report::name(sha256, &r.host)) {
+            if let Some(report) = parsed.filter(|r| entry.name == name(sha256, &r.host)) {
                 reports.push(report);
             }
         }

@@ -3,14 +3,16 @@
 //! A fleet polls often, so each poll reads as little as it can. The manifest is one request,
 //! and a store that answers conditional reads (S3) makes it a `304` when it has not changed.
 //! Its signature is read only when the manifest's bytes change. The reports, the one listing
-//! that grows with the fleet, are read when the host is about to install (the halt rule must be
-//! checked then), when the manifest changes, and otherwise no more than once every
-//! [`RECOUNT`] per thousand reports, for the status line.
+//! that grows with the fleet, are counted from their listing (never read one by one) when the
+//! host is about to install (the halt rule must be checked then), when the manifest changes,
+//! and otherwise no more than once every [`RECOUNT`] per thousand reports, for the status
+//! line. The failure index beside them is read whole; only its changed entries are read again.
 
 use std::time::{Duration, SystemTime};
 
 use handover_fetcher::Store;
 
+use super::book::Count;
 use super::plan::{self, Tally, Verdict};
 use super::{manifest, report, Book, Manifest, Outcome, Report};
 use crate::error::Error;
@@ -38,7 +40,8 @@ struct Counted {
     sha256: String,
     serial: u64,
     at: SystemTime,
-    reports: Vec<Report>,
+    count: Count,
+    tally: Tally,
 }
 
 /// What a host knows of the rollout after a look.
@@ -117,7 +120,7 @@ impl Follower {
             .filter(|c| c.sha256 == sha && c.serial == manifest.serial);
         let may_install = mine.as_ref().is_none_or(|(o, _)| *o == Outcome::Refused);
         let fresh = counted.is_some_and(|c| {
-            let pages = c.reports.len().div_ceil(1000).max(1) as u32;
+            let pages = c.count.reported.div_ceil(1000).max(1) as u32;
             now.duration_since(c.at).unwrap_or_default() < RECOUNT * pages
         });
         let about_to_install = may_install
@@ -125,38 +128,33 @@ impl Follower {
                 plan::decide(
                     manifest,
                     bucket,
-                    &counted
-                        .map(|c| Tally::of(manifest, &c.reports))
-                        .unwrap_or_default(),
+                    &counted.map(|c| c.tally.clone()).unwrap_or_default(),
                     now
                 ),
                 Verdict::Install { .. }
             );
         if counted.is_none() || !fresh || about_to_install {
-            let reports = self.book.reports(store, sha).await?;
+            let count = self.book.count(store, sha, &self.host).await?;
+            if !count.listed {
+                // Written before and gone since (or never): written again.
+                self.written = None;
+            }
             self.counted = Some(Counted {
                 sha256: sha.to_string(),
                 serial: manifest.serial,
                 at: now,
-                reports,
+                tally: Tally::counted(manifest, count.reported, &count.failures),
+                count,
             });
-            // Reports already read again are kept whatever the host wrote before.
-            if let Some((_, outcome, reason)) = self.written.as_ref().filter(|w| w.0 == sha) {
-                let listed = self.own_listed();
-                if listed.is_none_or(|r| (r.outcome, &r.reason) != (*outcome, reason)) {
-                    self.written = None;
-                }
-            }
         }
         if let Some((outcome, reason)) = mine {
-            self.report(store, sha, outcome, reason, now).await;
+            self.report(store, manifest, outcome, reason, now).await;
         }
         let counted = self.counted.as_ref().expect("counted above");
-        let tally = Tally::of(manifest, &counted.reports);
-        let verdict = plan::decide(manifest, bucket, &tally, now);
+        let verdict = plan::decide(manifest, bucket, &counted.tally, now);
         Ok(View {
             bucket,
-            tally,
+            tally: counted.tally.clone(),
             counted_at: counted.at,
             verdict,
         })
@@ -168,26 +166,17 @@ impl Follower {
         self.requests + self.book.requests()
     }
 
-    fn own_listed(&self) -> Option<&Report> {
-        let counted = self.counted.as_ref()?;
-        counted.reports.iter().find(|r| r.host == self.host)
-    }
-
     async fn report(
         &mut self,
         store: &mut dyn Store,
-        sha: &str,
+        manifest: &Manifest,
         outcome: Outcome,
         reason: Option<String>,
         now: SystemTime,
     ) {
+        let sha = manifest.release.sha256.as_str();
         let wanted = (sha.to_string(), outcome, reason.clone());
-        if self.written.as_ref() == Some(&wanted)
-            || self
-                .own_listed()
-                .is_some_and(|r| r.sha256 == sha && (r.outcome, &r.reason) == (outcome, &reason))
-        {
-            self.written = Some(wanted);
+        if self.written.as_ref() == Some(&wanted) {
             return;
         }
         let report = Report {
@@ -197,21 +186,32 @@ impl Follower {
             reason,
             at: now,
         };
-        let name = report::name(sha, &self.host);
-        self.requests += 1;
-        match store.put(&name, report.to_json()).await {
-            Ok(()) => {
-                tracing::info!(outcome = outcome.as_str(), report = %store.locate(&name), "rollout report written");
-                self.written = Some(wanted);
-                if let Some(counted) = self.counted.as_mut() {
-                    counted.reports.retain(|r| r.host != report.host);
-                    counted.reports.push(report);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, report = %store.locate(&name),
+        // A failure is indexed first: a host that sees the report sees the failure too.
+        let mut names = vec![report::name(sha, &self.host)];
+        if outcome.failed() {
+            names.insert(0, report::failure_name(sha, &self.host));
+        }
+        for name in &names {
+            self.requests += 1;
+            if let Err(e) = store.put(name, report.to_json()).await {
+                tracing::warn!(error = %e, report = %store.locate(name),
                     "cannot write this host's rollout report; trying again at the next poll");
+                return;
             }
+        }
+        tracing::info!(outcome = outcome.as_str(), report = %store.locate(&names[names.len() - 1]), "rollout report written");
+        self.written = Some(wanted);
+        if let Some(counted) = self.counted.as_mut().filter(|c| c.sha256 == sha) {
+            if !counted.count.listed {
+                counted.count.listed = true;
+                counted.count.reported += 1;
+            }
+            if outcome.failed() {
+                counted.count.failures.retain(|r| r.host != report.host);
+                counted.count.failures.push(report);
+            }
+            counted.tally =
+                Tally::counted(manifest, counted.count.reported, &counted.count.failures);
         }
     }
 }

@@ -6,9 +6,11 @@
 //! `10 %` for 30 minutes, …, `100 %`), a [halt rule](HaltRule) and an expiry. Every host has a
 //! stable id and a [bucket] per release; it downloads the release only once the step in force
 //! covers its bucket, and after each outcome writes a [`Report`] to
-//! `reports/<sha256>/<host>.json` in the same store. Before installing, a host counts the
-//! reports; once the halt rule is met, no further host installs the release: a bad release
-//! stops itself after its first cohort, with nobody watching.
+//! `reports/<sha256>/<host>.json` in the same store (a rollback or refusal also to
+//! `failures/<sha256>/<host>.json`). Before installing, a host counts the reports (from their
+//! listing) and reads the failures; once the halt rule is met, no further host installs the
+//! release: a bad release stops itself after its first cohort, with nobody watching. A
+//! [`Follower`] is what a host keeps between polls, so that a poll costs one request.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -36,7 +38,7 @@ mod report;
 
 use handover_fetcher::Store;
 
-pub use book::Book;
+pub use book::{Book, Count};
 pub use follow::{Follower, View, RECOUNT};
 pub use manifest::{verify, HaltRule, Manifest, Release, Step, MANIFEST, SIGNATURE};
 pub use plan::{bucket, covers, decide, halted, step_at, Tally, Verdict, BUCKETS};
@@ -44,7 +46,7 @@ pub use publish::{promote, publish, set_halted, sign, Overview};
 pub use report::{Outcome, Report};
 
 /// Where reports about a release go (see [`report`](Report)).
-pub use report::{name as report_name, prefix as reports_prefix};
+pub use report::{failure_name, failures_prefix, name as report_name, prefix as reports_prefix};
 
 use crate::error::Error;
 

@@ -62,6 +62,8 @@ pub fn step_at(manifest: &Manifest, now: SystemTime) -> Option<(usize, Option<Sy
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Tally {
+    /// Hosts that reported at all.
+    pub reported: usize,
     /// Hosts that installed it and are in probation.
     pub installed: usize,
     /// Hosts serving it.
@@ -83,22 +85,46 @@ impl Tally {
             if !report.sha256.eq_ignore_ascii_case(&manifest.release.sha256) {
                 continue;
             }
-            match report.outcome {
-                Outcome::Installed => tally.installed += 1,
-                Outcome::Ready => tally.ready += 1,
-                Outcome::RolledBack => tally.rolled_back += 1,
-                Outcome::Refused => tally.refused += 1,
-            }
-            if report.outcome.failed() && manifest.resumed.is_none_or(|r| report.at >= r) {
-                tally.counted_failures += 1;
-            }
+            tally.reported += 1;
+            tally.add(manifest, report);
         }
         tally
     }
 
+    /// What a host counts: `reported` hosts (from a listing), and the `failures` index. A host
+    /// in the index counts as failed even when its report says it installed the release since.
+    pub fn counted<'a>(
+        manifest: &Manifest,
+        reported: usize,
+        failures: impl IntoIterator<Item = &'a Report>,
+    ) -> Self {
+        let mut tally = Self::default();
+        for report in failures {
+            if report.outcome.failed()
+                && report.sha256.eq_ignore_ascii_case(&manifest.release.sha256)
+            {
+                tally.add(manifest, report);
+            }
+        }
+        tally.reported = reported.max(tally.rolled_back + tally.refused);
+        tally
+    }
+
+    fn add(&mut self, manifest: &Manifest, report: &Report) {
+        match report.outcome {
+            Outcome::Installed => self.installed += 1,
+            Outcome::Ready => self.ready += 1,
+            Outcome::RolledBack => self.rolled_back += 1,
+            Outcome::Refused => self.refused += 1,
+        }
+        if report.outcome.failed() && manifest.resumed.is_none_or(|r| report.at >= r) {
+            self.counted_failures += 1;
+        }
+    }
+
     /// Hosts that reported at all.
     pub fn hosts(&self) -> usize {
-        self.installed + self.ready + self.rolled_back + self.refused
+        self.reported
     }
 }
 

@@ -113,16 +113,33 @@ pub struct Overview {
 }
 
 impl Overview {
-    /// Reads the reports about `manifest`'s release from `store`.
+    /// Reads the reports about `manifest`'s release, and its failure index, from `store`.
     pub async fn read(store: &mut dyn Store, manifest: &Manifest) -> Result<Self, Error> {
-        let mut reports = Book::new().reports(store, &manifest.release.sha256).await?;
+        let mut book = Book::new();
+        let sha = &manifest.release.sha256;
+        let mut reports = book.reports(store, sha).await?;
+        let failures = book.failures(store, sha).await?;
         reports.sort_by(|a, b| b.at.cmp(&a.at).then_with(|| a.host.cmp(&b.host)));
-        Ok(Self::of(manifest, reports, SystemTime::now()))
+        Ok(Self::of(manifest, reports, &failures, SystemTime::now()))
     }
 
-    /// The overview of `manifest` with `reports`, at `now`.
-    pub fn of(manifest: &Manifest, reports: Vec<Report>, now: SystemTime) -> Self {
+    /// The overview of `manifest` with `reports` and the `failures` index, at `now`. The halt
+    /// rule counts a host that failed once, in either, as the hosts do.
+    pub fn of(
+        manifest: &Manifest,
+        reports: Vec<Report>,
+        failures: &[Report],
+        now: SystemTime,
+    ) -> Self {
         let tally = Tally::of(manifest, &reports);
+        let indexed: std::collections::HashSet<&str> =
+            failures.iter().map(|f| f.host.as_str()).collect();
+        let failed = failures.iter().chain(
+            reports
+                .iter()
+                .filter(|r| r.outcome.failed() && !indexed.contains(r.host.as_str())),
+        );
+        let halt = Tally::counted(manifest, tally.reported, failed);
         let step = step_at(manifest, now);
         Self {
             version: manifest.release.version.clone(),
@@ -133,7 +150,7 @@ impl Overview {
             percent: step.map_or(0.0, |(i, _)| manifest.steps[i].percent),
             step_ends: step.and_then(|(_, ends)| ends),
             expires: manifest.expires,
-            halted: halted(manifest, &tally)
+            halted: halted(manifest, &halt)
                 .or_else(|| (now >= manifest.expires).then(|| "expired".to_string())),
             installed: tally.installed,
             ready: tally.ready,

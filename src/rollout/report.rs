@@ -1,5 +1,6 @@
 //! What a host reports about a release: one small document per host and release, rewritten as
-//! the host's outcome changes, at `reports/<release sha256>/<host id>.json`.
+//! the host's outcome changes, at `reports/<release sha256>/<host id>.json`; a rollback or a
+//! refusal is also written to `failures/<release sha256>/<host id>.json` (written first).
 
 use std::time::SystemTime;
 
@@ -13,6 +14,17 @@ pub fn prefix(sha256: &str) -> String {
 /// Where `host_id`'s report about the release with `sha256` is kept.
 pub fn name(sha256: &str, host_id: &str) -> String {
     format!("{}{host_id}.json", prefix(sha256))
+}
+
+/// Where the failure index of the release with `sha256` is kept: a copy of each rollback or
+/// refusal, so that a host checks the halt rule by reading the few failures, not every report.
+pub fn failures_prefix(sha256: &str) -> String {
+    format!("failures/{sha256}/")
+}
+
+/// Where `host_id`'s failure about the release with `sha256` is indexed.
+pub fn failure_name(sha256: &str, host_id: &str) -> String {
+    format!("{}{host_id}.json", failures_prefix(sha256))
 }
 
 /// How a host's upgrade to the release went.

@@ -103,10 +103,8 @@ impl Pipeline {
             None => format!("sha256 {}", short(&sha)),
         };
         let counts = format!(
-            "{} hosts reported: {} ready, {} installed, {} rolled back, {} refused (counted {})",
+            "{} hosts reported, {} rolled back, {} refused (counted {})",
             tally.hosts(),
-            tally.ready,
-            tally.installed,
             tally.rolled_back,
             tally.refused,
             humantime::format_rfc3339_seconds(view.counted_at)

@@ -139,6 +139,25 @@ fn a_host_installs_only_when_its_step_comes_and_never_after_a_halt_or_the_expiry
     let mut other = report(1, Outcome::RolledBack, t);
     other.sha256 = "dd".repeat(32);
     assert_eq!(Tally::of(&m, [&other]).hosts(), 0);
+
+    // A host's count: the reports listed, the failure index read. The same decisions.
+    let index: Vec<Report> = (0..2).map(|h| report(h, Outcome::RolledBack, t)).collect();
+    let counted = Tally::counted(&m, 300, &index);
+    assert_eq!((counted.hosts(), counted.counted_failures), (300, 2));
+    assert_eq!(decide(&m, 0, &counted, t), Verdict::Install { step: 0 });
+    let index: Vec<Report> = (0..3).map(|h| report(h, Outcome::Refused, t)).collect();
+    assert!(matches!(
+        decide(&m, 0, &Tally::counted(&m, 300, &index), t),
+        Verdict::Halted(_)
+    ));
+    assert!(matches!(
+        decide(&m, 0, &Tally::counted(&m, 50, &index[..1]), t),
+        Verdict::Halted(r) if r.contains("2.0 %")
+    ));
+    // The index holds failures only, of this release; a listing that lags still counts them.
+    assert_eq!(Tally::counted(&m, 0, &index).hosts(), 3);
+    let ready = report(7, Outcome::Ready, t);
+    assert_eq!(Tally::counted(&m, 10, [&ready, &other]).counted_failures, 0);
 }
 
 #[test]

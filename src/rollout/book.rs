@@ -24,7 +24,7 @@ pub struct Count {
     pub reported: usize,
     /// Whether the host asked about has one.
     pub listed: bool,
-    /// The failure index, read.
+    /// The failure index, from the names (no reasons).
     pub failures: Vec<Report>,
 }
 
@@ -41,28 +41,23 @@ impl Book {
         store: &mut dyn Store,
         sha256: &str,
     ) -> Result<Vec<Report>, FetchError> {
-        self.read_all(store, &report::prefix(sha256), sha256, report::name)
+        let prefix = report::prefix(sha256);
+        self.read_all(store, &prefix, |r| report::name(sha256, &r.host))
             .await
     }
 
-    /// The failure index of the release with `sha256`.
+    /// The failure index of the release with `sha256`, read (with the reasons).
     pub async fn failures(
         &mut self,
         store: &mut dyn Store,
         sha256: &str,
     ) -> Result<Vec<Report>, FetchError> {
-        self.read_all(
-            store,
-            &report::failures_prefix(sha256),
-            sha256,
-            report::failure_name,
-        )
-        .await
+        let prefix = report::failures_prefix(sha256);
+        self.read_all(store, &prefix, report::failure_name).await
     }
 
-    /// The reports about the release with `sha256`, counted from their listing without reading
-    /// them, and its failures, read: a host's view, whose cost grows with the failures, not
-    /// with the fleet. `host` is the host asking.
+    /// The reports about the release with `sha256` and its failure index, from their listings
+    /// alone (no report is read): a host's view. `host` is the host asking.
     pub async fn count(
         &mut self,
         store: &mut dyn Store,
@@ -82,7 +77,12 @@ impl Book {
                 }
             }
         }
-        count.failures = self.failures(store, sha256).await?;
+        let failures = store.list(&report::failures_prefix(sha256)).await?;
+        self.requests += 1;
+        count.failures = failures
+            .iter()
+            .filter_map(|entry| report::parse_failure_name(sha256, &entry.name))
+            .collect();
         Ok(count)
     }
 
@@ -90,8 +90,7 @@ impl Book {
         &mut self,
         store: &mut dyn Store,
         prefix: &str,
-        sha256: &str,
-        name: fn(&str, &str) -> String,
+        name: impl Fn(&Report) -> String,
     ) -> Result<Vec<Report>, FetchError> {
         let listed = store.list(prefix).await?;
         self.requests += 1;
@@ -118,7 +117,7 @@ impl Book {
                 }
             };
             // A report is trusted for the host its name says, whatever it claims inside.
-            if let Some(report) = parsed.filter(|r| entry.name == name(sha256, &r.host)) {
+            if let Some(report) = parsed.filter(|r| entry.name == name(r)) {
                 reports.push(report);
             }
         }

@@ -3,10 +3,12 @@
 //! A fleet polls often, so each poll reads as little as it can. The manifest is one request,
 //! and a store that answers conditional reads (S3) makes it a `304` when it has not changed.
 //! Its signature is read only when the manifest's bytes change. The reports, the one listing
-//! that grows with the fleet, are counted from their listing (never read one by one) when the
-//! host is about to install (the halt rule must be checked then), when the manifest changes,
-//! and otherwise no more than once every [`RECOUNT`] per thousand reports, for the status
-//! line. The failure index beside them is read whole; only its changed entries are read again.
+//! that grows with the fleet, are counted from their listing (never read one by one), and the
+//! failures from the names in their index: when the host is about to install (the halt rule
+//! must be checked then), when the manifest changes, and, while the host waits for its turn
+//! in a rollout that is not halted, no more than once every [`RECOUNT`] per thousand reports,
+//! for the status line. A host that has the release, or rolled it back, counts nothing more
+//! until the manifest changes: a poll is one request.
 
 use std::time::{Duration, SystemTime};
 
@@ -133,7 +135,11 @@ impl Follower {
                 ),
                 Verdict::Install { .. }
             );
-        if counted.is_none() || !fresh || about_to_install {
+        // Once the host has the release, or the rollout is halted, only a new manifest (or
+        // the host's turn) changes what it does: no recount for the status line.
+        let halted = counted.is_some_and(|c| plan::halted(manifest, &c.tally).is_some());
+        let recount = may_install && !halted && !fresh;
+        if counted.is_none() || recount || about_to_install {
             let count = self.book.count(store, sha, &self.host).await?;
             if !count.listed {
                 // Written before and gone since (or never): written again.
@@ -189,7 +195,7 @@ impl Follower {
         // A failure is indexed first: a host that sees the report sees the failure too.
         let mut names = vec![report::name(sha, &self.host)];
         if outcome.failed() {
-            names.insert(0, report::failure_name(sha, &self.host));
+            names.insert(0, report::failure_name(&report));
         }
         for name in &names {
             self.requests += 1;

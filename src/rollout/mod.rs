@@ -7,8 +7,8 @@
 //! stable id and a [bucket] per release; it downloads the release only once the step in force
 //! covers its bucket, and after each outcome writes a [`Report`] to
 //! `reports/<sha256>/<host>.json` in the same store (a rollback or refusal also to
-//! `failures/<sha256>/<host>.json`). Before installing, a host counts the reports (from their
-//! listing) and reads the failures; once the halt rule is met, no further host installs the
+//! `failures/`). Before installing, a host counts the reports and the failures (from their
+//! listings); once the halt rule is met, no further host installs the
 //! release: a bad release stops itself after its first cohort, with nobody watching. A
 //! [`Follower`] is what a host keeps between polls, so that a poll costs one request.
 //!

@@ -98,13 +98,21 @@ impl Tally {
         reported: usize,
         failures: impl IntoIterator<Item = &'a Report>,
     ) -> Self {
-        let mut tally = Self::default();
+        // A host that failed twice (refused, then rolled back) counts once, as it last failed.
+        let mut latest: std::collections::HashMap<&str, &Report> = Default::default();
         for report in failures {
             if report.outcome.failed()
                 && report.sha256.eq_ignore_ascii_case(&manifest.release.sha256)
             {
-                tally.add(manifest, report);
+                let kept = latest.entry(report.host.as_str()).or_insert(report);
+                if report.at > kept.at {
+                    *kept = report;
+                }
             }
+        }
+        let mut tally = Self::default();
+        for report in latest.into_values() {
+            tally.add(manifest, report);
         }
         tally.reported = reported.max(tally.rolled_back + tally.refused);
         tally

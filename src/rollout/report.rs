@@ -17,14 +17,43 @@ pub fn name(sha256: &str, host_id: &str) -> String {
 }
 
 /// Where the failure index of the release with `sha256` is kept: a copy of each rollback or
-/// refusal, so that a host checks the halt rule by reading the few failures, not every report.
+/// refusal, named after its host, time and outcome, so that a host checks the halt rule from
+/// the listing alone, without reading a report.
 pub fn failures_prefix(sha256: &str) -> String {
     format!("failures/{sha256}/")
 }
 
-/// Where `host_id`'s failure about the release with `sha256` is indexed.
-pub fn failure_name(sha256: &str, host_id: &str) -> String {
-    format!("{}{host_id}.json", failures_prefix(sha256))
+/// Where `report`, a failure, is indexed: `failures/<sha256>/<host>.<unix seconds>.<outcome>.json`.
+pub fn failure_name(report: &Report) -> String {
+    let secs = report
+        .at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "{}{}.{secs}.{}.json",
+        failures_prefix(&report.sha256),
+        report.host,
+        report.outcome.as_str()
+    )
+}
+
+/// The failure a [`failure_name`] names, without its reason; `None` for another name.
+pub(super) fn parse_failure_name(sha256: &str, name: &str) -> Option<Report> {
+    let rest = name.strip_prefix(&failures_prefix(sha256))?;
+    let mut parts = rest.strip_suffix(".json")?.rsplitn(3, '.');
+    let outcome = Outcome::parse(parts.next()?)?;
+    let secs: u64 = parts.next()?.parse().ok()?;
+    let host = parts.next()?;
+    if host.is_empty() || host.contains('/') || !outcome.failed() {
+        return None;
+    }
+    Some(Report {
+        host: host.to_string(),
+        sha256: sha256.to_string(),
+        outcome,
+        reason: None,
+        at: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+    })
 }
 
 /// How a host's upgrade to the release went.
@@ -46,6 +75,18 @@ impl Outcome {
     /// Whether the outcome counts against the release in the halt rule.
     pub fn failed(self) -> bool {
         matches!(self, Self::RolledBack | Self::Refused)
+    }
+
+    /// The outcome written as [`as_str`](Self::as_str) writes it.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Installed,
+            Self::Ready,
+            Self::RolledBack,
+            Self::Refused,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == text)
     }
 
     /// The outcome as written in reports and tables.

@@ -1,7 +1,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::rollout::{promote, set_halted, HaltRule, Release, Step};
+use crate::rollout::{failure_name, promote, set_halted, HaltRule, Release, Step};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -158,6 +158,47 @@ fn a_host_installs_only_when_its_step_comes_and_never_after_a_halt_or_the_expiry
     assert_eq!(Tally::counted(&m, 0, &index).hosts(), 3);
     let ready = report(7, Outcome::Ready, t);
     assert_eq!(Tally::counted(&m, 10, [&ready, &other]).counted_failures, 0);
+    // A host that failed twice counts once.
+    let twice = [
+        report(1, Outcome::Refused, t),
+        report(1, Outcome::RolledBack, t + MIN),
+    ];
+    let counted = Tally::counted(&m, 10, &twice);
+    assert_eq!((counted.counted_failures, counted.rolled_back), (1, 1));
+}
+
+#[test]
+fn a_failure_is_indexed_by_a_name_that_says_it_all() {
+    use crate::rollout::report::parse_failure_name;
+    let sha = "c0".repeat(32);
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_123);
+    let mut failed = report(0, Outcome::RolledBack, at);
+    failed.host = "web-1.eu.example".into();
+    failed.reason = Some("crashed".into());
+    let name = failure_name(&failed);
+    assert_eq!(
+        name,
+        format!("failures/{sha}/web-1.eu.example.1800000123.rolled-back.json")
+    );
+    let parsed = parse_failure_name(&sha, &name).unwrap();
+    assert_eq!(
+        (parsed.host.as_str(), parsed.at, parsed.outcome),
+        ("web-1.eu.example", at, Outcome::RolledBack)
+    );
+    assert_eq!(
+        parsed.reason, None,
+        "the reason is in the document, not the name"
+    );
+    for bad in [
+        format!("failures/{sha}/web-1.json"),
+        format!("failures/{sha}/web-1.x.rolled-back.json"),
+        format!("failures/{sha}/web-1.1.ready.json"),
+        format!("failures/{sha}/.1.refused.json"),
+        format!("failures/{sha}/a/b.1.refused.json"),
+        format!("reports/{sha}/web-1.1.refused.json"),
+    ] {
+        assert!(parse_failure_name(&sha, &bad).is_none(), "{bad}");
+    }
 }
 
 #[test]

@@ -18,6 +18,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
 mod rollout_cmd;
+#[cfg(all(feature = "file", feature = "http"))]
+mod rollout_serve;
 
 #[derive(Parser)]
 #[command(

@@ -45,6 +45,9 @@ pub(crate) enum Rollout {
         #[command(flatten)]
         key: KeyArg,
     },
+    /// Serve a directory (releases, manifest, reports) in the HTTP fetcher's store protocol.
+    #[cfg(all(feature = "file", feature = "http"))]
+    Serve(crate::rollout_serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -101,6 +104,8 @@ pub(crate) fn run(command: Rollout) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match command {
             Rollout::Start(args) => start(args).await,
+            #[cfg(all(feature = "file", feature = "http"))]
+            Rollout::Serve(args) => crate::rollout_serve::serve(args).await,
             Rollout::Status { store, json } => status(&store, json).await,
             Rollout::Halt { store, key, reason } => {
                 change(&store, &key, |m| {

@@ -38,6 +38,55 @@ fn a_bad_release_halts_itself_after_the_first_cohort_on_s3() {
     bad_release(Backend::S3);
 }
 
+#[cfg(feature = "http")]
+#[test]
+fn a_good_release_reaches_every_host_step_by_step_over_http() {
+    good_release(Backend::Http);
+}
+
+#[cfg(feature = "http")]
+#[test]
+fn a_bad_release_halts_itself_after_the_first_cohort_over_http() {
+    bad_release(Backend::Http);
+}
+
+/// `handover rollout serve --token-file`: a write without the token is refused, with it stored;
+/// reads need none.
+#[cfg(feature = "http")]
+#[test]
+fn the_http_store_refuses_a_write_without_its_token() {
+    use handover::fetcher::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let served = fleet::Served::start(dir.path(), &["--token-file".as_ref(), token.as_os_str()]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let name = "reports/abc/h1.json";
+        let mut anonymous = fleet::http_store(&served.base, None);
+        let err = anonymous.put(name, b"{}".to_vec()).await.unwrap_err();
+        assert!(err.to_string().contains("401"), "{err}");
+        let mut wrong = fleet::http_store(&served.base, Some("guess"));
+        assert!(wrong.put(name, b"{}".to_vec()).await.is_err());
+        assert!(!dir.path().join(name).exists());
+        let mut host = fleet::http_store(&served.base, Some("s3cret"));
+        host.put(name, b"{\"a\":1}".to_vec()).await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), b"{\"a\":1}");
+        let listed = anonymous.list("reports/abc/").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            anonymous.get(name).await.unwrap().as_deref(),
+            Some(&b"{\"a\":1}"[..])
+        );
+        // Names that leave the directory never reach a file outside it.
+        assert!(host.put("../escape.json", b"{}".to_vec()).await.is_err());
+        assert!(!dir.path().parent().unwrap().join("escape.json").exists());
+    });
+}
+
 fn good_release(backend: Backend) {
     let fleet = Fleet::new(backend);
     let base = std::fs::read(util::example("testbed")).unwrap();

@@ -22,6 +22,53 @@ pub enum Backend {
     /// A bucket in an S3-compatible server (moto, started here).
     #[cfg(feature = "s3")]
     S3,
+    /// A directory served by `handover rollout serve` (started here), through the HTTP
+    /// fetcher and its store.
+    #[cfg(feature = "http")]
+    Http,
+}
+
+/// `handover rollout serve`, killed on drop.
+#[cfg(feature = "http")]
+pub struct Served {
+    child: std::process::Child,
+    pub base: String,
+}
+
+#[cfg(feature = "http")]
+impl Served {
+    /// Serves `dir`, with `extra` arguments (`--token-file F`).
+    pub fn start(dir: &Path, extra: &[&std::ffi::OsStr]) -> Served {
+        use std::io::BufRead;
+        let mut child = Command::new(HANDOVER)
+            .args(["rollout", "serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(dir)
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let stderr = child.stderr.take().unwrap();
+        std::io::BufReader::new(stderr)
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|url| url.starts_with("http://"))
+            .unwrap_or_else(|| panic!("handover rollout serve said {line:?}"))
+            .to_string();
+        Served { child, base }
+    }
+}
+
+#[cfg(feature = "http")]
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[cfg(feature = "s3")]
@@ -38,6 +85,8 @@ pub struct Fleet {
     pub runtime: tokio::runtime::Runtime,
     #[cfg(feature = "s3")]
     s3: Option<Bucket>,
+    #[cfg(feature = "http")]
+    served: Option<Served>,
 }
 
 /// The key the S3 masters watch.
@@ -65,9 +114,14 @@ impl Fleet {
                 let bucket = runtime.block_on(server.bucket("rollout"));
                 Some(Bucket { server, bucket })
             }
-            Backend::Dir => None,
+            _ => None,
         };
-        #[cfg(not(feature = "s3"))]
+        #[cfg(feature = "http")]
+        let served = match backend {
+            Backend::Http => Some(Served::start(dir.path(), &[])),
+            _ => None,
+        };
+        #[cfg(not(any(feature = "s3", feature = "http")))]
         let Backend::Dir = backend;
         let fleet = Fleet {
             dir,
@@ -76,6 +130,8 @@ impl Fleet {
             runtime,
             #[cfg(feature = "s3")]
             s3,
+            #[cfg(feature = "http")]
+            served,
         };
         std::fs::write(
             fleet.path("publisher.toml"),
@@ -91,6 +147,13 @@ impl Fleet {
 
     /// The `fetcher = …` line and the fetcher's table.
     fn fetcher_config(&self) -> String {
+        #[cfg(feature = "http")]
+        if let Some(served) = &self.served {
+            return format!(
+                "fetcher = \"http\"\n[http]\nurl = \"{0}testbed.next\"\nsignature_url = \"{0}testbed.next.minisig\"\nallow_insecure_loopback = true\n",
+                served.base
+            );
+        }
         #[cfg(feature = "s3")]
         if let Some(s3) = &self.s3 {
             return format!(
@@ -134,6 +197,10 @@ impl Fleet {
                 &s3.bucket.name,
                 KEY,
             ));
+        }
+        #[cfg(feature = "http")]
+        if let Some(served) = &self.served {
+            return Box::new(http_store(&served.base, None));
         }
         Box::new(DirStore::new(self.dir.path()))
     }
@@ -330,6 +397,18 @@ impl Simulated {
             self.took = Some((Instant::now(), step));
         }
     }
+}
+
+/// A client of the HTTP store at `base`, sending `token`.
+#[cfg(feature = "http")]
+pub fn http_store(base: &str, token: Option<&str>) -> handover_fetcher_http::HttpStore {
+    let mut options = handover_fetcher_http::net::ClientOptions::new(
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    );
+    options.allow_insecure_loopback = true;
+    let client = handover_fetcher_http::net::client(&options).unwrap();
+    handover_fetcher_http::HttpStore::new(client, base.parse().unwrap(), token.map(String::from))
 }
 
 /// Host ids whose buckets for `sha` satisfy `keep`, `count` of them.

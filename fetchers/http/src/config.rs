@@ -60,6 +60,11 @@ pub struct HttpConfig {
     /// does not act on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum_required: Option<bool>,
+    /// Where a staged rollout's manifest (`rollout.json`) and the hosts' reports are, in the
+    /// HTTP store protocol ([`HttpStore`](crate::HttpStore)). Default: the directory of `url`.
+    /// Without a manifest there, upgrades are not staged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_url: Option<String>,
     /// Accept `http://` URLs (and redirects) to loopback hosts: 127.0.0.0/8, `::1`,
     /// `localhost`. For tests and a mirror on the same machine. Default: false.
     #[serde(default)]
@@ -94,6 +99,7 @@ impl fmt::Debug for HttpConfig {
             .field("checksum_name", &self.checksum_name)
             .field("signature_url", &self.signature_url)
             .field("archive_member", &self.archive_member)
+            .field("store_url", &self.store_url)
             .field("checksum_required", &self.checksum_required)
             .field("allow_insecure_loopback", &self.allow_insecure_loopback)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
@@ -113,6 +119,7 @@ impl HttpConfig {
             checksum_name: None,
             signature_url: None,
             archive_member: None,
+            store_url: None,
             checksum_required: None,
             allow_insecure_loopback: false,
             token: None,
@@ -182,6 +189,13 @@ impl HttpConfig {
         };
         let checksum = optional("checksum_url", &self.checksum_url)?;
         let signature = optional("signature_url", &self.signature_url)?;
+        let store = match optional("store_url", &self.store_url)? {
+            Some(store) => store,
+            None => url.join(".").map_err(|e| Error::Config {
+                field: "url",
+                message: format!("has no directory for the rollout store: {e}"),
+            })?,
+        };
         let bad = |field: &'static str, message: &str| {
             Err(Error::Config {
                 field,
@@ -225,6 +239,7 @@ impl HttpConfig {
             (Some(member), named) => Some((named.unwrap_or(ArchiveFormat::Sniff), member.clone())),
         };
         Ok(Urls {
+            store,
             checksum_name: self.checksum_name.clone().unwrap_or(file_name),
             url,
             checksum,
@@ -239,6 +254,8 @@ pub(crate) struct Urls {
     pub(crate) url: reqwest::Url,
     pub(crate) checksum: Option<reqwest::Url>,
     pub(crate) signature: Option<reqwest::Url>,
+    /// The rollout store's base.
+    pub(crate) store: reqwest::Url,
     pub(crate) checksum_name: String,
     /// How the download is packed and the binary's name in it; `None` for the binary itself.
     pub(crate) archive: Option<(ArchiveFormat, String)>,

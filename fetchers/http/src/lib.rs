@@ -21,6 +21,9 @@
 //! handed over as it is, marked with [`Artifact::with_archive`]: its checksum covers the
 //! archive, and the core takes the binary out.
 //!
+//! The directory of `url` (or `store_url`) is also the fetcher's [`HttpStore`]: a staged
+//! rollout's `rollout.json`, and the hosts' reports, `PUT` below it.
+//!
 //! The [`net`] module is shared with the GitHub fetcher.
 //!
 //! ```no_run
@@ -42,7 +45,7 @@ use std::fmt;
 
 use handover_fetcher::{
     async_trait, find_in_checksum_file, ArchiveFormat, Artifact, FetchError, Fetcher, Running,
-    Settlement, Sha256,
+    Settlement, Sha256, Store,
 };
 use reqwest::header::{ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 use reqwest::{Client, RequestBuilder, StatusCode, Url};
@@ -51,10 +54,12 @@ mod config;
 pub mod defaults;
 mod error;
 pub mod net;
+mod store;
 pub use handover_fetcher::size;
 
 pub use config::HttpConfig;
 pub use error::Error;
+pub use store::{listing_json, HttpStore};
 
 /// The largest checksum file read.
 const MAX_CHECKSUM_FILE: u64 = 1 << 20;
@@ -76,6 +81,8 @@ pub struct HttpFetcher {
     remembered: Option<Seen>,
     /// The candidate last offered, until the core settles it.
     offered: Option<(String, Seen)>,
+    /// A staged rollout's manifest and reports.
+    store: HttpStore,
 }
 
 /// What identifies a version of the download.
@@ -127,6 +134,7 @@ impl HttpFetcher {
             signature_url: urls.signature,
             checksum_name: urls.checksum_name,
             archive: urls.archive,
+            store: HttpStore::new(client.clone(), urls.store, config.token.clone()),
             client,
             config,
             remembered: None,
@@ -200,6 +208,10 @@ impl HttpFetcher {
 impl Fetcher for HttpFetcher {
     fn name(&self) -> &str {
         "http"
+    }
+
+    fn store(&mut self) -> Option<&mut dyn Store> {
+        Some(&mut self.store)
     }
 
     async fn fetch(&mut self, _running: &Running) -> Result<Option<Artifact>, FetchError> {

@@ -87,6 +87,50 @@ fn the_http_store_refuses_a_write_without_its_token() {
     });
 }
 
+/// A store that refuses to say whether there is a manifest (S3's 403 to a reader that may not
+/// list the bucket) on a host that never saw one: upgrades go on unstaged, and status says why.
+#[cfg(feature = "s3")]
+#[test]
+fn a_manifest_the_store_refuses_to_show_leaves_a_new_host_unstaged_and_says_so() {
+    let fleet = Fleet::new(Backend::S3);
+    fleet
+        .runtime
+        .block_on(fleet.bucket().deny_get("releases/rollout.json"));
+    let (service, socket) = fleet.master("solo");
+    wait_status(&socket, "cannot read rollout.json");
+    let good = util::with_trailer(&util::example("testbed"), "version:0.2.0");
+    let file = fleet.stage(&good);
+    fleet.publish_signed(&file, &good);
+    service.wait_for_sha(&util::sha256_hex(&good));
+    let shown = control_status(&socket);
+    assert!(
+        shown.contains("upgrades are not staged on this host"),
+        "{shown}"
+    );
+}
+
+/// A store that goes down is backed off from like a failed fetch; nothing is installed.
+#[cfg(feature = "http")]
+#[test]
+fn a_store_that_goes_down_is_backed_off_from_like_a_failed_fetch() {
+    let mut fleet = Fleet::new(Backend::Http);
+    let (service, _socket) = fleet.master("solo");
+    let live = std::fs::read(&service.bin).unwrap();
+    let worker = service.worker_pid();
+    fleet.stop_server();
+    let log = service.wait_log("fetch failed; still serving", Duration::from_secs(20));
+    let line = log
+        .lines()
+        .find(|l| l.contains("fetch failed; still serving"))
+        .unwrap();
+    assert!(
+        line.contains("rollout.json"),
+        "the store's URL is named: {line}"
+    );
+    assert!(line.contains("retry_in"), "{line}");
+    service.assert_untouched(&live, worker, "store unreachable");
+}
+
 fn good_release(backend: Backend) {
     let fleet = Fleet::new(backend);
     let base = std::fs::read(util::example("testbed")).unwrap();

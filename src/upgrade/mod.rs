@@ -206,9 +206,10 @@ impl Pipeline {
             return interval;
         };
         let name = fetcher.name().to_string();
-        let release = match self.staged_gate(&hex::encode(sha256)).await {
-            Gate::Free => None,
-            Gate::Release(manifest) => Some(manifest.release),
+        let (release, unreachable) = match self.staged_gate(&hex::encode(sha256)).await {
+            Gate::Free => (None, None),
+            Gate::Release(manifest) => (Some(manifest.release), None),
+            Gate::Unreachable(error) => (None, Some(error)),
             Gate::Closed(why) => {
                 answer(Ok(why));
                 return interval;
@@ -221,7 +222,11 @@ impl Pipeline {
         let Some(fetcher) = self.fetcher.as_mut() else {
             return interval;
         };
-        let artifact = match fetcher.fetch(&running).await {
+        let fetched = match unreachable {
+            Some(error) => Err(error),
+            None => fetcher.fetch(&running).await,
+        };
+        let artifact = match fetched {
             Ok(Some(artifact)) => artifact,
             Ok(None) => {
                 self.failures = 0;

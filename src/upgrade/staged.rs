@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use handover_fetcher::{Artifact, Settlement};
+use handover_fetcher::{Artifact, FetchError, Settlement};
 
 use crate::digest::short;
 use crate::rollout::{self, Follower, Manifest, Outcome, Verdict};
@@ -35,6 +35,8 @@ pub(super) enum Gate {
     Closed(String),
     /// The manifest or the reports cannot be used: nothing is installed until they can.
     Broken(crate::error::Error),
+    /// The store did not answer (down, rate limited): backed off like a failed fetch.
+    Unreachable(FetchError),
 }
 
 impl Pipeline {
@@ -64,6 +66,7 @@ impl Pipeline {
                 self.staged.gist = None;
                 return Gate::Free;
             }
+            Err(crate::error::Error::Fetch(e)) => return self.unreadable(e),
             Err(e) => return self.broken(e),
         };
         let sha = manifest.release.sha256.clone();
@@ -95,6 +98,7 @@ impl Pipeline {
         let now = SystemTime::now();
         let view = match follower.look(store, &manifest, mine, now).await {
             Ok(view) => view,
+            Err(crate::error::Error::Fetch(e)) if transient(&e) => return Gate::Unreachable(e),
             Err(e) => return self.broken(e),
         };
         let (bucket, tally) = (view.bucket, &view.tally);
@@ -213,6 +217,30 @@ impl Pipeline {
             .map(|q| (Outcome::RolledBack, Some(q.reason.clone())))
     }
 
+    /// The manifest could not be read. A store that is down is backed off from like a failed
+    /// fetch. One that refuses (S3 answers 403 for a missing key to a reader that may not list
+    /// the bucket) on a host that has never seen a manifest leaves upgrades unstaged, as
+    /// before rollouts existed, and says so; once a manifest was seen, nothing is installed
+    /// until it can be read again.
+    fn unreadable(&mut self, error: FetchError) -> Gate {
+        if transient(&error) {
+            return Gate::Unreachable(error);
+        }
+        if matches!(error, FetchError::Refused { .. }) && self.state.rollout.is_none() {
+            let why = format!(
+                "cannot read {} ({error}); upgrades are not staged on this host",
+                rollout::MANIFEST
+            );
+            if self.staged.gist.as_deref() != Some(why.as_str()) {
+                tracing::warn!("rollout: {why}");
+            }
+            self.staged.status = Some(why.clone());
+            self.staged.gist = Some(why);
+            return Gate::Free;
+        }
+        self.broken(error.into())
+    }
+
     fn broken(&mut self, error: crate::error::Error) -> Gate {
         let why = format!("{error}; nothing is installed until it is put right");
         if self.staged.gist.as_deref() != Some(why.as_str()) {
@@ -222,4 +250,12 @@ impl Pipeline {
         self.staged.gist = Some(why);
         Gate::Broken(error)
     }
+}
+
+/// Whether `error` says only that the store is unreachable for now.
+fn transient(error: &FetchError) -> bool {
+    matches!(
+        error,
+        FetchError::Unreachable { .. } | FetchError::RateLimited { .. }
+    )
 }

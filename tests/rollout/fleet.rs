@@ -150,7 +150,7 @@ impl Fleet {
         #[cfg(feature = "http")]
         if let Some(served) = &self.served {
             return format!(
-                "fetcher = \"http\"\n[http]\nurl = \"{0}testbed.next\"\nsignature_url = \"{0}testbed.next.minisig\"\nallow_insecure_loopback = true\n",
+                "fetcher = \"http\"\n[http]\nurl = \"{0}testbed.next\"\nsignature_url = \"{0}testbed.next.minisig\"\nstore_url = \"{0}\"\nallow_insecure_loopback = true\n",
                 served.base
             );
         }
@@ -165,6 +165,18 @@ impl Fleet {
             "fetcher = \"file\"\n[file]\npath = \"{}\"\n",
             self.release().display()
         )
+    }
+
+    /// Stops `handover rollout serve`: the store and the releases become unreachable.
+    #[cfg(feature = "http")]
+    pub fn stop_server(&mut self) {
+        self.served = None;
+    }
+
+    /// The bucket of an S3 fleet.
+    #[cfg(feature = "s3")]
+    pub fn bucket(&self) -> &crate::s3util::Bucket {
+        &self.s3.as_ref().expect("an S3 fleet").bucket
     }
 
     /// The credentials moto takes (none are needed for a directory).

@@ -61,8 +61,9 @@ pub struct HttpConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum_required: Option<bool>,
     /// Where a staged rollout's manifest (`rollout.json`) and the hosts' reports are, in the
-    /// HTTP store protocol ([`HttpStore`](crate::HttpStore)). Default: the directory of `url`.
-    /// Without a manifest there, upgrades are not staged.
+    /// HTTP store protocol ([`HttpStore`](crate::HttpStore)), usually the directory of `url`
+    /// when `handover rollout serve` serves it. Unset: upgrades are not staged (a static host
+    /// may answer anything for a missing file, so the store is never guessed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_url: Option<String>,
     /// Accept `http://` URLs (and redirects) to loopback hosts: 127.0.0.0/8, `::1`,
@@ -189,13 +190,7 @@ impl HttpConfig {
         };
         let checksum = optional("checksum_url", &self.checksum_url)?;
         let signature = optional("signature_url", &self.signature_url)?;
-        let store = match optional("store_url", &self.store_url)? {
-            Some(store) => store,
-            None => url.join(".").map_err(|e| Error::Config {
-                field: "url",
-                message: format!("has no directory for the rollout store: {e}"),
-            })?,
-        };
+        let store = optional("store_url", &self.store_url)?;
         let bad = |field: &'static str, message: &str| {
             Err(Error::Config {
                 field,
@@ -255,7 +250,7 @@ pub(crate) struct Urls {
     pub(crate) checksum: Option<reqwest::Url>,
     pub(crate) signature: Option<reqwest::Url>,
     /// The rollout store's base.
-    pub(crate) store: reqwest::Url,
+    pub(crate) store: Option<reqwest::Url>,
     pub(crate) checksum_name: String,
     /// How the download is packed and the binary's name in it; `None` for the binary itself.
     pub(crate) archive: Option<(ArchiveFormat, String)>,

@@ -21,8 +21,8 @@
 //! handed over as it is, marked with [`Artifact::with_archive`]: its checksum covers the
 //! archive, and the core takes the binary out.
 //!
-//! The directory of `url` (or `store_url`) is also the fetcher's [`HttpStore`]: a staged
-//! rollout's `rollout.json`, and the hosts' reports, `PUT` below it.
+//! With `store_url`, the fetcher has an [`HttpStore`]: a staged rollout's `rollout.json`, and
+//! the hosts' reports, `PUT` below it.
 //!
 //! The [`net`] module is shared with the GitHub fetcher.
 //!
@@ -81,8 +81,8 @@ pub struct HttpFetcher {
     remembered: Option<Seen>,
     /// The candidate last offered, until the core settles it.
     offered: Option<(String, Seen)>,
-    /// A staged rollout's manifest and reports.
-    store: HttpStore,
+    /// A staged rollout's manifest and reports (`store_url`).
+    store: Option<HttpStore>,
 }
 
 /// What identifies a version of the download.
@@ -134,7 +134,9 @@ impl HttpFetcher {
             signature_url: urls.signature,
             checksum_name: urls.checksum_name,
             archive: urls.archive,
-            store: HttpStore::new(client.clone(), urls.store, config.token.clone()),
+            store: urls
+                .store
+                .map(|base| HttpStore::new(client.clone(), base, config.token.clone())),
             client,
             config,
             remembered: None,
@@ -211,7 +213,7 @@ impl Fetcher for HttpFetcher {
     }
 
     fn store(&mut self) -> Option<&mut dyn Store> {
-        Some(&mut self.store)
+        self.store.as_mut().map(|s| s as &mut dyn Store)
     }
 
     async fn fetch(&mut self, _running: &Running) -> Result<Option<Artifact>, FetchError> {

@@ -1,4 +1,4 @@
-//! The HTTP fetcher's store against a fixture server: the manifest asked for with
+//! The HTTP fetcher's store (`store_url`) against a fixture server: the manifest asked for with
 //! `If-None-Match` once held, documents written with `PUT` and the bearer token, a listing as
 //! JSON, and names that would leave the base refused before any request.
 
@@ -30,6 +30,12 @@ async fn the_store_beside_the_url_speaks_the_documented_protocol() {
     let config = HttpConfig::new(server.url("/releases/app"))
         .allow_insecure_loopback(true)
         .with_token("sekrit");
+    assert!(
+        HttpFetcher::new(config.clone()).unwrap().store().is_none(),
+        "no store_url: not staged"
+    );
+    let mut config = config;
+    config.store_url = Some(server.url("/releases/"));
     let mut fetcher = HttpFetcher::new(config).unwrap();
     let store = fetcher.store().expect("the HTTP fetcher has a store");
     assert_eq!(

@@ -55,6 +55,10 @@ pub(crate) struct StoreArgs {
     /// The config file whose fetcher names the release store.
     #[arg(long, short, default_value = "handover.toml")]
     config: PathBuf,
+    /// Write the manifest and its signature to DIR instead of the store: for a store handover
+    /// does not write to (a GitHub release: upload them as its assets).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -137,6 +141,7 @@ pub(crate) fn run(command: Rollout) -> anyhow::Result<ExitCode> {
 struct Publisher {
     fetcher: Box<dyn handover::fetcher::Fetcher>,
     keys: Vec<String>,
+    out: Option<PathBuf>,
 }
 
 impl Publisher {
@@ -151,6 +156,7 @@ impl Publisher {
         let mut publisher = Self {
             fetcher,
             keys: config.upgrade.public_keys.clone(),
+            out: args.out.clone(),
         };
         if publisher.fetcher.store().is_none() {
             bail!(
@@ -192,7 +198,40 @@ impl Publisher {
         manifest: &Manifest,
         key: Option<&minisign::SecretKey>,
     ) -> anyhow::Result<()> {
-        rollout::publish(self.store(), manifest, key).await?;
+        let Some(dir) = &self.out else {
+            rollout::publish(self.store(), manifest, key).await?;
+            return Ok(());
+        };
+        manifest
+            .validate()
+            .map_err(|m| anyhow::anyhow!("the manifest: {m}"))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let bytes = manifest.to_json();
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+        };
+        // The signature first, as in a store.
+        if let Some(key) = key {
+            write(rollout::SIGNATURE, rollout::sign(&bytes, key)?.as_bytes())?;
+        }
+        write(rollout::MANIFEST, &bytes)?;
+        eprintln!(
+            "wrote {0}/{1}{2}; publish them beside the release (GitHub: gh release upload TAG \
+             {0}/{1}{3} --clobber)",
+            dir.display(),
+            rollout::MANIFEST,
+            if key.is_some() {
+                " and its signature"
+            } else {
+                ""
+            },
+            if key.is_some() {
+                format!(" {}/{}", dir.display(), rollout::SIGNATURE)
+            } else {
+                String::new()
+            }
+        );
         Ok(())
     }
 }

@@ -4,11 +4,20 @@
 //! step by step; a bad one (it crashes after ready) halts itself after its first cohort, and
 //! the hosts outside that cohort never take it.
 
+#[cfg(feature = "github")]
+#[path = "../fetchers/github/tests/support/mod.rs"]
+mod fake;
 #[path = "rollout/fleet.rs"]
 mod fleet;
+#[cfg(feature = "github")]
+#[path = "rollout/github.rs"]
+mod github;
 #[cfg(feature = "s3")]
 #[path = "../fetchers/s3/tests/util/mod.rs"]
 mod s3util;
+#[cfg(feature = "http")]
+#[path = "rollout/served.rs"]
+mod served;
 mod util;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -59,20 +68,20 @@ fn the_http_store_refuses_a_write_without_its_token() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
-    let served = fleet::Served::start(dir.path(), &["--token-file".as_ref(), token.as_os_str()]);
+    let served = served::Served::start(dir.path(), &["--token-file".as_ref(), token.as_os_str()]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
         let name = "reports/abc/h1.json";
-        let mut anonymous = fleet::http_store(&served.base, None);
+        let mut anonymous = served::http_store(&served.base, None);
         let err = anonymous.put(name, b"{}".to_vec()).await.unwrap_err();
         assert!(err.to_string().contains("401"), "{err}");
-        let mut wrong = fleet::http_store(&served.base, Some("guess"));
+        let mut wrong = served::http_store(&served.base, Some("guess"));
         assert!(wrong.put(name, b"{}".to_vec()).await.is_err());
         assert!(!dir.path().join(name).exists());
-        let mut host = fleet::http_store(&served.base, Some("s3cret"));
+        let mut host = served::http_store(&served.base, Some("s3cret"));
         host.put(name, b"{\"a\":1}".to_vec()).await.unwrap();
         assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), b"{\"a\":1}");
         let listed = anonymous.list("reports/abc/").await.unwrap();
@@ -129,6 +138,18 @@ fn a_store_that_goes_down_is_backed_off_from_like_a_failed_fetch() {
     );
     assert!(line.contains("retry_in"), "{line}");
     service.assert_untouched(&live, worker, "store unreachable");
+}
+
+#[cfg(feature = "github")]
+#[test]
+fn a_good_release_reaches_every_host_step_by_step_on_github() {
+    good_release(Backend::Github);
+}
+
+#[cfg(feature = "github")]
+#[test]
+fn a_bad_release_halts_itself_after_the_first_cohort_on_github() {
+    bad_release(Backend::Github);
 }
 
 fn good_release(backend: Backend) {
@@ -219,7 +240,9 @@ fn good_release(backend: Backend) {
 
 fn bad_release(backend: Backend) {
     let fleet = Fleet::new(backend);
-    let bad = util::with_trailer(&util::example("testbed"), "crash-after-ready:300");
+    // A newer version (GitHub offers a release by its tag) that crashes after ready.
+    let mut bad = util::with_trailer(&util::example("testbed"), "crash-after-ready:300");
+    bad.extend_from_slice(b"\nHANDOVER-FAULT:version:0.2.0\n");
     let sha = util::sha256_hex(&bad);
     // Three real masters in the first step (10 %), two outside the second one (50 %).
     let mut real = hosts("real", &sha, 3, |b| b < 1_000);

@@ -26,49 +26,10 @@ pub enum Backend {
     /// fetcher and its store.
     #[cfg(feature = "http")]
     Http,
-}
-
-/// `handover rollout serve`, killed on drop.
-#[cfg(feature = "http")]
-pub struct Served {
-    child: std::process::Child,
-    pub base: String,
-}
-
-#[cfg(feature = "http")]
-impl Served {
-    /// Serves `dir`, with `extra` arguments (`--token-file F`).
-    pub fn start(dir: &Path, extra: &[&std::ffi::OsStr]) -> Served {
-        use std::io::BufRead;
-        let mut child = Command::new(HANDOVER)
-            .args(["rollout", "serve", "--listen", "127.0.0.1:0", "--dir"])
-            .arg(dir)
-            .args(extra)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let stderr = child.stderr.take().unwrap();
-        std::io::BufReader::new(stderr)
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|url| url.starts_with("http://"))
-            .unwrap_or_else(|| panic!("handover rollout serve said {line:?}"))
-            .to_string();
-        Served { child, base }
-    }
-}
-
-#[cfg(feature = "http")]
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    /// Releases and their `rollout.json` assets on the fake GitHub, reports to
+    /// `handover rollout serve`.
+    #[cfg(feature = "github")]
+    Github,
 }
 
 #[cfg(feature = "s3")]
@@ -86,7 +47,9 @@ pub struct Fleet {
     #[cfg(feature = "s3")]
     s3: Option<Bucket>,
     #[cfg(feature = "http")]
-    served: Option<Served>,
+    served: Option<crate::served::Served>,
+    #[cfg(feature = "github")]
+    github: Option<crate::github::Github>,
 }
 
 /// The key the S3 masters watch.
@@ -118,7 +81,14 @@ impl Fleet {
         };
         #[cfg(feature = "http")]
         let served = match backend {
-            Backend::Http => Some(Served::start(dir.path(), &[])),
+            Backend::Http => Some(crate::served::Served::start(dir.path(), &[])),
+            #[cfg(feature = "github")]
+            Backend::Github => Some(crate::served::Served::start(dir.path(), &[])),
+            _ => None,
+        };
+        #[cfg(feature = "github")]
+        let github = match backend {
+            Backend::Github => Some(crate::github::Github::start()),
             _ => None,
         };
         #[cfg(not(any(feature = "s3", feature = "http")))]
@@ -132,6 +102,8 @@ impl Fleet {
             s3,
             #[cfg(feature = "http")]
             served,
+            #[cfg(feature = "github")]
+            github,
         };
         std::fs::write(
             fleet.path("publisher.toml"),
@@ -147,6 +119,10 @@ impl Fleet {
 
     /// The `fetcher = …` line and the fetcher's table.
     fn fetcher_config(&self) -> String {
+        #[cfg(feature = "github")]
+        if let (Some(github), Some(served)) = (&self.github, &self.served) {
+            return github.config(served);
+        }
         #[cfg(feature = "http")]
         if let Some(served) = &self.served {
             return format!(
@@ -202,6 +178,10 @@ impl Fleet {
 
     /// A store client of its own, as a host has.
     pub fn store(&self) -> Box<dyn Store> {
+        #[cfg(feature = "github")]
+        if let (Some(github), Some(served)) = (&self.github, &self.served) {
+            return Box::new(github.store(served));
+        }
         #[cfg(feature = "s3")]
         if let Some(s3) = &self.s3 {
             return Box::new(handover_fetcher_s3::S3Store::beside(
@@ -212,13 +192,17 @@ impl Fleet {
         }
         #[cfg(feature = "http")]
         if let Some(served) = &self.served {
-            return Box::new(http_store(&served.base, None));
+            return Box::new(crate::served::http_store(&served.base, None));
         }
         Box::new(DirStore::new(self.dir.path()))
     }
 
     /// The size of the release as published now (0: none).
     pub fn published_size(&self) -> u64 {
+        #[cfg(feature = "github")]
+        if let Some(github) = &self.github {
+            return github.published_size();
+        }
         #[cfg(feature = "s3")]
         if let Some(s3) = &self.s3 {
             let head = s3
@@ -281,6 +265,11 @@ impl Fleet {
     /// Publishes `bytes` (staged as `file`, signed beside it): signature, then binary.
     pub fn publish_signed(&self, file: &Path, bytes: &[u8]) {
         let signature = file.with_extension("minisig");
+        #[cfg(feature = "github")]
+        if let Some(github) = &self.github {
+            github.publish(bytes, &std::fs::read(signature).unwrap());
+            return;
+        }
         #[cfg(feature = "s3")]
         if let Some(s3) = &self.s3 {
             let signature = std::fs::read(signature).unwrap();
@@ -329,6 +318,13 @@ impl Fleet {
         if args[0] != "status" {
             command.arg("--secret-key").arg(&self.secret);
         }
+        // handover does not write GitHub release assets: the manifest is written to a
+        // directory and uploaded, as a publisher does with `gh release upload --clobber`.
+        let out_dir = self.path("out");
+        #[cfg(feature = "github")]
+        if self.github.is_some() && args[0] != "status" {
+            command.arg("--out").arg(&out_dir);
+        }
         command.args(&args[1..]);
         if let Some(file) = file {
             command.arg(file);
@@ -339,6 +335,11 @@ impl Fleet {
             "handover rollout {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        #[cfg(feature = "github")]
+        if let Some(github) = self.github.as_ref().filter(|_| args[0] != "status") {
+            github.upload_manifest(&out_dir);
+        }
+        let _ = out_dir;
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -409,18 +410,6 @@ impl Simulated {
             self.took = Some((Instant::now(), step));
         }
     }
-}
-
-/// A client of the HTTP store at `base`, sending `token`.
-#[cfg(feature = "http")]
-pub fn http_store(base: &str, token: Option<&str>) -> handover_fetcher_http::HttpStore {
-    let mut options = handover_fetcher_http::net::ClientOptions::new(
-        Duration::from_secs(5),
-        Duration::from_secs(30),
-    );
-    options.allow_insecure_loopback = true;
-    let client = handover_fetcher_http::net::client(&options).unwrap();
-    handover_fetcher_http::HttpStore::new(client, base.parse().unwrap(), token.map(String::from))
 }
 
 /// Host ids whose buckets for `sha` satisfy `keep`, `count` of them.

@@ -103,6 +103,15 @@ pub struct GithubConfig {
     /// `<asset>.sha256`, `SHA256SUMS`, `sha256sums.txt`, `checksums.txt`, `*_checksums.txt`.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum_required: Option<bool>,
+    /// Where the hosts' reports about a staged rollout go, in the HTTP store protocol
+    /// (`handover_fetcher_http::HttpStore`, served by `handover rollout serve`). The
+    /// manifest itself is the release's `rollout.json` asset (with `rollout.json.minisig`); a
+    /// release that has one while this is unset installs nothing, and says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_url: Option<String>,
+    /// A bearer token for `store_url` (never sent to GitHub, never logged nor serialized).
+    #[serde(default, skip_serializing)]
+    pub store_token: Option<String>,
     /// Accept an `http://` `base_url` (and redirects) to a loopback host: 127.0.0.0/8, `::1`,
     /// `localhost`. For tests. Default: false.
     #[serde(default)]
@@ -156,6 +165,7 @@ impl fmt::Debug for GithubConfig {
             .field("binary", &self.binary)
             .field("target", &self.target)
             .field("checksum_required", &self.checksum_required)
+            .field("store_url", &self.store_url)
             .field("allow_insecure_loopback", &self.allow_insecure_loopback)
             .field("connect_timeout", &self.connect_timeout)
             .field("timeout", &self.timeout)
@@ -180,6 +190,8 @@ impl GithubConfig {
             binary: default_binary(),
             target: None,
             checksum_required: None,
+            store_url: None,
+            store_token: None,
             allow_insecure_loopback: false,
             connect_timeout: handover_fetcher_http::defaults::connect_timeout(),
             timeout: handover_fetcher_http::defaults::timeout(),

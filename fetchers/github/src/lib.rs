@@ -48,7 +48,7 @@ use std::fmt;
 
 use handover_fetcher::{
     async_trait, find_in_checksum_file, parse_sha256, Artifact, FetchError, Fetcher, Running,
-    Settlement, Sha256, Version,
+    Settlement, Sha256, Store, Version,
 };
 use handover_fetcher_http::net;
 
@@ -57,6 +57,7 @@ mod asset;
 mod config;
 mod error;
 mod release;
+mod store;
 
 pub use config::{Channel, GithubConfig, BUILD_TARGET, DEFAULT_BASE_URL};
 pub use error::Error;
@@ -82,6 +83,8 @@ pub struct GithubFetcher {
     remembered: Option<(String, Option<Version>)>,
     /// The candidate last offered: its id, the ETag of its answer, the running version.
     offered: Option<(String, Option<String>, Option<Version>)>,
+    /// A staged rollout's manifest (release assets) and reports (`store_url`).
+    documents: store::Documents,
 }
 
 impl fmt::Debug for GithubFetcher {
@@ -114,7 +117,19 @@ impl GithubFetcher {
         // this client (one HTTP and TLS stack).
         options.follow_redirects = false;
         let client = net::client(&options)?;
+        let mut documents = store::Documents::default();
+        if let Some(url) = &config.store_url {
+            let url = net::check_url("store_url", url, config.allow_insecure_loopback)?;
+            let mut options = net::ClientOptions::new(config.connect_timeout, config.timeout);
+            options.allow_insecure_loopback = config.allow_insecure_loopback;
+            documents.reports = Some(handover_fetcher_http::HttpStore::new(
+                net::client(&options)?,
+                url,
+                config.store_token.clone(),
+            ));
+        }
         Ok(Self {
+            documents,
             repo: config.repo.clone(),
             name: config.program_name()?.to_string(),
             target: config.target_triple().to_string(),
@@ -245,7 +260,12 @@ impl Fetcher for GithubFetcher {
             .as_ref()
             .filter(|(_, judged_against)| *judged_against == running.version)
             .map(|(etag, _)| etag.clone());
-        let Some((releases, etag)) = self.releases(etag.as_deref()).await? else {
+        // A manifest read just before, in the same poll, asked already.
+        let answer = match self.documents.reuse(etag.as_deref()) {
+            Some(answer) => answer,
+            None => self.releases(etag.as_deref()).await?,
+        };
+        let Some((releases, etag)) = answer else {
             tracing::debug!(repo = %self.repo, "releases not modified");
             return Ok(None);
         };
@@ -344,6 +364,10 @@ impl Fetcher for GithubFetcher {
         tracing::info!(%origin, %version, ?size, "offering a new release");
         self.offered = Some((id.clone(), etag, running.version.clone()));
         Ok(Some(artifact.with_version(version).with_id(id)))
+    }
+
+    fn store(&mut self) -> Option<&mut dyn Store> {
+        Some(self)
     }
 
     fn settled(&mut self, id: &str, settlement: Settlement) {

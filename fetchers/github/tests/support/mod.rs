@@ -24,14 +24,19 @@ pub use server::{dead_port, Reply, Request, Server};
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 pub const ASSET: &str = "app-x86_64-unknown-linux-gnu";
 
-/// A release asset: its bytes, and whether GitHub shows a `digest` for it.
+/// A release asset: its bytes, their SHA-256 (hex, computed once: some are hundreds of MB), and
+/// whether GitHub shows it as the `digest`.
 #[derive(Debug, Clone)]
 pub struct FakeAsset {
     pub id: u64,
     pub name: String,
     pub bytes: Vec<u8>,
+    pub sha256: String,
     pub digest: bool,
 }
+
+/// Asset ids handed out by [`FakeRelease::replace`]: never reused, as on GitHub.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000_000);
 
 /// A release. Lists are newest first, as GitHub returns them.
 #[derive(Debug, Clone)]
@@ -74,11 +79,27 @@ impl FakeRelease {
         self.add(name, bytes.into(), false)
     }
 
+    /// Replaces the asset `name` (or adds it), as a delete and an upload do on GitHub: the new
+    /// asset has a new id.
+    pub fn replace(&mut self, name: &str, bytes: impl Into<Vec<u8>>) {
+        self.assets.retain(|a| a.name != name);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let bytes = bytes.into();
+        self.assets.push(FakeAsset {
+            id,
+            name: name.into(),
+            sha256: hex(&sha256(&bytes)),
+            bytes,
+            digest: true,
+        });
+    }
+
     fn add(mut self, name: &str, bytes: Vec<u8>, digest: bool) -> Self {
         let id = self.id * 100 + self.assets.len() as u64 + 1;
         self.assets.push(FakeAsset {
             id,
             name: name.into(),
+            sha256: hex(&sha256(&bytes)),
             bytes,
             digest,
         });
@@ -327,7 +348,7 @@ fn storage(request: &Request, state: &State) -> Reply {
             |a| {
                 Reply::ok(a.bytes.clone())
                     .header("content-type", "application/octet-stream")
-                    .header("etag", format!("\"0x{}\"", &hex(&sha256(&a.bytes))[..16]))
+                    .header("etag", format!("\"0x{}\"", &a.sha256[..16]))
             },
         )
 }
@@ -376,7 +397,7 @@ fn asset_json(release: &FakeRelease, asset: &FakeAsset, base: &str) -> Value {
         "state": "uploaded",
         "content_type": content_type,
         "size": asset.bytes.len(),
-        "digest": if asset.digest { Value::String(format!("sha256:{}", hex(&sha256(&asset.bytes)))) } else { Value::Null },
+        "digest": if asset.digest { Value::String(format!("sha256:{}", asset.sha256)) } else { Value::Null },
         "download_count": 42,
         "created_at": "2026-03-01T10:00:00Z",
         "updated_at": "2026-03-01T10:00:05Z",

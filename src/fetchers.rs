@@ -1,12 +1,12 @@
 //! Which fetcher the configuration names, built from its table (`[file]`, `[s3]`, `[github]`,
-//! `[http]`). Backends are cargo features, so a user who only watches a file never compiles an
+//! `[http]`, `[etcd]`). Backends are cargo features, so a user who only watches a file never compiles an
 //! SDK; naming one that is not compiled in is an error that says which feature to enable.
 
 #[cfg(feature = "github")]
 use crate::config::tables::github_problem;
 #[cfg(feature = "http")]
 use crate::config::tables::http_problem;
-#[cfg(any(feature = "s3", feature = "github", feature = "http"))]
+#[cfg(any(feature = "s3", feature = "github", feature = "http", feature = "etcd"))]
 use crate::config::tables::table;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -21,6 +21,7 @@ pub async fn build_fetcher(config: &Config) -> Result<Option<Box<dyn handover_fe
         "s3" => s3(config).await,
         "github" => github(config),
         "http" => http(config),
+        "etcd" => etcd(config),
         other => Err(Error::config(
             "fetcher",
             format!("unknown fetcher {other:?}"),
@@ -90,6 +91,26 @@ fn http(_config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> 
     Err(Error::FetcherNotCompiled {
         name: "http".into(),
         feature: "http",
+    })
+}
+
+#[cfg(feature = "etcd")]
+fn etcd(config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
+    let settings: handover_fetcher_etcd::EtcdConfig = table(&config.etcd, "etcd")?;
+    let fetcher = handover_fetcher_etcd::EtcdFetcher::new(settings).map_err(|e| match e {
+        handover_fetcher_etcd::Error::Config { field, message } => {
+            Error::config(format!("etcd.{field}"), message)
+        }
+        other => Error::config("etcd", other.to_string()),
+    })?;
+    Ok(Some(Box::new(fetcher)))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn etcd(_config: &Config) -> Result<Option<Box<dyn handover_fetcher::Fetcher>>> {
+    Err(Error::FetcherNotCompiled {
+        name: "etcd".into(),
+        feature: "etcd",
     })
 }
 

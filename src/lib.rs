@@ -89,6 +89,9 @@ pub use fetchers::build_fetcher;
 pub use handle::MasterHandle;
 pub use handoff::{ProbationInfo, QuarantineEntry, UpgradeRecord, UpgradeStatus};
 pub use handover_fetcher as fetcher;
+/// The etcd fetcher (feature `etcd`).
+#[cfg(feature = "etcd")]
+pub use handover_fetcher_etcd as etcd;
 #[cfg(feature = "file")]
 pub use handover_fetcher_file::FileFetcher;
 /// The GitHub-release fetcher (feature `github`).

@@ -66,7 +66,8 @@ pub struct Config {
     pub worker_threads: Option<usize>,
     /// Where and how upgrades are fetched, checked and installed.
     pub upgrade: UpgradeConfig,
-    /// Which fetcher looks for new binaries: `"file"`, `"github"`, `"s3"`, `"http"`, or none.
+    /// Which fetcher looks for new binaries: `"file"`, `"github"`, `"s3"`, `"http"`, `"etcd"`,
+    /// or none.
     pub fetcher: Option<String>,
     /// Settings of the file fetcher (`fetcher = "file"`).
     pub file: Option<FileFetcherConfig>,
@@ -76,6 +77,8 @@ pub struct Config {
     pub s3: Option<toml::Table>,
     /// Settings of the HTTP fetcher (`fetcher = "http"`), read by that fetcher.
     pub http: Option<toml::Table>,
+    /// Settings of the etcd fetcher (`fetcher = "etcd"`), read by that fetcher.
+    pub etcd: Option<toml::Table>,
     /// How `handover run` treats a program not built on this library.
     pub program: ProgramConfig,
     /// Unix socket for `handover status|restart|upgrade|rollback` (mode 0600, and only the
@@ -116,6 +119,7 @@ impl Default for Config {
             github: None,
             s3: None,
             http: None,
+            etcd: None,
             program: Default::default(),
             control_socket: None,
             log: None,
@@ -354,10 +358,10 @@ impl Config {
         }
         self.upgrade.validate()?;
         if let Some(name) = &self.fetcher {
-            if !["file", "github", "s3", "http"].contains(&name.as_str()) {
+            if !["file", "github", "s3", "http", "etcd"].contains(&name.as_str()) {
                 return Err((
                     "fetcher",
-                    format!("must be one of \"file\", \"github\", \"s3\", \"http\", not {name:?}"),
+                    format!("must be one of \"file\", \"github\", \"s3\", \"http\", \"etcd\", not {name:?}"),
                 ));
             }
         }

@@ -15,6 +15,8 @@ pub(crate) fn check_tables(text: &str, origin: &str) -> Result<()> {
         github: Option<handover_fetcher_github::GithubConfig>,
         #[cfg(feature = "http")]
         http: Option<handover_fetcher_http::HttpConfig>,
+        #[cfg(feature = "etcd")]
+        etcd: Option<handover_fetcher_etcd::EtcdConfig>,
         #[serde(flatten)]
         _rest: toml::Table,
     }
@@ -41,13 +43,19 @@ pub(crate) fn check_tables(text: &str, origin: &str) -> Result<()> {
         let (field, message) = http_problem(&e);
         return Err(located(text, origin, &format!("http.{field}"), &message));
     }
+    #[cfg(feature = "etcd")]
+    if let Some(Err(handover_fetcher_etcd::Error::Config { field, message })) =
+        tables.etcd.as_ref().map(|e| e.validate())
+    {
+        return Err(located(text, origin, &format!("etcd.{field}"), &message));
+    }
     let _ = tables;
     Ok(())
 }
 
 /// An error about `field` (`s3.bucket`), at the line that sets it when it can be found.
 #[cfg_attr(
-    not(any(feature = "s3", feature = "github", feature = "http")),
+    not(any(feature = "s3", feature = "github", feature = "http", feature = "etcd")),
     allow(dead_code)
 )]
 fn located(text: &str, origin: &str, field: &str, message: &str) -> Error {
@@ -60,7 +68,7 @@ fn located(text: &str, origin: &str, field: &str, message: &str) -> Error {
 
 /// A table of the config as the backend's own config type.
 #[cfg_attr(
-    not(any(feature = "s3", feature = "github", feature = "http")),
+    not(any(feature = "s3", feature = "github", feature = "http", feature = "etcd")),
     allow(dead_code)
 )]
 pub(crate) fn table<T: serde::de::DeserializeOwned>(
@@ -204,6 +212,28 @@ mod tests {
         assert!(err.contains("set allow_insecure_loopback = true"), "{err}");
         let text = format!("{text}allow_insecure_loopback = true\n");
         Config::from_toml(&text, "h.toml").unwrap();
+    }
+
+    #[cfg(feature = "etcd")]
+    #[test]
+    fn an_etcd_endpoint_in_plain_text_to_another_host_is_refused_with_file_and_line() {
+        let table = "fetcher = \"etcd\"\n[etcd]\nkey = \"/handover/app/release\"\n";
+        let text = format!("{table}endpoints = [\"http://10.0.0.5:2379\"]\n");
+        let err = Config::from_toml(&text, "h.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("h.toml:4: etcd.endpoints \"http://10.0.0.5:2379\" is plain-text gRPC"),
+            "{err}"
+        );
+        let text =
+            format!("{table}endpoints = [\"http://10.0.0.5:2379\"]\nallow_plaintext = true\n");
+        Config::from_toml(&text, "h.toml").unwrap();
+        let err = Config::from_toml(
+            "fetcher = \"etcd\"\n[etcd]\nendpoints = [\"127.0.0.1:2379\"]\n",
+            "h.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("key"), "{err}");
     }
 
     #[cfg(feature = "github")]

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::fleet::HANDOVER;
+/// The CLI under test.
+const HANDOVER: &str = env!("CARGO_BIN_EXE_handover");
 
 /// `handover rollout serve`, killed on drop.
 pub struct Served {

@@ -3,6 +3,8 @@
 //! keep-alive load generator that never retries.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod load;
 pub mod run;
 

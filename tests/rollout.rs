@@ -1,5 +1,5 @@
-//! Staged rollouts through a release store shared by a fleet (a directory, and a bucket in
-//! moto): 5 real masters and 45 in-process simulated hosts read the same signed manifest
+//! Staged rollouts through a release store shared by a fleet (a directory, a bucket in moto,
+//! `handover rollout serve`, the fake GitHub, etcd): 5 real masters and 45 in-process simulated hosts read the same signed manifest
 //! (written by `handover rollout`) and write reports beside it. A good release reaches 100 %
 //! step by step; a bad one (it crashes after ready) halts itself after its first cohort, and
 //! the hosts outside that cohort never take it.
@@ -150,6 +150,18 @@ fn a_good_release_reaches_every_host_step_by_step_on_github() {
 #[test]
 fn a_bad_release_halts_itself_after_the_first_cohort_on_github() {
     bad_release(Backend::Github);
+}
+
+#[cfg(all(feature = "etcd", feature = "http"))]
+#[test]
+fn a_good_release_reaches_every_host_step_by_step_on_etcd() {
+    good_release(Backend::Etcd);
+}
+
+#[cfg(all(feature = "etcd", feature = "http"))]
+#[test]
+fn a_bad_release_halts_itself_after_the_first_cohort_on_etcd() {
+    bad_release(Backend::Etcd);
 }
 
 fn good_release(backend: Backend) {

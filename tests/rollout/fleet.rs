@@ -30,6 +30,10 @@ pub enum Backend {
     /// `handover rollout serve`.
     #[cfg(feature = "github")]
     Github,
+    /// The pointer, the manifest and the reports in etcd (started here), the binary served by
+    /// `handover rollout serve`. The real masters watch; the simulated hosts poll.
+    #[cfg(feature = "etcd")]
+    Etcd,
 }
 
 #[cfg(feature = "s3")]
@@ -50,7 +54,13 @@ pub struct Fleet {
     served: Option<crate::served::Served>,
     #[cfg(feature = "github")]
     github: Option<crate::github::Github>,
+    #[cfg(feature = "etcd")]
+    etcd: Option<crate::util::etcd::Etcd>,
 }
+
+/// The key the etcd masters watch, and the prefix of their store.
+#[cfg(feature = "etcd")]
+const ETCD_PREFIX: &str = "/handover/testbed/";
 
 /// The key the S3 masters watch.
 #[cfg(feature = "s3")]
@@ -84,6 +94,13 @@ impl Fleet {
             Backend::Http => Some(crate::served::Served::start(dir.path(), &[])),
             #[cfg(feature = "github")]
             Backend::Github => Some(crate::served::Served::start(dir.path(), &[])),
+            #[cfg(feature = "etcd")]
+            Backend::Etcd => Some(crate::served::Served::start(dir.path(), &[])),
+            _ => None,
+        };
+        #[cfg(feature = "etcd")]
+        let etcd = match backend {
+            Backend::Etcd => Some(crate::util::etcd::Etcd::start()),
             _ => None,
         };
         #[cfg(feature = "github")]
@@ -104,6 +121,8 @@ impl Fleet {
             served,
             #[cfg(feature = "github")]
             github,
+            #[cfg(feature = "etcd")]
+            etcd,
         };
         std::fs::write(
             fleet.path("publisher.toml"),
@@ -119,6 +138,13 @@ impl Fleet {
 
     /// The `fetcher = …` line and the fetcher's table.
     fn fetcher_config(&self) -> String {
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = &self.etcd {
+            return format!(
+                "fetcher = \"etcd\"\n[etcd]\nendpoints = [\"{}\"]\nkey = \"{ETCD_PREFIX}release\"\nallow_insecure_loopback = true\n",
+                etcd.endpoint()
+            );
+        }
         #[cfg(feature = "github")]
         if let (Some(github), Some(served)) = (&self.github, &self.served) {
             return github.config(served);
@@ -178,6 +204,10 @@ impl Fleet {
 
     /// A store client of its own, as a host has.
     pub fn store(&self) -> Box<dyn Store> {
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = &self.etcd {
+            return Box::new(etcd.writer(ETCD_PREFIX));
+        }
         #[cfg(feature = "github")]
         if let (Some(github), Some(served)) = (&self.github, &self.served) {
             return Box::new(github.store(served));
@@ -283,6 +313,17 @@ impl Fleet {
         }
         std::fs::rename(signature, self.path("testbed.next.minisig")).unwrap();
         util::drop_file(&self.release(), bytes);
+        // The pointer last: the binary is all there when hosts learn of it.
+        #[cfg(feature = "etcd")]
+        if let (Some(etcd), Some(served)) = (&self.etcd, &self.served) {
+            let signature = std::fs::read_to_string(self.path("testbed.next.minisig")).unwrap();
+            let pointer = serde_json::json!({
+                "url": format!("{}testbed.next", served.base),
+                "sha256": util::sha256_hex(bytes),
+                "signature": signature,
+            });
+            etcd.put(ETCD_PREFIX, "release", pointer.to_string().as_bytes());
+        }
     }
 
     /// Writes `bytes` to a staging directory and signs them there (Debian's `minisign`).

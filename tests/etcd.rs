@@ -56,6 +56,13 @@ fn pointer(release: &Release, sha: &str, version: &str, signature: Option<&str>)
     value.to_string().into_bytes()
 }
 
+/// Writes an unsigned pointer to `release` and waits until the master serves it.
+fn install_unsigned(etcd: &Etcd, service: &Service, release: &Release) {
+    let value = pointer(release, &release.sha, "0.2.0", None);
+    etcd.put(PREFIX, "release", &value);
+    service.wait_for_sha(&release.sha);
+}
+
 /// The reads etcd serves over `window`, while nothing is published.
 fn reads_over(etcd: &Etcd, window: Duration) -> u64 {
     let before = etcd.ranges();
@@ -165,12 +172,7 @@ fn a_watch_broken_by_a_cluster_restart_falls_back_to_polling_and_comes_back() {
     etcd.spawn();
     service.wait_log("etcd watch re-established", Duration::from_secs(30));
     let release = upload(files.path(), &served, "0.2.0");
-    etcd.put(
-        PREFIX,
-        "release",
-        &pointer(&release, &release.sha, "0.2.0", None),
-    );
-    service.wait_for_sha(&release.sha);
+    install_unsigned(&etcd, &service, &release);
     std::thread::sleep(Duration::from_secs(2));
     let idle = reads_over(&etcd, Duration::from_secs(3));
     assert_eq!(
@@ -193,12 +195,7 @@ fn with_poll_only_every_poll_reads_the_key_and_a_release_is_installed_by_polling
     );
     assert_eq!(service.log_count("etcd watch"), 0, "{}", service.log());
     let release = upload(files.path(), &served, "0.2.0");
-    etcd.put(
-        PREFIX,
-        "release",
-        &pointer(&release, &release.sha, "0.2.0", None),
-    );
-    service.wait_for_sha(&release.sha);
+    install_unsigned(&etcd, &service, &release);
 }
 
 #[test]

@@ -347,16 +347,9 @@ struct Validators {
 
 impl Validators {
     fn of(response: &reqwest::Response) -> Self {
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
-                .map(str::to_string)
-        };
         Self {
-            etag: header(reqwest::header::ETAG),
-            last_modified: header(reqwest::header::LAST_MODIFIED),
+            etag: net::header(response, reqwest::header::ETAG),
+            last_modified: net::header(response, reqwest::header::LAST_MODIFIED),
         }
     }
 

@@ -248,16 +248,9 @@ impl Fetcher for HttpFetcher {
             _ => return Err(net::status_error(&origin, &response)),
         }
         let size = response.content_length();
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
-                .map(str::to_string)
-        };
         let seen = Seen {
-            etag: header(ETAG),
-            last_modified: header(LAST_MODIFIED),
+            etag: net::header(&response, ETAG),
+            last_modified: net::header(&response, LAST_MODIFIED),
             checksum,
         };
         let id = seen.id();

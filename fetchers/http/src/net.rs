@@ -137,6 +137,15 @@ pub fn client(options: &ClientOptions) -> Result<Client, Error> {
         .map_err(Error::Client)
 }
 
+/// A response header as text, when it is there and is text.
+pub fn header(response: &Response, name: reqwest::header::HeaderName) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 /// Sends `request`, turning a transport failure into a [`FetchError`] (see [`transport_error`]).
 /// Any status comes back as `Ok`: callers decide what 304 or 404 mean to them.
 pub async fn send(request: RequestBuilder, origin: &str) -> Result<Response, FetchError> {

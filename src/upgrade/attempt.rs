@@ -101,7 +101,7 @@ impl Pipeline {
                 }
             }
         }
-        let (download, saved) = match self.from_patch(delta::Wanted::of(&artifact), running).await {
+        let (download, saved) = match self.patched(delta::Wanted::of(&artifact), running).await {
             Some((download, saved)) => (download, Some(saved)),
             None => match stage::download(
                 &mut artifact,

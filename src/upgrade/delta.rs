@@ -59,7 +59,7 @@ impl Pipeline {
     /// The release `wanted`, made from a patch against the running binary, when the store has
     /// a usable one; `None` (with a warning when a patch was there but unusable): download the
     /// whole release.
-    pub(super) async fn from_patch(
+    pub(super) async fn patched(
         &mut self,
         wanted: Option<Wanted>,
         running: &Running,
@@ -79,12 +79,15 @@ impl Pipeline {
                 Ok(signature) => Ok((patch, signature)),
                 Err(e) => Err(format!("reading its signature: {e}")),
             },
+            // S3 answers 403 for a missing key to a reader that may not list the bucket.
+            Err(e @ handover_fetcher::FetchError::Refused { .. }) => {
+                tracing::debug!(patch = %location, error = %e, "no delta patch to read");
+                return None;
+            }
             Err(e) => Err(e.to_string()),
         };
         let made = match fetched {
-            Ok((patch, signature)) => {
-                self.apply(&wanted, &patch, signature.as_deref()).await
-            }
+            Ok((patch, signature)) => self.apply(&wanted, &patch, signature.as_deref()).await,
             Err(e) => Err(e),
         };
         match made {

@@ -300,9 +300,8 @@ async fn patch(args: PatchArgs) -> anyhow::Result<ExitCode> {
     use handover::rollout::delta;
     let mut publisher = Publisher::open(&args.store).await?;
     let key = publisher.key(&args.key)?;
-    let read = |path: &Path| {
-        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-    };
+    let read =
+        |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
     let (old, new) = (read(&args.from)?, read(&args.file)?);
     let (from, to) = (sha256_hex(&old), sha256_hex(&new));
     if from == to {

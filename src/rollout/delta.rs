@@ -122,8 +122,17 @@ pub fn apply_patch(old: &[u8], patch: &[u8], max_size: u64) -> Result<Vec<u8>, E
     let bad = |message: String| patch_error("applying a patch", message);
     let size = match zstd_safe::get_frame_content_size(patch) {
         Ok(Some(size)) => size,
-        Ok(None) => return Err(bad("the patch does not declare the size of its result".into())),
-        Err(_) => return Err(bad(format!("{} bytes that are not a zstd frame", patch.len()))),
+        Ok(None) => {
+            return Err(bad(
+                "the patch does not declare the size of its result".into()
+            ))
+        }
+        Err(_) => {
+            return Err(bad(format!(
+                "{} bytes that are not a zstd frame",
+                patch.len()
+            )))
+        }
     };
     if size > max_size {
         return Err(bad(format!(

@@ -24,10 +24,16 @@ fn a_host_installs_a_staged_release_from_a_delta_patch_and_downloads_it_whole_wh
     let sha = util::sha256_hex(&good);
     let file = fleet.stage(&good);
     let out = patch(&fleet, &base, &file);
-    assert!(out.contains(&format!("bytes instead of {}", good.len())), "{out}");
+    assert!(
+        out.contains(&format!("bytes instead of {}", good.len())),
+        "{out}"
+    );
     let name = delta::patch_name(&util::sha256_hex(&base), &sha);
     assert!(fleet.path(&name).exists(), "{out}");
-    assert!(fleet.path(&format!("{name}.minisig")).exists(), "signed with -s");
+    assert!(
+        fleet.path(&format!("{name}.minisig")).exists(),
+        "signed with -s"
+    );
     start(&fleet, &file);
     fleet.publish_signed(&file, &good);
     service.wait_for_sha(&sha);
@@ -87,5 +93,9 @@ fn sign(fleet: &Fleet, file: &Path) {
         .arg(file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -19,7 +19,8 @@ fn run() -> Result<(), handover::Error> {
     common::init_logging();
     let config = common::config_from_env()?;
     handover::Handover::new(config)
-        .version(env!("CARGO_PKG_VERSION"))
+        // HELLO_VERSION at build time: two builds that differ in one literal (delta_size).
+        .version(option_env!("HELLO_VERSION").unwrap_or(env!("CARGO_PKG_VERSION")))
         .run(|worker| async move {
             // Runs only in workers: the master never calls this closure.
             common::spawn_logging_job(&worker);

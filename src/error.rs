@@ -96,6 +96,14 @@ pub enum Error {
         /// What is wrong: malformed, unsigned, badly signed, replayed.
         message: String,
     },
+    /// A delta patch could not be made or applied (see [`crate::rollout::delta`]).
+    #[error("{what}: {message}")]
+    Patch {
+        /// What was being done (`making a patch`, `applying a patch`).
+        what: String,
+        /// What went wrong: zstd's error, a size over the limit.
+        message: String,
+    },
     /// The master is gone or refused the request.
     #[error("master: {0}")]
     Master(String),

@@ -1,9 +1,9 @@
-//! `handover rollout start|status|halt|resume|promote`: the publisher's side of a staged
+//! `handover rollout start|status|halt|resume|promote|patch`: the publisher's side of a staged
 //! rollout, against the release store the config's fetcher reads.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -45,6 +45,9 @@ pub(crate) enum Rollout {
         #[command(flatten)]
         key: KeyArg,
     },
+    /// Write a delta patch from an older release to a newer one into the store: hosts that run
+    /// the older one download the patch instead of the whole release.
+    Patch(PatchArgs),
     /// Serve a directory (releases, manifest, reports) in the HTTP fetcher's store protocol.
     #[cfg(all(feature = "file", feature = "http"))]
     Serve(crate::rollout_serve::ServeArgs),
@@ -63,10 +66,24 @@ pub(crate) struct StoreArgs {
 
 #[derive(Args)]
 pub(crate) struct KeyArg {
-    /// The minisign secret key that signs the manifest (needed when hosts have
+    /// The minisign secret key that signs the manifest or patch (needed when hosts have
     /// `upgrade.public_keys`). Its password comes from HANDOVER_SIGN_PASSWORD, else the terminal.
     #[arg(short = 's', long = "secret-key", value_name = "KEY")]
     secret_key: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct PatchArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    key: KeyArg,
+    /// The release the hosts run now.
+    #[arg(long, value_name = "OLD")]
+    from: PathBuf,
+    /// The new release, as published.
+    #[arg(value_name = "NEW")]
+    file: PathBuf,
 }
 
 #[derive(Args)]
@@ -108,6 +125,7 @@ pub(crate) fn run(command: Rollout) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         match command {
             Rollout::Start(args) => start(args).await,
+            Rollout::Patch(args) => patch(args).await,
             #[cfg(all(feature = "file", feature = "http"))]
             Rollout::Serve(args) => crate::rollout_serve::serve(args).await,
             Rollout::Status { store, json } => status(&store, json).await,
@@ -278,6 +296,74 @@ async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn patch(args: PatchArgs) -> anyhow::Result<ExitCode> {
+    use handover::rollout::delta;
+    let mut publisher = Publisher::open(&args.store).await?;
+    let key = publisher.key(&args.key)?;
+    let read =
+        |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let (old, new) = (read(&args.from)?, read(&args.file)?);
+    let (from, to) = (sha256_hex(&old), sha256_hex(&new));
+    if from == to {
+        bail!(
+            "{} and {} are the same binary (sha256 {})",
+            args.from.display(),
+            args.file.display(),
+            short(&from)
+        );
+    }
+    let started = Instant::now();
+    let patch = delta::make_patch(&old, &new)?;
+    let took = started.elapsed();
+    // What hosts will do, before anything is published.
+    if delta::apply_patch(&old, &patch, new.len() as u64)? != new {
+        bail!("the patch does not make {} again", args.file.display());
+    }
+    let name = delta::patch_name(&from, &to);
+    let signature = match &key {
+        Some(key) => Some(delta::sign(&patch, key, &from, &to)?),
+        None => None,
+    };
+    // The signature first, as for the manifest: a host never finds an unsigned patch.
+    let location = match &publisher.out {
+        Some(dir) => {
+            let write = |name: &str, bytes: &[u8]| {
+                let path = dir.join(name);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                }
+                std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+            };
+            if let Some(signature) = &signature {
+                write(&delta::signature_name(&from, &to), signature.as_bytes())?;
+            }
+            write(&name, &patch)?;
+            dir.join(&name).display().to_string()
+        }
+        None => {
+            let store = publisher.store();
+            if let Some(signature) = signature {
+                store
+                    .put(&delta::signature_name(&from, &to), signature.into_bytes())
+                    .await?;
+            }
+            store.put(&name, patch.clone()).await?;
+            store.locate(&name)
+        }
+    };
+    println!(
+        "{location}: {} bytes instead of {} ({:.2} %), from sha256 {} to {}, made in {:.2} s",
+        patch.len(),
+        new.len(),
+        100.0 * patch.len() as f64 / new.len().max(1) as f64,
+        short(&from),
+        short(&to),
+        took.as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn status(args: &StoreArgs, json: bool) -> anyhow::Result<ExitCode> {
     let mut publisher = Publisher::open(args).await?;
     let manifest = publisher.manifest().await?;
@@ -340,6 +426,11 @@ fn sha256_of(file: &Path) -> anyhow::Result<String> {
     std::io::copy(&mut input, &mut hasher)
         .with_context(|| format!("reading {}", file.display()))?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 fn short(sha: &str) -> &str {

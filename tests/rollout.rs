@@ -4,6 +4,8 @@
 //! step by step; a bad one (it crashes after ready) halts itself after its first cohort, and
 //! the hosts outside that cohort never take it.
 
+#[path = "rollout/delta.rs"]
+mod delta;
 #[cfg(feature = "github")]
 #[path = "../fetchers/github/tests/support/mod.rs"]
 mod fake;

@@ -30,6 +30,7 @@
 //! ```
 
 mod book;
+pub mod delta;
 mod follow;
 mod manifest;
 mod plan;

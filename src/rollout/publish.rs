@@ -13,20 +13,28 @@ use crate::error::Error;
 
 /// The minisign signature of a manifest's bytes, checked against the key's public half.
 pub fn sign(bytes: &[u8], key: &minisign::SecretKey) -> Result<String, Error> {
-    let failed = |message: String| Error::Rollout {
+    sign_document(bytes, key, "handover rollout manifest").map_err(|message| Error::Rollout {
         location: MANIFEST.into(),
         message,
-    };
+    })
+}
+
+/// The minisign signature of a document's bytes, with `comment` as its trusted comment.
+pub(super) fn sign_document(
+    bytes: &[u8],
+    key: &minisign::SecretKey,
+    comment: &str,
+) -> Result<String, String> {
     let public = minisign::PublicKey::from_secret_key(key)
-        .map_err(|e| failed(format!("the secret key has no usable public key: {e}")))?;
+        .map_err(|e| format!("the secret key has no usable public key: {e}"))?;
     let signature = minisign::sign(
         Some(&public),
         key,
         std::io::Cursor::new(bytes),
-        Some("handover rollout manifest"),
+        Some(comment),
         Some("signature from handover rollout"),
     )
-    .map_err(|e| failed(format!("signing: {e}")))?;
+    .map_err(|e| format!("signing: {e}"))?;
     Ok(signature.into_string())
 }
 

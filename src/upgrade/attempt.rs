@@ -5,7 +5,7 @@ use handover_fetcher::{Artifact, Running};
 
 use super::stage::{self, Download};
 use super::timing::Stages;
-use super::{perms, sanity, signed, swap, verify, Pipeline};
+use super::{delta, perms, sanity, signed, swap, verify, Pipeline};
 use crate::config::Sanity;
 use crate::digest::short;
 use crate::refusal::Refusal;
@@ -101,19 +101,24 @@ impl Pipeline {
                 }
             }
         }
-        let download = match stage::download(
-            &mut artifact,
-            &self.live,
-            self.config.max_size,
-            self.config.progress_bar,
-        )
-        .await
-        {
-            Ok(d) => d,
-            Err(refusal) => return refused(refusal),
+        let (download, saved) = match self.patched(delta::Wanted::of(&artifact), running).await {
+            Some((download, saved)) => (download, Some(saved)),
+            None => match stage::download(
+                &mut artifact,
+                &self.live,
+                self.config.max_size,
+                self.config.progress_bar,
+            )
+            .await
+            {
+                Ok(d) => {
+                    tracing::info!(path = %d.path.display(), size = d.size, sha256 = %short(&hex::encode(d.sha256)), "downloaded candidate");
+                    (d, None)
+                }
+                Err(refusal) => return refused(refusal),
+            },
         };
         stages.lap("download");
-        tracing::info!(path = %download.path.display(), size = download.size, sha256 = %short(&hex::encode(download.sha256)), "downloaded candidate");
         let claims = Claims {
             sha256: artifact.claimed_sha256().copied(),
             signature: artifact.signature().map(<[u8]>::to_vec),
@@ -164,7 +169,11 @@ impl Pipeline {
                     master_state,
                     stages,
                 };
-                self.install(checked, running, span).await
+                let outcome = self.install(checked, running, span).await;
+                if let (Outcome::Installed { .. }, Some(saved)) = (&outcome, saved) {
+                    saved.log();
+                }
+                outcome
             }
             Err(refusal) => {
                 swap::discard(&download.path);

@@ -13,6 +13,7 @@
 
 pub(crate) mod archive;
 mod attempt;
+mod delta;
 mod perms;
 mod probation;
 mod progress;

@@ -28,6 +28,28 @@ pub(crate) fn signature(
     signature: Option<&[u8]>,
     file: &Path,
 ) -> Result<Option<String>, Refusal> {
+    signed_by_one_of(keys, signature, |key, signature| {
+        verify_file(key, signature, file)
+    })
+}
+
+/// [`signature`] over bytes in memory (a binary made from a delta patch, the patch itself).
+pub(crate) fn signature_of_bytes(
+    keys: &[String],
+    signature: Option<&[u8]>,
+    bytes: &[u8],
+) -> Result<Option<String>, Refusal> {
+    signed_by_one_of(keys, signature, |key, signature| {
+        key.verify(bytes, signature, false)
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn signed_by_one_of(
+    keys: &[String],
+    signature: Option<&[u8]>,
+    verify: impl Fn(&minisign_verify::PublicKey, &minisign_verify::Signature) -> Result<(), String>,
+) -> Result<Option<String>, Refusal> {
     if keys.is_empty() {
         return Ok(None);
     }
@@ -42,7 +64,7 @@ pub(crate) fn signature(
     for key in keys {
         let key = minisign_verify::PublicKey::from_base64(key.trim())
             .map_err(|e| invalid(format!("configured public key is invalid: {e}")))?;
-        match verify_file(&key, &signature, file) {
+        match verify(&key, &signature) {
             Ok(()) => return Ok(Some(signature.trusted_comment().to_string())),
             Err(e) => last_error = e,
         }

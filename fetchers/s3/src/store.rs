@@ -10,6 +10,8 @@ use crate::error::{classify, Failure};
 
 /// The largest document read: manifests and reports are a few hundred bytes.
 const MAX_DOCUMENT: i64 = 1 << 20;
+/// The largest delta patch read (documents under `patches/`).
+const MAX_PATCH: i64 = 256 << 20;
 
 /// Documents under one prefix of a bucket, named by paths relative to it.
 ///
@@ -102,14 +104,16 @@ impl Store for S3Store {
             }
             Err(Failure::Fetch(err)) => return Err(err),
         };
-        if object
-            .content_length()
-            .is_some_and(|len| len > MAX_DOCUMENT)
-        {
+        let limit = if name.starts_with("patches/") {
+            MAX_PATCH
+        } else {
+            MAX_DOCUMENT
+        };
+        if object.content_length().is_some_and(|len| len > limit) {
             return Err(FetchError::invalid(
                 origin,
                 format!(
-                    "{} bytes: too large for a rollout document",
+                    "{} bytes: too large for a rollout document (at most {limit})",
                     object.content_length().unwrap_or(0)
                 ),
             ));

@@ -20,12 +20,15 @@ mod s3util;
 #[cfg(feature = "http")]
 #[path = "rollout/served.rs"]
 mod served;
+#[path = "rollout/status.rs"]
+mod status;
 mod util;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use fleet::{control_status, has_line, hosts, wait_status, Backend, Fleet};
+use fleet::{hosts, Backend, Fleet};
 use handover::rollout;
+use status::{control_status, has_line, wait_status};
 
 #[test]
 fn a_good_release_reaches_every_host_step_by_step() {

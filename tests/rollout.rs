@@ -4,6 +4,7 @@
 //! step by step; a bad one (it crashes after ready) halts itself after its first cohort, and
 //! the hosts outside that cohort never take it.
 
+#[cfg(feature = "delta")]
 #[path = "rollout/delta.rs"]
 mod delta;
 #[cfg(feature = "github")]

@@ -20,6 +20,7 @@
 //! );
 //! ```
 
+#[cfg(feature = "delta")]
 use zstd::zstd_safe::{self, CParameter, DParameter};
 
 use crate::error::Error;
@@ -29,12 +30,15 @@ pub const PATCHES: &str = "patches/";
 
 /// The compression level: the ratio comes from the matches against the old binary, which
 /// every level finds; higher levels cost seconds for a few percent of a small patch.
+#[cfg(feature = "delta")]
 const LEVEL: i32 = 3;
 
 /// The largest window zstd takes (on 64-bit targets): a binary up to 1 GiB can be patched.
+#[cfg(feature = "delta")]
 const MAX_WINDOW_LOG: u32 = 31;
 
 /// The smallest window zstd takes.
+#[cfg(feature = "delta")]
 const MIN_WINDOW_LOG: u32 = 10;
 
 /// The name of the patch from the binary with SHA-256 `from` to the one with `to` (hex).
@@ -65,6 +69,7 @@ pub fn sign(
 }
 
 /// The window that spans `size` bytes of reference plus output: log2 rounded up, plus one.
+#[cfg(feature = "delta")]
 fn window_log(size: usize) -> Result<u32, Error> {
     let bits = usize::BITS - size.max(1).leading_zeros();
     let log = (bits + 1).max(MIN_WINDOW_LOG);
@@ -84,12 +89,14 @@ fn patch_error(what: &str, message: impl Into<String>) -> Error {
     }
 }
 
+#[cfg(feature = "delta")]
 fn zstd_error(code: usize) -> String {
     zstd_safe::get_error_name(code).to_string()
 }
 
 /// A patch that turns `old` into `new`: one zstd frame that references `old` as its prefix
 /// (`zstd --patch-from=old new`), with `new`'s size in its header.
+#[cfg(feature = "delta")]
 pub fn make_patch(old: &[u8], new: &[u8]) -> Result<Vec<u8>, Error> {
     let failed = |code| patch_error("making a patch", zstd_error(code));
     let window = window_log(old.len().max(new.len()))?;
@@ -118,6 +125,7 @@ pub fn make_patch(old: &[u8], new: &[u8]) -> Result<Vec<u8>, Error> {
 /// Applies `patch` to `old`; the result may not exceed `max_size` bytes (the patch declares
 /// its size, checked before anything is allocated). A patch made from another base yields
 /// other bytes or fails: the caller checks the SHA-256 of the result.
+#[cfg(feature = "delta")]
 pub fn apply_patch(old: &[u8], patch: &[u8], max_size: u64) -> Result<Vec<u8>, Error> {
     let bad = |message: String| patch_error("applying a patch", message);
     let size = match zstd_safe::get_frame_content_size(patch) {
@@ -157,7 +165,22 @@ pub fn apply_patch(old: &[u8], patch: &[u8], max_size: u64) -> Result<Vec<u8>, E
     Ok(new)
 }
 
-#[cfg(test)]
+/// Without the `delta` feature (zstd), no patch can be made.
+#[cfg(not(feature = "delta"))]
+pub fn make_patch(_old: &[u8], _new: &[u8]) -> Result<Vec<u8>, Error> {
+    Err(patch_error("making a patch", NOT_BUILT))
+}
+
+/// Without the `delta` feature (zstd), no patch can be applied.
+#[cfg(not(feature = "delta"))]
+pub fn apply_patch(_old: &[u8], _patch: &[u8], _max_size: u64) -> Result<Vec<u8>, Error> {
+    Err(patch_error("applying a patch", NOT_BUILT))
+}
+
+#[cfg(not(feature = "delta"))]
+const NOT_BUILT: &str = "this handover is built without the `delta` feature (zstd)";
+
+#[cfg(all(test, feature = "delta"))]
 mod tests {
     use super::*;
     use sha2::{Digest, Sha256};

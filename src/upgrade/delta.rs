@@ -64,6 +64,9 @@ impl Pipeline {
         wanted: Option<Wanted>,
         running: &Running,
     ) -> Option<(Download, Saved)> {
+        if !cfg!(feature = "delta") {
+            return None;
+        }
         let wanted = wanted?;
         let target = wanted.sha256;
         if target == running.sha256 {

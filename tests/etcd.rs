@@ -63,11 +63,25 @@ fn install_unsigned(etcd: &Etcd, service: &Service, release: &Release) {
     service.wait_for_sha(&release.sha);
 }
 
-/// The reads etcd serves over `window`, while nothing is published.
+/// The reads etcd serves over `window`.
 fn reads_over(etcd: &Etcd, window: Duration) -> u64 {
     let before = etcd.ranges();
     std::thread::sleep(window);
     etcd.ranges() - before
+}
+
+/// The fewest reads in a 3 s window (ten polls) out of up to six: a master reads once after
+/// its watch stands (and again after it re-executes itself into an upgraded binary), so the
+/// first window may hold those; a master that polls the key reads in every window.
+fn quietest_window(etcd: &Etcd) -> u64 {
+    let mut fewest = u64::MAX;
+    for _ in 0..6 {
+        fewest = fewest.min(reads_over(etcd, Duration::from_secs(3)));
+        if fewest == 0 {
+            break;
+        }
+    }
+    fewest
 }
 
 #[test]
@@ -79,8 +93,8 @@ fn a_pointer_written_to_etcd_is_installed_through_the_watch_and_idle_polls_read_
     let keys = format!("public_keys = [\"{}\"]\n", public.to_base64());
     let service = master(&etcd, "300ms", "", &keys);
     service.wait_log("etcd watch established", Duration::from_secs(20));
-    // Ten polls' worth of time: with the watch up, not one reads the key.
-    let idle = reads_over(&etcd, Duration::from_secs(3));
+    // Ten polls' worth of time: with the watch up, not one reads anything.
+    let idle = quietest_window(&etcd);
     assert_eq!(idle, 0, "polls read etcd {idle} times with the watch up");
 
     // A pointer whose digest is not that of the bytes: refused, the worker keeps serving.
@@ -130,8 +144,7 @@ fn a_pointer_written_to_etcd_is_installed_through_the_watch_and_idle_polls_read_
         written.elapsed()
     );
     // Settled: nothing more is read until the key changes.
-    std::thread::sleep(Duration::from_secs(2));
-    let idle = reads_over(&etcd, Duration::from_secs(3));
+    let idle = quietest_window(&etcd);
     assert_eq!(
         idle, 0,
         "polls read etcd {idle} times after the release was installed"
@@ -173,8 +186,7 @@ fn a_watch_broken_by_a_cluster_restart_falls_back_to_polling_and_comes_back() {
     service.wait_log("etcd watch re-established", Duration::from_secs(30));
     let release = upload(files.path(), &served, "0.2.0");
     install_unsigned(&etcd, &service, &release);
-    std::thread::sleep(Duration::from_secs(2));
-    let idle = reads_over(&etcd, Duration::from_secs(3));
+    let idle = quietest_window(&etcd);
     assert_eq!(
         idle, 0,
         "still polling ({idle} reads) after the watch came back"

@@ -29,8 +29,8 @@ pub(crate) struct Documents {
     releases: Option<(Vec<Release>, Option<String>)>,
     /// When the store last asked, for [`GithubFetcher::fetch`] to reuse the answer.
     pub(crate) asked_at: Option<Instant>,
-    /// Asset name → (asset id, update time, bytes).
-    held: HashMap<String, (u64, String, Vec<u8>)>,
+    /// Asset name → (release id, asset id, update time, bytes).
+    held: HashMap<String, (u64, u64, String, Vec<u8>)>,
 }
 
 impl Documents {
@@ -90,28 +90,54 @@ impl GithubFetcher {
         let Some((release, _)) = release::pick(releases, self.config.prerelease) else {
             return Ok(None);
         };
+        let origin = format!("github:{}@{}/{name}", self.repo, release.tag_name);
+        let release_id = *release.id;
+        // GitHub cannot replace an asset in place: `gh release upload --clobber` deletes it and
+        // uploads the new one. A document this release had, missing now, is one being
+        // replaced, not a rollout that ended: reading on would take the release unstaged.
+        let replacing = || {
+            FetchError::unreachable(
+                &origin,
+                "it was an asset of this release and is not now: a replacement \
+                 (`gh release upload --clobber`) is under way; waiting for it (to end a \
+                 staged rollout, promote it to 100 %)",
+            )
+        };
+        // Seen here in this release, or (a manifest) its signature is there: the publisher
+        // uploads the signature first. A signature may be missing for good (an unsigned
+        // manifest), which the core then judges.
+        let signature = format!("{name}.minisig");
+        let had = self
+            .documents
+            .held
+            .get(name)
+            .is_some_and(|(held_release, ..)| *held_release == release_id)
+            || (!name.ends_with(".minisig") && release.assets.iter().any(|a| a.name == signature));
         let Some(asset) = release
             .assets
             .iter()
             .find(|a| a.name == name && release::is_uploaded(a))
         else {
+            if had {
+                return Err(replacing());
+            }
             self.documents.held.remove(name);
             return Ok(None);
         };
         let (id, updated) = (*asset.id, asset.updated_at.to_rfc3339());
-        if let Some((held_id, held_updated, bytes)) = self.documents.held.get(name) {
+        if let Some((_, held_id, held_updated, bytes)) = self.documents.held.get(name) {
             if *held_id == id && *held_updated == updated {
                 return Ok(Some(bytes.clone()));
             }
         }
-        let origin = format!("github:{}@{}/{name}", self.repo, release.tag_name);
+        // Listed a moment ago, gone now: deleted for its replacement.
         let Some(response) = self.api.download(asset).await? else {
-            return Ok(None);
+            return Err(replacing());
         };
         let bytes = net::read_limited(response, MAX_DOCUMENT, &origin).await?;
         self.documents
             .held
-            .insert(name.to_string(), (id, updated, bytes.clone()));
+            .insert(name.to_string(), (release_id, id, updated, bytes.clone()));
         Ok(Some(bytes))
     }
 }

@@ -3,7 +3,6 @@
 //! downloads the whole release when the patch is unusable.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use handover::rollout::delta;
@@ -54,7 +53,7 @@ fn a_host_installs_a_staged_release_from_a_delta_patch_and_downloads_it_whole_wh
         *b ^= 0x5a;
     }
     std::fs::write(&name, &bytes).unwrap();
-    sign(&fleet, &name);
+    fleet.sign(&name);
     start(&fleet, &file);
     fleet.publish_signed(&file, &next);
     service.wait_for_sha(&next_sha);
@@ -82,20 +81,4 @@ fn patch(fleet: &Fleet, old: &[u8], new: &Path) -> String {
 fn start(fleet: &Fleet, file: &Path) {
     let out = fleet.cli(&["start", "--steps", "100%"], Some(file));
     assert!(out.contains("started (serial 1)"), "{out}");
-}
-
-/// Signs `file` as the publisher would (Debian's `minisign`), beside it.
-fn sign(fleet: &Fleet, file: &Path) {
-    let out = Command::new("minisign")
-        .args(["-S", "-s"])
-        .arg(&fleet.secret)
-        .arg("-m")
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

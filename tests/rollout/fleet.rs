@@ -332,11 +332,17 @@ impl Fleet {
         std::fs::create_dir_all(&staging).unwrap();
         let file = staging.join("testbed");
         std::fs::write(&file, bytes).unwrap();
+        self.sign(&file);
+        file
+    }
+
+    /// Signs `file` as the publisher would (Debian's `minisign`), beside it.
+    pub fn sign(&self, file: &Path) {
         let out = Command::new("minisign")
             .args(["-S", "-s"])
             .arg(&self.secret)
             .arg("-m")
-            .arg(&file)
+            .arg(file)
             .output()
             .unwrap();
         assert!(
@@ -344,7 +350,6 @@ impl Fleet {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        file
     }
 
     /// `handover rollout ARGS… [FILE]` with the publisher's config (and key, but for `status`).
